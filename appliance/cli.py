@@ -1,0 +1,148 @@
+"""`athanor`: the one console command. User errors become one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .client import AthanorClient
+from .config import AthanorConfig, load_config
+from .errors import AthanorError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AthanorError as exc:
+            if os.environ.get("ATHANOR_DEBUG"):
+                raise
+            click.echo(f"athanor: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+def _config(ctx: click.Context, socket: Path | None = None) -> AthanorConfig:
+    config = load_config(ctx.obj["config_path"])
+    if socket is not None:
+        config.server.socket = socket
+    return config
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="athanor")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Config file (default: $ATHANOR_CONFIG, ~/.config/athanor/athanor.toml, /etc/athanor/athanor.toml).")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """Athanor: a local student model served over a Unix socket, distilled from a cloud teacher."""
+    ctx.obj = {"config_path": config_path}
+
+
+_socket_option = click.option("--socket", type=click.Path(path_type=Path), default=None,
+                              help="Daemon socket (default: [server].socket).")
+
+
+@main.command()
+@_socket_option
+@click.option("--student", "student_path", type=click.Path(path_type=Path), default=None,
+              help="GGUF file to serve (default: [student].path, else the embedded SmolLM2-135M).")
+@click.option("-v", "--verbose", is_flag=True, help="Log each request.")
+@click.pass_context
+def serve(ctx: click.Context, socket: Path | None, student_path: Path | None, verbose: bool) -> None:
+    """Run the daemon in the foreground (systemd runs it this way too)."""
+    from .config import parse_config
+    from .server.daemon import serve as run_daemon
+
+    config = _config(ctx, socket)
+    if student_path is not None:
+        data = config.model_dump()
+        data["student"]["path"] = student_path
+        config = parse_config(data, config.source)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_daemon(config))
+
+
+@main.command()
+@click.argument("question")
+@_socket_option
+@click.option("--system", "system_prompt", default=None, help="System message.")
+@click.option("-m", "--model", default=None, help="Student to ask (default: the daemon's default).")
+@click.option("--max-tokens", type=int, default=None)
+@click.option("--temperature", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--no-stream", is_flag=True, help="Wait for the whole answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full response object.")
+@click.pass_context
+def ask(ctx: click.Context, question: str, socket: Path | None, system_prompt: str | None, model: str | None,
+        max_tokens: int | None, temperature: float | None, seed: int | None, no_stream: bool, as_json: bool) -> None:
+    """Ask the daemon a question; the answer streams as it is generated."""
+    config = _config(ctx, socket)
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": question}
+    ]
+    params = {k: v for k, v in {"model": model, "max_tokens": max_tokens, "temperature": temperature,
+                                "seed": seed}.items() if v is not None}
+    with AthanorClient(config.server.socket) as client:
+        if no_stream or as_json:
+            answer = client.chat(messages, **params)
+            if as_json:
+                click.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+            else:
+                click.echo(answer["choices"][0]["message"]["content"])
+            return
+        route = None
+        for chunk in client.stream_chat(messages, **params, stream_options={"include_usage": True}):
+            route = chunk.get("route", route)
+            for choice in chunk.get("choices", []):
+                click.echo(choice.get("delta", {}).get("content") or "", nl=False)
+        click.echo()
+        if route and sys.stderr.isatty():
+            click.echo(click.style(f"[{route}]", dim=True), err=True)
+
+
+@main.command()
+@_socket_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
+    """List the students the daemon has loaded."""
+    with AthanorClient(_config(ctx, socket).server.socket) as client:
+        data = client.models()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for model in data:
+        meta = model.get("athanor", {})
+        mark = "*" if meta.get("default") else " "
+        size = meta.get("size_bytes", 0) / 1e6
+        click.echo(f"{mark} {model['id']:<28} {meta.get('description', ''):<22} {size:8.1f} MB  ctx {meta.get('n_ctx')}")
+
+
+@main.command()
+@_socket_option
+@click.pass_context
+def health(ctx: click.Context, socket: Path | None) -> None:
+    """Check that the daemon answers."""
+    with AthanorClient(_config(ctx, socket).server.socket) as client:
+        click.echo(json.dumps(client.health()))
+
+
+@main.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """Print the effective configuration (file + environment), validated."""
+    config = _config(ctx)
+    click.echo(f"# from {config.source or 'defaults'}")
+    click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
+
+
+if __name__ == "__main__":
+    main()

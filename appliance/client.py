@@ -1,0 +1,94 @@
+"""A small client for the daemon's socket, used by the CLI, the tests and the dashboard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from .errors import AthanorError, DaemonUnavailable
+
+BASE_URL = "http://athanor"
+
+
+class ApiRequestError(AthanorError):
+    """The daemon answered with an error object."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"daemon refused the request ({status}): {message}")
+        self.status = status
+
+
+class AthanorClient:
+    """HTTP over the Unix socket at `socket_path`."""
+
+    def __init__(self, socket_path: Path, timeout: float = 600.0) -> None:
+        self.socket_path = socket_path
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url=BASE_URL, timeout=timeout
+        )
+
+    def __enter__(self) -> "AthanorClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _unavailable(self, exc: Exception) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"no daemon answering on {self.socket_path} ({exc.__class__.__name__}); "
+            "start it with `athanor serve` or set [server].socket / ATHANOR_SERVER__SOCKET"
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+            raise self._unavailable(exc) from None
+        return _checked(response)
+
+    def health(self) -> dict:
+        return self._request("GET", "/healthz")
+
+    def models(self) -> list[dict]:
+        return self._request("GET", "/v1/models")["data"]
+
+    def stats(self) -> dict:
+        return self._request("GET", "/v1/stats")
+
+    def chat(self, messages: list[dict], **params: Any) -> dict:
+        return self._request("POST", "/v1/chat/completions", json={"messages": messages, **params, "stream": False})
+
+    def stream_chat(self, messages: list[dict], **params: Any) -> Iterator[dict]:
+        """Yield the server-sent chunks of a streamed answer."""
+        payload = {"messages": messages, **params, "stream": True}
+        try:
+            with self._http.stream("POST", "/v1/chat/completions", json=payload) as response:
+                if response.status_code != 200:
+                    response.read()
+                    _checked(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[len("data: "):]
+                    if data == "[DONE]":
+                        return
+                    yield json.loads(data)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._unavailable(exc) from None
+
+
+def _checked(response: httpx.Response) -> dict:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    if response.status_code >= 400:
+        message = payload.get("error", {}).get("message") if isinstance(payload, dict) else None
+        raise ApiRequestError(response.status_code, message or response.text[:200])
+    return payload

@@ -1,0 +1,153 @@
+"""One typed config: a TOML file, then `ATHANOR_SECTION__KEY` environment overrides, validated once.
+
+    [server]
+    socket = "/run/athanor/athanor.sock"
+    [student]
+    path = "/var/lib/athanor/exports/student.gguf"
+
+`load_config()` returns an `AthanorConfig` or raises `ConfigError` naming the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import paths
+from .defaults import DEFAULT_STUDENT_NAME
+from .errors import ConfigError
+
+ENV_PREFIX = "ATHANOR_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerConfig(_Section):
+    socket: Path = Field(default_factory=paths.default_socket)
+    """Unix socket the daemon listens on."""
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    """File mode of the socket; group members may connect."""
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    """Largest request body accepted; larger ones get 413."""
+    max_queue: int = Field(default=64, ge=1)
+    """Requests waiting for the student beyond this get 503 with Retry-After."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A client must send its request head within this (slowloris guard)."""
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    """Keep-alive connections idle longer than this are closed."""
+
+
+class StudentConfig(_Section):
+    path: Path | None = None
+    """GGUF file of the student; empty means the embedded SmolLM2-135M-Instruct."""
+    name: str = Field(default=DEFAULT_STUDENT_NAME, min_length=1)
+    """Model id clients pass as `model`."""
+    n_ctx: int = Field(default=2048, ge=64, le=1 << 20)
+    """Context length in tokens (prompt + answer)."""
+    n_batch: int = Field(default=512, ge=1)
+    """Prompt tokens decoded per llama.cpp call."""
+    n_threads: int = Field(default=0, ge=0)
+    """CPU threads for decoding; 0 means one per core."""
+    n_gpu_layers: int = Field(default=-1, ge=-1)
+    """Layers offloaded when llama.cpp is built with CUDA; -1 means all. Ignored on CPU builds."""
+    default_max_tokens: int = Field(default=512, ge=1)
+    """Answer length when a request gives no max_tokens."""
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no student model at {value}")
+        return value
+
+
+class AthanorConfig(_Section):
+    """The whole configuration, passed down from the CLI to every part."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    source: Path | None = Field(default=None, exclude=True)
+    """The file this was read from, if any."""
+
+
+_FIXES = {
+    ("student", "path"): "run `athanor export` or set [student].path (ATHANOR_STUDENT__PATH) to a GGUF file",
+}
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay `ATHANOR_SECTION__KEY=value` variables on the file's data (pure)."""
+    merged = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if not section or not key:
+            continue
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"[{section}]", "must be a table")
+        # Values stay strings: pydantic coerces numbers, paths and booleans when it validates.
+        target[key] = raw
+    return merged
+
+
+def _describe(error: Mapping[str, Any]) -> ConfigError:
+    location = tuple(str(part) for part in error.get("loc", ()))
+    if len(location) >= 2:
+        setting = f"[{location[0]}].{'.'.join(location[1:])}"
+    elif location:
+        setting = f"[{location[0]}]"
+    else:
+        setting = "config"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        message = "unknown setting"
+        fix = "remove it or check its spelling against README's config reference"
+    else:
+        value = error.get("input")
+        if isinstance(value, (str, int, float)) and not message.startswith("no "):
+            message = f"{message} (got {value!r})"
+        fix = _FIXES.get(location[:2], "")
+    return ConfigError(setting, message, fix)
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None) -> AthanorConfig:
+    """Validate already-merged data; raise `ConfigError` for the first problem found."""
+    try:
+        config = AthanorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _describe(exc.errors()[0]) from None
+    config.source = source
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("ATHANOR_CONFIG", f"no config file at {path}", "create it or unset ATHANOR_CONFIG") from None
+    except PermissionError:
+        raise ConfigError("config file", f"cannot read {path} (permission denied)", "fix its owner or mode") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config file", f"{path} is not valid TOML: {exc}", "fix the syntax") from None
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AthanorConfig:
+    """Read the config file (explicit, `ATHANOR_CONFIG`, or the first default that exists) plus env overrides."""
+    environ = os.environ if environ is None else environ
+    source: Path | None = path
+    if source is None:
+        candidates = paths.config_file_candidates()
+        explicit = "ATHANOR_CONFIG" in environ and environ["ATHANOR_CONFIG"]
+        source = next((c for c in candidates if explicit or c.is_file()), None)
+    data = read_toml(source) if source is not None else {}
+    return parse_config(apply_env(data, environ), source)

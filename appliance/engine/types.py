@@ -1,0 +1,56 @@
+"""Typed records passed between the engine, the scheduler and the faces (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Generation settings that change the answer."""
+
+    max_tokens: int
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One decoded token: its id, the text it releases (may be empty mid-character), its log-probability."""
+
+    token_id: int
+    text: str
+    logprob: float
+    raw: bytes
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass
+class Completion:
+    """A finished answer with everything later stages need (confidence, usage)."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    tokens: list[TokenEvent] = field(default_factory=list)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def logprobs(self) -> list[float]:
+        return [t.logprob for t in self.tokens]

@@ -1,0 +1,57 @@
+"""Every default location the appliance uses, from one place, each with an environment override.
+
+`ATHANOR_HOME` moves all user state (tests point it at a temporary folder); systemd's
+`STATE_DIRECTORY`/`RUNTIME_DIRECTORY` win when the daemon runs as a service.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def state_dir() -> Path:
+    """Folder for the cache, logs and exports."""
+    home = _env_path("ATHANOR_HOME")
+    if home:
+        return home / "state"
+    systemd_state = _env_path("STATE_DIRECTORY")
+    if systemd_state:
+        return systemd_state
+    xdg = _env_path("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return xdg / "athanor"
+
+
+def runtime_dir() -> Path:
+    """Folder for the socket: systemd's RuntimeDirectory, else the user's runtime dir."""
+    home = _env_path("ATHANOR_HOME")
+    if home:
+        return home / "run"
+    systemd_runtime = _env_path("RUNTIME_DIRECTORY")
+    if systemd_runtime:
+        return systemd_runtime
+    xdg = _env_path("XDG_RUNTIME_DIR")
+    if xdg:
+        return xdg / "athanor"
+    return Path(f"/tmp/athanor-{os.getuid()}")
+
+
+def default_socket() -> Path:
+    return runtime_dir() / "athanor.sock"
+
+
+def config_file_candidates() -> list[Path]:
+    """Where a config file is looked for, first match wins (`ATHANOR_CONFIG` alone if set)."""
+    explicit = _env_path("ATHANOR_CONFIG")
+    if explicit:
+        return [explicit]
+    home = _env_path("ATHANOR_HOME")
+    if home:
+        return [home / "athanor.toml"]
+    xdg = _env_path("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return [xdg / "athanor" / "athanor.toml", Path("/etc/athanor/athanor.toml")]

@@ -1,0 +1,169 @@
+"""The OpenAI-compatible face of the router: maps HTTP requests to router calls and back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import AsyncIterator
+
+from ..engine.scheduler import Overloaded
+from ..engine.types import SamplingParams
+from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, UnknownModel
+from ..stats import Stats
+from .errors import ApiError
+from .http import HttpRequest, HttpResponse, json_response
+from .openai_schema import ChatCompletionRequest, chunk_body, completion_body, parse_chat_request, sse, usage
+
+log = logging.getLogger(__name__)
+
+
+def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int) -> ChatRequest:
+    """Wire request to router request: OpenAI's defaults, our limits."""
+    limit = body.answer_limit
+    params = SamplingParams(
+        max_tokens=limit or default_max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stops,
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
+    )
+    return ChatRequest(messages=body.chat(), params=params, model=body.model, max_tokens_given=limit is not None)
+
+
+class Api:
+    """Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/stats, GET /healthz."""
+
+    def __init__(self, router: Router, default_max_tokens: int, stats: Stats | None = None) -> None:
+        self.router = router
+        self.default_max_tokens = default_max_tokens
+        self.stats = stats or Stats()
+        self._routes = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("GET", "/v1/models"): self.models,
+            ("GET", "/v1/stats"): self.stats_view,
+            ("GET", "/healthz"): self.health,
+        }
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            response = await self._dispatch(request)
+        except ApiError as exc:
+            response = json_response(exc.status, exc.body(), exc.headers)
+        self.stats.record_status(response.status)
+        return response
+
+    async def _dispatch(self, request: HttpRequest) -> HttpResponse:
+        path = request.path.rstrip("/") or "/"
+        handler = self._routes.get((request.method, path))
+        if handler is None:
+            allowed = [method for method, route in self._routes if route == path]
+            if allowed:
+                raise ApiError(405, f"{request.method} is not allowed on {path}; use {', '.join(allowed)}",
+                               headers=[("allow", ", ".join(allowed))])
+            raise ApiError(404, f"no such endpoint: {request.method} {path}", code="not_found")
+        return await handler(request)
+
+    # --- endpoints -----------------------------------------------------------------------------
+
+    async def health(self, request: HttpRequest) -> HttpResponse:
+        students = self.router.students.values()
+        return json_response(200, {
+            "status": "ok",
+            "students": [s.name for s in students],
+            "queued": sum(s.scheduler.waiting for s in students),
+            "busy": sum(s.scheduler.busy for s in students),
+        })
+
+    async def models(self, request: HttpRequest) -> HttpResponse:
+        data = []
+        for student in self.router.students.values():
+            info = student.info
+            data.append({
+                "id": student.name,
+                "object": "model",
+                "created": int(info.path.stat().st_mtime),
+                "owned_by": "athanor",
+                "athanor": {
+                    "path": str(info.path),
+                    "size_bytes": info.size_bytes,
+                    "n_params": info.n_params,
+                    "n_ctx": info.n_ctx,
+                    "description": info.description,
+                    "gpu_offload": info.gpu_offload,
+                    "default": student.name == self.router.default,
+                },
+            })
+        return json_response(200, {"object": "list", "data": data})
+
+    async def stats_view(self, request: HttpRequest) -> HttpResponse:
+        return json_response(200, self.stats.snapshot())
+
+    async def chat_completions(self, request: HttpRequest) -> HttpResponse:
+        # The body is JSON whatever content-type says: `curl -d` sends form-urlencoded by default,
+        # and llama.cpp's server accepts that too.
+        body = parse_chat_request(request.body)
+        chat = to_chat_request(body, self.default_max_tokens)
+        try:
+            run = self.router.start(chat)
+        except UnknownModel as exc:
+            raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+        except PromptTooLong as exc:
+            raise ApiError(400, str(exc), param="max_tokens" if chat.max_tokens_given else "messages",
+                           code="context_length_exceeded") from None
+        except Overloaded as exc:
+            raise ApiError(503, str(exc), type_="server_overloaded", code="overloaded",
+                           headers=[("retry-after", str(exc.retry_after))]) from None
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        log.info("%s %s: %s prompt tokens -> %s", request.request_id, completion_id, len(run.prompt), run.student.name)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return HttpResponse(
+                200,
+                headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
+                stream=self._stream(run.events(), completion_id, run.student.name, body.logprobs, include_usage),
+            )
+        answer = None
+        async for event in run.events():
+            if isinstance(event, Answer):
+                answer = event
+        assert answer is not None
+        self._record(answer)
+        completion = answer.completion
+        return json_response(200, completion_body(
+            completion_id, answer.model, completion.text, completion.finish_reason, completion.prompt_tokens,
+            completion.tokens, body.logprobs, answer.provenance(),
+        ))
+
+    async def _stream(
+        self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        created = int(time.time())
+        provenance = {"route": "student"}
+        yield sse(chunk_body(completion_id, model, created, {"role": "assistant", "content": ""}, extra=provenance))
+        try:
+            async for event in events:
+                if isinstance(event, Delta):
+                    if event.text or logprobs:
+                        yield sse(chunk_body(completion_id, model, created, {"content": event.text},
+                                             tokens=event.tokens if logprobs else None, extra=provenance))
+                    continue
+                self._record(event)
+                completion = event.completion
+                yield sse(chunk_body(completion_id, model, created, {}, finish_reason=completion.finish_reason,
+                                     extra=event.provenance()))
+                if include_usage:
+                    yield sse(chunk_body(completion_id, model, created, None, extra=event.provenance(),
+                                         usage_block=usage(completion.prompt_tokens, completion.completion_tokens)))
+            yield sse("[DONE]")
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def _record(self, answer: Answer) -> None:
+        completion = answer.completion
+        self.stats.record_answer(answer.route, completion.prompt_tokens, completion.completion_tokens, answer.elapsed_s)

@@ -1,0 +1,115 @@
+"""The resident daemon: load the students once, listen on the Unix socket, shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+from ..config import AthanorConfig
+from ..defaults import embedded_student_path
+from ..engine.llama import LlamaEngine
+from ..engine.scheduler import Scheduler
+from ..errors import AthanorError
+from ..router import Router, Student
+from .api import Api
+from .http import HttpServer, Limits
+from .sd_notify import notify
+
+log = logging.getLogger(__name__)
+
+SD_LISTEN_FDS_START = 3
+
+
+def load_students(config: AthanorConfig) -> Router:
+    """Load every configured student (today one) into its engine and scheduler."""
+    cfg = config.student
+    path = cfg.path or embedded_student_path()
+    engine = LlamaEngine(
+        path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers
+    )
+    student = Student(cfg.name, engine, Scheduler(engine, config.server.max_queue, cfg.name))
+    return Router({cfg.name: student}, cfg.name)
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passed (LISTEN_FDS/LISTEN_PID), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    sock.setblocking(False)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for our children
+    return sock
+
+
+def bind_socket(path: Path, mode: int) -> socket.socket:
+    """Listen on `path`, replacing a stale socket file but never a live daemon's or a regular file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise AthanorError(f"{path} exists and is not a socket; remove it or set [server].socket elsewhere")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink()  # left by a daemon that died
+        else:
+            raise AthanorError(f"another daemon is already listening on {path}; stop it or set [server].socket")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Create the socket file with the final mode from the start, so no client ever sees it wider.
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(config: AthanorConfig, router: Router | None = None, shutdown_timeout_s: float = 30.0) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, let in-flight answers finish, release the model."""
+    router = router or load_students(config)
+    api = Api(router, config.student.default_max_tokens)
+    limits = Limits(
+        max_body_bytes=config.server.max_body_bytes,
+        header_timeout_s=config.server.header_timeout_s,
+        idle_timeout_s=config.server.idle_timeout_s,
+    )
+    server = HttpServer(api, limits)
+    sock = inherited_socket()
+    owned_path = None
+    if sock is None:
+        sock = bind_socket(config.server.socket, config.server.socket_mode)
+        owned_path = config.server.socket
+    await server.start(sock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    where = owned_path or "inherited socket"
+    log.info("athanor ready on %s; students: %s", where, ", ".join(router.students))
+    print(f"athanor: serving {', '.join(router.students)} on {where}", flush=True)
+    notify("READY=1", f"STATUS=serving on {where}")
+    try:
+        await stop.wait()
+    finally:
+        notify("STOPPING=1")
+        log.info("shutting down: finishing in-flight requests (up to %.0f s)", shutdown_timeout_s)
+        await server.stop_accepting()
+        await server.drain(shutdown_timeout_s)
+        for student in router.students.values():
+            student.scheduler.close()
+            student.engine.close()
+        if owned_path is not None:
+            owned_path.unlink(missing_ok=True)

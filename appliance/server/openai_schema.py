@@ -1,0 +1,221 @@
+"""The OpenAI chat-completions wire format: request validation and answer shapes (pure, no I/O)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..engine.types import TokenEvent
+from .errors import ApiError
+
+MAX_JSON_DEPTH = 32
+
+
+class _Strict(BaseModel):
+    # Unknown fields are ignored, as OpenAI-compatible servers do, so newer clients still work.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Strict):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    n: int = Field(default=1, ge=1, le=1)
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop takes at most 4 sequences")
+        if not any(m.role in ("user", "system", "developer") for m in self.messages):
+            raise ValueError("messages need at least one user, system or developer message")
+        return self
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return tuple(s for s in stops if s)
+
+    @property
+    def answer_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def chat(self) -> list[dict[str, str]]:
+        """Messages as the chat template wants them."""
+        return [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in self.messages]
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, stopping early past `limit`."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Decode a request body; any problem is a 400 that says what is wrong."""
+    if not body:
+        raise ApiError(400, "request body is empty; send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Bytes to a validated request, or an `ApiError` naming the offending parameter."""
+    data = parse_json_body(body)
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            message = "required"
+        raise ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value") from None
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+def token_logprob(event: TokenEvent) -> dict[str, Any]:
+    return {
+        "token": event.text,
+        "logprob": event.logprob,
+        "bytes": list(event.raw),
+        "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.raw)} for t in event.top],
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(
+    completion_id: str,
+    model: str,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    tokens: list[TokenEvent],
+    with_logprobs: bool,
+    extra: dict[str, Any],
+    created: int | None = None,
+) -> dict[str, Any]:
+    """A `chat.completion` object with Athanor's provenance fields (`route`, ...) beside the standard ones."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": {"content": [token_logprob(t) for t in tokens]} if with_logprobs else None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage(prompt_tokens, len(tokens)),
+        **extra,
+    }
+
+
+def chunk_body(
+    completion_id: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any] | None,
+    finish_reason: str | None = None,
+    tokens: list[TokenEvent] | None = None,
+    extra: dict[str, Any] | None = None,
+    usage_block: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One `chat.completion.chunk`; `delta=None` makes the usage-only chunk of stream_options.include_usage."""
+    choices = []
+    if delta is not None:
+        choices.append({
+            "index": 0,
+            "delta": delta,
+            "logprobs": {"content": [token_logprob(t) for t in tokens]} if tokens is not None else None,
+            "finish_reason": finish_reason,
+        })
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        **(extra or {}),
+    }
+    if usage_block is not None:
+        body["usage"] = usage_block
+    return body
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
