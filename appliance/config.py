@@ -145,9 +145,9 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     """Read the config file (explicit, `ATHANOR_CONFIG`, or the first default that exists) plus env overrides."""
     environ = os.environ if environ is None else environ
     source: Path | None = path
+    if source is None and environ.get("ATHANOR_CONFIG"):
+        source = Path(environ["ATHANOR_CONFIG"])  # named explicitly: it must exist
     if source is None:
-        candidates = paths.config_file_candidates()
-        explicit = "ATHANOR_CONFIG" in environ and environ["ATHANOR_CONFIG"]
-        source = next((c for c in candidates if explicit or c.is_file()), None)
+        source = next((c for c in paths.config_file_candidates() if c.is_file()), None)
     data = read_toml(source) if source is not None else {}
     return parse_config(apply_env(data, environ), source)

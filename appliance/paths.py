@@ -46,10 +46,7 @@ def default_socket() -> Path:
 
 
 def config_file_candidates() -> list[Path]:
-    """Where a config file is looked for, first match wins (`ATHANOR_CONFIG` alone if set)."""
-    explicit = _env_path("ATHANOR_CONFIG")
-    if explicit:
-        return [explicit]
+    """Where a config file is looked for when ATHANOR_CONFIG is unset; the first that exists wins."""
     home = _env_path("ATHANOR_HOME")
     if home:
         return [home / "athanor.toml"]

@@ -156,7 +156,7 @@ class HttpServer:
                     await self._send_error(conn, writer, 408, "request not received in time")
                     return
                 except _TooLarge as exc:
-                    await self._send_error(conn, writer, 413, str(exc))
+                    await self._send_error(conn, writer, exc.status, str(exc))
                     return
                 if request is None:
                     return
@@ -201,6 +201,11 @@ class HttpServer:
                     return None
                 elif isinstance(event, h11.Request):
                     head = event
+            head_size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+            if head_size > self.limits.max_head_bytes:
+                # h11 only bounds heads that arrive in pieces; a whole one in a single read is checked here.
+                raise _TooLarge(f"request head of {head_size} bytes is over the limit of {self.limits.max_head_bytes}",
+                                431)
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
@@ -297,7 +302,9 @@ class HttpServer:
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, message: str, status: int = 413) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def _aclose(stream: AsyncIterator[bytes]) -> None:

@@ -1,0 +1,78 @@
+"""Shared fixtures: every test gets its own ATHANOR_HOME; e2e tests share one real daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.defaults import embedded_student_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("ATHANOR_") or name in ("LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ATHANOR_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="session")
+def student_path() -> Path:
+    return embedded_student_path()
+
+
+def wait_for_socket(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"daemon exited with {process.returncode}: {out}")
+        if path.exists():
+            try:
+                with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://a") as client:
+                    if client.get("/healthz").status_code == 200:
+                        return
+            except httpx.TransportError:
+                pass
+        time.sleep(0.1)
+    raise TimeoutError(f"daemon did not answer on {path} within {timeout} s")
+
+
+def start_daemon(home: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    home.mkdir(parents=True, exist_ok=True)
+    socket_path = home / "run" / "athanor.sock"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATHANOR_")}
+    full_env.update({"ATHANOR_HOME": str(home), **(env or {})})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "serve", *args],
+        cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for_socket(socket_path, process)
+    return process, socket_path
+
+
+def stop_daemon(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory):
+    """One real daemon on the embedded student for the e2e tests: yields its socket path."""
+    home = tmp_path_factory.mktemp("daemon-home")
+    process, socket_path = start_daemon(home, env={"ATHANOR_SERVER__MAX_QUEUE": "8"})
+    yield socket_path
+    stop_daemon(process)
