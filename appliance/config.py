@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -56,6 +56,8 @@ class StudentConfig(_Section):
     """CPU threads for decoding; 0 means one per core."""
     n_gpu_layers: int = Field(default=-1, ge=-1)
     """Layers offloaded when llama.cpp is built with CUDA; -1 means all. Ignored on CPU builds."""
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    """llama.cpp's flash attention; `auto` lets llama.cpp decide per device."""
     default_max_tokens: int = Field(default=512, ge=1)
     """Answer length when a request gives no max_tokens."""
 

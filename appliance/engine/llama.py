@@ -34,6 +34,13 @@ _FALLBACK_TEMPLATE = (
 )
 
 
+_FLASH_ATTN = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
 class EngineError(AthanorError):
     """llama.cpp refused a model or a step."""
 
@@ -76,6 +83,7 @@ class LlamaEngine:
         n_batch: int = 512,
         n_threads: int = 0,
         n_gpu_layers: int = -1,
+        flash_attn: str = "auto",
     ) -> None:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -96,6 +104,7 @@ class LlamaEngine:
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
+        ctx_params.flash_attn_type = _FLASH_ATTN[flash_attn]
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)

@@ -30,7 +30,8 @@ def load_students(config: AthanorConfig) -> Router:
     cfg = config.student
     path = cfg.path or embedded_student_path()
     engine = LlamaEngine(
-        path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers
+        path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
+        flash_attn=cfg.flash_attn,
     )
     student = Student(cfg.name, engine, Scheduler(engine, config.server.max_queue, cfg.name))
     return Router({cfg.name: student}, cfg.name)
