@@ -1,0 +1,216 @@
+"""The real daemon on the embedded student, through the socket, with the official openai client and curl."""
+
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from appliance.client import AthanorClient
+
+from .conftest import ROOT, start_daemon, stop_daemon
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def oai(daemon):
+    http = httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon)), timeout=120)
+    client = openai.OpenAI(base_url="http://athanor/v1", api_key="unused", http_client=http, max_retries=0)
+    yield client
+    http.close()
+
+
+@pytest.fixture(scope="module")
+def raw(daemon):
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon)), base_url="http://athanor", timeout=120) as c:
+        yield c
+
+
+def test_socket_is_group_only(daemon):
+    assert stat.S_ISSOCK(os.stat(daemon).st_mode)
+    assert os.stat(daemon).st_mode & 0o777 == 0o660
+
+
+def test_chat_completion_with_usage_route_and_logprobs(oai):
+    answer = oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=12,
+                                         temperature=0, logprobs=True, top_logprobs=2)
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert answer.usage.completion_tokens == len(choice.logprobs.content) <= 12
+    assert answer.usage.prompt_tokens > 5
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert choice.finish_reason in ("stop", "length")
+    assert answer.model_extra["route"] == "student"
+    first = choice.logprobs.content[0]
+    assert first.logprob < 0 and len(first.top_logprobs) == 2
+    assert "".join(t.token for t in choice.logprobs.content).startswith(choice.message.content[:3])
+
+
+def test_streaming_gives_the_same_text_as_a_plain_answer(oai):
+    plain = oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=20,
+                                        temperature=0).choices[0].message.content
+    chunks = list(oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=20,
+                                              temperature=0, stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == plain
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # really incremental
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (
+        ["length"], ["stop"])
+    assert chunks[-1].usage.completion_tokens <= 20
+    assert all(c.model_extra["route"] == "student" for c in chunks)
+
+
+def test_stop_sequences_and_seed(oai):
+    base = oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=30,
+                                       temperature=0).choices[0].message.content
+    word = base.split()[2]
+    cut = oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=30,
+                                      temperature=0, stop=[word])
+    assert cut.choices[0].message.content == base[: base.index(word)]
+    assert cut.choices[0].finish_reason == "stop"
+    seeded = [oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=15,
+                                          temperature=1.0, seed=7).choices[0].message.content for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_models_and_health(oai, raw):
+    models = oai.models.list().data
+    assert [m.id for m in models] == ["smollm2-135m-instruct"]
+    assert models[0].model_extra["athanor"]["size_bytes"] > 50_000_000
+    health = raw.get("/healthz").json()
+    assert health["status"] == "ok" and health["students"] == ["smollm2-135m-instruct"]
+
+
+@pytest.mark.parametrize(
+    "payload, status, code",
+    [
+        ({"model": "gpt-9", "messages": QUESTION}, 404, "model_not_found"),
+        ({"messages": []}, 400, "invalid_value"),
+        ({"messages": QUESTION, "max_tokens": 999999}, 400, "context_length_exceeded"),
+        ({"messages": [{"role": "user", "content": "word " * 3000}]}, 400, "context_length_exceeded"),
+        ({"messages": QUESTION, "temperature": "hot"}, 400, "invalid_value"),
+    ],
+)
+def test_bad_requests_get_openai_errors(oai, payload, status, code):
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai.chat.completions.create(**{"model": "smollm2-135m-instruct", **payload})
+    assert raised.value.status_code == status
+    assert raised.value.body["code"] == code
+    assert raised.value.body["message"]
+
+
+def test_malformed_json_unknown_path_and_wrong_method(raw):
+    bad = raw.post("/v1/chat/completions", content=b'{"messages": [')
+    assert bad.status_code == 400 and "invalid JSON" in bad.json()["error"]["message"]
+    assert raw.get("/v1/nothing").status_code == 404
+    assert raw.get("/v1/chat/completions").status_code == 405
+    assert raw.get("/healthz").status_code == 200  # still serving
+
+
+def test_curl_works_unchanged(daemon):
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    out = subprocess.run(
+        ["curl", "-sN", "--unix-socket", str(daemon), "http://localhost/v1/chat/completions",
+         "-d", json.dumps({"messages": QUESTION, "max_tokens": 5, "stream": True})],
+        capture_output=True, text=True, timeout=60,
+    ).stdout
+    events = [line[6:] for line in out.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[0])["object"] == "chat.completion.chunk"
+
+
+def test_several_clients_at_once_are_all_answered(daemon):
+    def ask(i):
+        with AthanorClient(daemon) as client:
+            answer = client.chat([{"role": "user", "content": f"Count to {i}."}], max_tokens=16, temperature=0)
+        return answer["usage"]["completion_tokens"]
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(ask, range(6)))
+    assert all(n > 0 for n in results)
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot(daemon, raw):
+    payload = json.dumps({"messages": QUESTION, "max_tokens": 1500, "temperature": 1.0, "stream": True,
+                          "stop": ["\u2603\u2603"]}).encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(daemon))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                     + payload)
+        received = b""
+        while received.count(b"data: ") < 3:
+            received += sock.recv(4096)
+    # 1500 tokens would take ~20 s; once the client is gone the student must be free within a moment.
+    deadline = time.monotonic() + 5
+    while raw.get("/healthz").json()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert raw.get("/healthz").json()["busy"] == 0
+    assert raw.get("/v1/stats").json()["cancelled"] >= 1
+
+
+def test_ask_and_models_commands(daemon):
+    env = {**os.environ, "ATHANOR_SERVER__SOCKET": str(daemon)}
+    ask = subprocess.run([sys.executable, "-m", "appliance.cli", "ask", "What is 2+2?", "--max-tokens", "8",
+                          "--temperature", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert ask.returncode == 0, ask.stderr
+    assert ask.stdout.strip()
+    models = subprocess.run([sys.executable, "-m", "appliance.cli", "models"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "smollm2-135m-instruct" in models.stdout
+
+
+def test_ask_without_a_daemon_says_how_to_start_one(tmp_path):
+    env = {**os.environ, "ATHANOR_SERVER__SOCKET": str(tmp_path / "none.sock")}
+    result = subprocess.run([sys.executable, "-m", "appliance.cli", "ask", "hi"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert "athanor serve" in result.stderr
+
+
+def test_queue_overflow_is_503_with_retry_after(tmp_path):
+    process, path = start_daemon(tmp_path / "small", env={"ATHANOR_SERVER__MAX_QUEUE": "1"})
+    try:
+        def ask(_):
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://a", timeout=120) as c:
+                return c.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 40, "temperature": 0})
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(ask, range(6)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 2 and 503 in codes
+        refused = next(r for r in responses if r.status_code == 503)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["code"] == "overloaded"
+    finally:
+        stop_daemon(process)
+
+
+def test_sigterm_finishes_the_answer_in_flight(tmp_path):
+    process, path = start_daemon(tmp_path / "term")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        def ask():
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://a", timeout=120) as c:
+                return c.post("/v1/chat/completions",
+                              json={"messages": QUESTION, "max_tokens": 60, "temperature": 0,
+                                    "stop": ["\u2603\u2603"]})
+
+        future = pool.submit(ask)
+        time.sleep(0.3)
+        process.terminate()
+        response = future.result(60)
+    assert process.wait(60) == 0
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] > 0
+    assert not path.exists()  # the daemon removed its socket
