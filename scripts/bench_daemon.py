@@ -53,8 +53,13 @@ def start_daemon(home: Path, model: Path, n_ctx: int, threads: int, flash_attn: 
     raise SystemExit("daemon did not start")
 
 
-def daemon_run(client: httpx.Client, max_tokens: int, stream: bool) -> tuple[int, float]:
-    payload = {"messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+def one_token_messages(i: int) -> list[dict]:
+    # A new question each time: both sides reuse the shared prefix and must decode the new suffix.
+    return [{"role": "user", "content": f"Question {i}: is {i} an even number?"}]
+
+
+def daemon_run(client: httpx.Client, max_tokens: int, stream: bool, messages: list[dict] = MESSAGES) -> tuple[int, float]:
+    payload = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
                "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     if not stream:
@@ -98,7 +103,7 @@ def main() -> None:
         try:
             # The daemon renders the chat template; use its exact prompt tokens for the raw runs.
             probe = client.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 1}).json()
-            prompt = _prompt_tokens(model)
+            prompt = _prompt_tokens(model, [MESSAGES])[0]
             assert len(prompt) == probe["usage"]["prompt_tokens"], "prompt mismatch between raw and daemon"
             results: dict[str, list[tuple[int, float]]] = {"raw": [], "daemon": [], "daemon_stream": [],
                                                           "raw_1tok": [], "daemon_1tok": []}
@@ -108,9 +113,10 @@ def main() -> None:
                 results["raw"].append(raw_run(llm, prompt, args.max_tokens))
                 results["daemon"].append(daemon_run(client, args.max_tokens, False))
                 results["daemon_stream"].append(daemon_run(client, args.max_tokens, True))
-            for _ in range(args.reps * 4):
-                results["raw_1tok"].append(raw_run(llm, prompt, 1))
-                results["daemon_1tok"].append(daemon_run(client, 1, False))
+            short = _prompt_tokens(model, [one_token_messages(i) for i in range(args.reps * 8)])
+            for i in range(0, len(short), 2):  # alternate which side sees which question
+                results["raw_1tok"].append(raw_run(llm, short[i], 1))
+                results["daemon_1tok"].append(daemon_run(client, 1, False, one_token_messages(i + 1)))
         finally:
             client.close()
             process.terminate()
@@ -156,12 +162,13 @@ def main() -> None:
     console.print(f"written {args.out}")
 
 
-def _prompt_tokens(model: Path) -> list[int]:
+def _prompt_tokens(model: Path, conversations: list[list[dict]]) -> list[list[int]]:
+    """Prompt tokens exactly as the daemon renders them (its chat template and tokenizer)."""
     from appliance.engine.llama import LlamaEngine
 
     engine = LlamaEngine(model, "probe", n_ctx=256)
     try:
-        return engine.chat_prompt(MESSAGES)
+        return [engine.chat_prompt(messages) for messages in conversations]
     finally:
         engine.close()
 

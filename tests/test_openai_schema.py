@@ -116,3 +116,12 @@ def test_any_bytes_either_parse_or_are_a_400(raw):
         parse_chat_request(raw)
     except ApiError as exc:
         assert exc.status == 400
+
+
+def test_fast_content_chunks_equal_the_general_chunk_shape():
+    from appliance.server.openai_schema import ChunkWriter, chunk_body
+
+    writer = ChunkWriter("chatcmpl-1", "m", {"route": "student"}, created=5)
+    for text in ["plain", 'quote " and \\ backslash', "ünïcødé ☃", "\n", "\u0000 nul"]:
+        fast = json.loads(writer.content(text).decode().removeprefix("data: "))
+        assert fast == chunk_body("chatcmpl-1", "m", 5, {"content": text}, extra={"route": "student"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from typing import AsyncIterator
 
@@ -14,7 +13,7 @@ from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, UnknownM
 from ..stats import Stats
 from .errors import ApiError
 from .http import HttpRequest, HttpResponse, json_response
-from .openai_schema import ChatCompletionRequest, chunk_body, completion_body, parse_chat_request, sse, usage
+from .openai_schema import ChatCompletionRequest, ChunkWriter, completion_body, parse_chat_request, sse
 
 log = logging.getLogger(__name__)
 
@@ -140,23 +139,19 @@ class Api:
     async def _stream(
         self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool
     ) -> AsyncIterator[bytes]:
-        created = int(time.time())
-        provenance = {"route": "student"}
-        yield sse(chunk_body(completion_id, model, created, {"role": "assistant", "content": ""}, extra=provenance))
+        chunks = ChunkWriter(completion_id, model, {"route": "student"})
+        yield chunks.role()
         try:
             async for event in events:
                 if isinstance(event, Delta):
                     if event.text or logprobs:
-                        yield sse(chunk_body(completion_id, model, created, {"content": event.text},
-                                             tokens=event.tokens if logprobs else None, extra=provenance))
+                        yield chunks.content(event.text, event.tokens if logprobs else None)
                     continue
                 self._record(event)
                 completion = event.completion
-                yield sse(chunk_body(completion_id, model, created, {}, finish_reason=completion.finish_reason,
-                                     extra=event.provenance()))
+                yield chunks.finish(completion.finish_reason, event.provenance())
                 if include_usage:
-                    yield sse(chunk_body(completion_id, model, created, None, extra=event.provenance(),
-                                         usage_block=usage(completion.prompt_tokens, completion.completion_tokens)))
+                    yield chunks.usage(completion.prompt_tokens, completion.completion_tokens, event.provenance())
             yield sse("[DONE]")
         except asyncio.CancelledError:
             self.stats.cancelled += 1

@@ -219,3 +219,36 @@ def chunk_body(
 def sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+class ChunkWriter:
+    """SSE chunks of one streamed answer. Content chunks, one per token, are the hot path: their
+    fixed JSON around the text is rendered once, so each token costs one `json.dumps` of its text."""
+
+    def __init__(self, completion_id: str, model: str, extra: dict[str, Any], created: int | None = None) -> None:
+        self.completion_id = completion_id
+        self.model = model
+        self.created = created or int(time.time())
+        self.extra = extra
+        head = json.dumps(chunk_body(completion_id, model, self.created, {"content": "\0"}, extra=extra),
+                          ensure_ascii=False, separators=(",", ":"))
+        before, after = head.split('"\\u0000"')
+        self._before = b"data: " + before.encode()
+        self._after = after.encode() + b"\n\n"
+
+    def content(self, text: str, tokens: list[TokenEvent] | None = None) -> bytes:
+        if tokens is not None:
+            return sse(chunk_body(self.completion_id, self.model, self.created, {"content": text}, tokens=tokens,
+                                  extra=self.extra))
+        return self._before + json.dumps(text, ensure_ascii=False).encode() + self._after
+
+    def role(self) -> bytes:
+        return sse(chunk_body(self.completion_id, self.model, self.created, {"role": "assistant", "content": ""},
+                              extra=self.extra))
+
+    def finish(self, reason: str, extra: dict[str, Any]) -> bytes:
+        return sse(chunk_body(self.completion_id, self.model, self.created, {}, finish_reason=reason, extra=extra))
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, extra: dict[str, Any]) -> bytes:
+        return sse(chunk_body(self.completion_id, self.model, self.created, None, extra=extra,
+                              usage_block=usage(prompt_tokens, completion_tokens)))

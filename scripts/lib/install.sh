@@ -11,8 +11,13 @@ install_athanor() {
     local stamp=".venv/.athanor-installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-base}"
     if [ ! -f "$stamp" ]; then
         echo "installing Athanor into .venv (the first time compiles llama-cpp-python: several minutes)..." >&2
-        .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip >&2
-        .venv/bin/python -m pip install --disable-pip-version-check -q -e "$spec" >&2
+        local log=".venv/install.log"
+        if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
+               && .venv/bin/python -m pip install --disable-pip-version-check -e "$spec"; } >"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            echo "install failed; the whole log is in $log" >&2
+            return 1
+        fi
         touch "$stamp"
     fi
 }
