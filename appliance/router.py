@@ -100,10 +100,13 @@ class Router:
             params = SamplingParams(**{**params.__dict__, "max_tokens": room})
         return student, prompt, params
 
-    def start(self, request: ChatRequest) -> "Run":
-        """Admit a request (raising UnknownModel, PromptTooLong or Overloaded at once) and return its run."""
+    def start(self, request: ChatRequest, stream: bool = True) -> "Run":
+        """Admit a request (raising UnknownModel, PromptTooLong or Overloaded at once) and return its run.
+
+        `stream=False` when nobody reads the deltas as they come: the tokens then arrive in one piece.
+        """
         student, prompt, params = self.prepare(request)
-        return Run(student, prompt, params, student.scheduler.submit(prompt, params))
+        return Run(student, prompt, params, student.scheduler.submit(prompt, params, stream))
 
 
 class Run:

@@ -112,3 +112,15 @@ def test_an_engine_error_reaches_only_its_own_client():
         return result
 
     assert asyncio.run(scenario()) == ([1], "length")
+
+
+def test_a_job_that_does_not_stream_gets_all_its_tokens_at_the_end():
+    async def scenario():
+        scheduler = Scheduler(CountingEngine(), max_queue=10)
+        job = scheduler.submit([10], params(50), stream=False)
+        result = await collect(job)
+        scheduler.close()
+        return result
+
+    tokens, reason = asyncio.run(scenario())
+    assert tokens == list(range(10, 60)) and reason == "length"

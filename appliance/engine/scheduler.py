@@ -46,16 +46,27 @@ class _Failed:
 
 
 class Job:
-    """A request's place in the queue and its stream of tokens."""
+    """A request's place in the queue and its stream of tokens.
 
-    def __init__(self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop) -> None:
+    The worker appends to a buffer and wakes the event loop only when no wake-up is pending
+    (and, for a client that does not stream, only at the end): waking the loop costs CPU that
+    the decode threads need, so tokens that arrive while the loop is busy travel together.
+    """
+
+    def __init__(
+        self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop, stream: bool = True
+    ) -> None:
         self.prompt = prompt
         self.params = params
+        self.stream = stream
         self.finish_reason: str | None = None
         self.enqueued_at = time.monotonic()
         self.started_at: float | None = None
         self._loop = loop
-        self._items: asyncio.Queue = asyncio.Queue()
+        self._ready = asyncio.Event()
+        self._buffer: list[object] = []
+        self._lock = threading.Lock()
+        self._wake_pending = False
         self._cancel = threading.Event()
 
     @property
@@ -67,21 +78,35 @@ class Job:
         self._cancel.set()
 
     def _push(self, item: object) -> None:
+        final = isinstance(item, (_Done, _Failed))
+        with self._lock:
+            self._buffer.append(item)
+            if self._wake_pending or not (self.stream or final):
+                return
+            self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the loop has closed: nobody is listening any more
             self.cancel()
+
+    def _take(self) -> list[object]:
+        with self._lock:
+            items, self._buffer = self._buffer, []
+            self._wake_pending = False
+            self._ready.clear()
+        return items
 
     async def tokens(self) -> AsyncIterator[TokenEvent]:
         """Tokens as the worker produces them; sets `finish_reason` at the end, re-raises engine errors."""
         while True:
-            item = await self._items.get()
-            if isinstance(item, _Done):
-                self.finish_reason = item.reason
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
+            await self._ready.wait()
+            for item in self._take():
+                if isinstance(item, _Done):
+                    self.finish_reason = item.reason
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item  # type: ignore[misc]
 
 
 class Scheduler:
@@ -106,13 +131,16 @@ class Scheduler:
     def busy(self) -> bool:
         return self._busy.is_set()
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Job:
-        """Queue a job; raises `Overloaded` when `max_queue` jobs already wait."""
+    def submit(self, prompt: list[int], params: SamplingParams, stream: bool = True) -> Job:
+        """Queue a job; raises `Overloaded` when `max_queue` jobs already wait.
+
+        With `stream=False` the tokens are handed over in one piece when the answer is complete.
+        """
         with self._lock:
             if self._waiting >= self.max_queue:
                 raise Overloaded(self._waiting, max(1, math.ceil(self._waiting * self._avg_job_s)))
             self._waiting += 1
-        job = Job(prompt, params, asyncio.get_running_loop())
+        job = Job(prompt, params, asyncio.get_running_loop(), stream)
         self._jobs.put(job)
         return job
 

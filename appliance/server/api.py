@@ -106,7 +106,7 @@ class Api:
         body = parse_chat_request(request.body)
         chat = to_chat_request(body, self.default_max_tokens)
         try:
-            run = self.router.start(chat)
+            run = self.router.start(chat, stream=body.stream)
         except UnknownModel as exc:
             raise ApiError(404, str(exc), param="model", code="model_not_found") from None
         except PromptTooLong as exc:
