@@ -76,6 +76,12 @@ def daemon_run(client: httpx.Client, max_tokens: int, stream: bool, messages: li
     return tokens, time.perf_counter() - started
 
 
+def raw_stream_run(llm: Llama, prompt: list[int], max_tokens: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    tokens = sum(1 for _ in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0, stream=True))
+    return tokens, time.perf_counter() - started
+
+
 def raw_run(llm: Llama, prompt: list[int], max_tokens: int) -> tuple[int, float]:
     started = time.perf_counter()
     out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0)
@@ -105,13 +111,15 @@ def main() -> None:
             probe = client.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 1}).json()
             prompt = _prompt_tokens(model, [MESSAGES])[0]
             assert len(prompt) == probe["usage"]["prompt_tokens"], "prompt mismatch between raw and daemon"
-            results: dict[str, list[tuple[int, float]]] = {"raw": [], "daemon": [], "daemon_stream": [],
+            results: dict[str, list[tuple[int, float]]] = {"raw": [], "raw_stream": [], "daemon": [],
+                                                          "daemon_stream": [],
                                                           "raw_1tok": [], "daemon_1tok": []}
             raw_run(llm, prompt, 4)  # warm both sides
             daemon_run(client, 4, False)
             for _ in range(args.reps):  # interleaved so drift in machine load hits both alike
                 results["raw"].append(raw_run(llm, prompt, args.max_tokens))
                 results["daemon"].append(daemon_run(client, args.max_tokens, False))
+                results["raw_stream"].append(raw_stream_run(llm, prompt, args.max_tokens))
                 results["daemon_stream"].append(daemon_run(client, args.max_tokens, True))
             short = _prompt_tokens(model, [one_token_messages(i) for i in range(args.reps * 8)])
             for i in range(0, len(short), 2):  # alternate which side sees which question
@@ -140,8 +148,16 @@ def main() -> None:
         "raw_1tok_ms": ms(results["raw_1tok"]),
         "daemon_1tok_ms": ms(results["daemon_1tok"]),
     }
-    summary["ratio_daemon_vs_raw"] = summary["daemon_tokens_per_s"] / summary["raw_tokens_per_s"]
-    summary["ratio_stream_vs_raw"] = summary["daemon_stream_tokens_per_s"] / summary["raw_tokens_per_s"]
+    def paired_ratio(side, baseline):
+        # Each daemon run is compared with the raw run next to it, so slow drifts in the
+        # machine's load cancel out; the median of those ratios is the figure reported.
+        pairs = zip(results[side], results[baseline])
+        return statistics.median((n / t) / (rn / rt) for (n, t), (rn, rt) in pairs)
+
+    summary["raw_stream_tokens_per_s"] = tps(results["raw_stream"])
+    summary["ratio_daemon_vs_raw"] = paired_ratio("daemon", "raw")
+    summary["ratio_stream_vs_raw"] = paired_ratio("daemon_stream", "raw")
+    summary["ratio_stream_vs_raw_stream"] = paired_ratio("daemon_stream", "raw_stream")
     summary["added_latency_1tok_ms"] = summary["daemon_1tok_ms"] - summary["raw_1tok_ms"]
 
     table = Table(title=f"daemon vs raw llama-cpp-python ({model.name}, {args.threads} threads, "
@@ -149,10 +165,12 @@ def main() -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("raw llama-cpp-python tokens/s", f"{summary['raw_tokens_per_s']:.1f}")
+    table.add_row("raw llama-cpp-python tokens/s (stream=True)", f"{summary['raw_stream_tokens_per_s']:.1f}")
     table.add_row("daemon tokens/s (plain)", f"{summary['daemon_tokens_per_s']:.1f}")
     table.add_row("daemon tokens/s (streamed)", f"{summary['daemon_stream_tokens_per_s']:.1f}")
-    table.add_row("ratio daemon / raw", f"{summary['ratio_daemon_vs_raw']:.3f}")
-    table.add_row("ratio streamed / raw", f"{summary['ratio_stream_vs_raw']:.3f}")
+    table.add_row("ratio daemon / raw (paired median)", f"{summary['ratio_daemon_vs_raw']:.3f}")
+    table.add_row("ratio streamed / raw (paired median)", f"{summary['ratio_stream_vs_raw']:.3f}")
+    table.add_row("ratio streamed / raw streamed (paired median)", f"{summary['ratio_stream_vs_raw_stream']:.3f}")
     table.add_row("one-token answer, raw ms", f"{summary['raw_1tok_ms']:.1f}")
     table.add_row("one-token answer, daemon ms", f"{summary['daemon_1tok_ms']:.1f}")
     table.add_row("added latency per request ms", f"{summary['added_latency_1tok_ms']:.1f}")

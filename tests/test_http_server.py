@@ -53,8 +53,15 @@ def server(tmp_path):
     thread.start()
     ready.wait(5)
     yield path, handler
+
+    async def shutdown():
+        await http.stop_accepting()
+        await http.drain(0)
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
+    loop.close()
 
 
 def exchange(path, data: bytes, read_timeout=5.0) -> bytes:
@@ -173,3 +180,16 @@ def test_a_stale_socket_file_is_replaced(tmp_path):
     fresh = bind_socket(path, 0o600)
     fresh.close()
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+
+
+def test_expect_100_continue_is_answered_before_the_body(server):
+    path, _ = server
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100")
+        sock.sendall(b"abc")
+        received = b""
+        while b'"body":"abc"' not in received:
+            received += sock.recv(65536)

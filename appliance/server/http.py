@@ -141,7 +141,7 @@ class HttpServer:
         try:
             while True:
                 try:
-                    request = await self._read_request(conn, reader, peer)
+                    request = await self._read_request(conn, reader, writer, peer)
                 except _ClientGone:
                     return
                 except h11.RemoteProtocolError as exc:
@@ -185,7 +185,7 @@ class HttpServer:
         conn.receive_data(data)
 
     async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, peer: Peer | None
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer | None
     ) -> HttpRequest | None:
         """The next request with its whole body, or None when the client closed cleanly."""
         if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
@@ -210,6 +210,9 @@ class HttpServer:
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
                 raise _TooLarge(f"request body of {declared} bytes is over the limit of {self.limits.max_body_bytes}")
+            if conn.they_are_waiting_for_100_continue:
+                # curl asks before sending bodies over 1 KiB; without this it stalls for a second.
+                await self._write(writer, conn.send(h11.InformationalResponse(status_code=100, headers=[])))
             body = bytearray()
             while True:
                 event = conn.next_event()
