@@ -69,11 +69,62 @@ class StudentConfig(_Section):
         return value
 
 
+class CacheConfig(_Section):
+    enabled: bool = True
+    """Answer repeated questions from the semantic cache."""
+    path: Path | None = None
+    """SQLite file of the cache; default `<state>/cache.sqlite3`."""
+    embedder: Path | None = None
+    """sentence-transformers model folder; empty means the embedded all-MiniLM-L6-v2."""
+    threshold: float = Field(default=0.85, gt=0.0, le=1.0)
+    """Cosine similarity a neighbour needs before it is even considered a hit."""
+    verify: bool = True
+    """Also require numbers, negations and key content words to agree (similarity alone gives false hits)."""
+    ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """Entries older than this are not served and are purged."""
+    max_entries: int = Field(default=100_000, ge=1)
+    """Capacity; the least recently used entries are evicted beyond it."""
+
+
+class RoutingConfig(_Section):
+    confidence_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    """Student answers whose confidence is below this go to the teacher (when one is configured)."""
+    confidence_quantile: float = Field(default=0.1, gt=0.0, lt=1.0)
+    """Confidence is this low quantile of the answer's token probabilities."""
+
+
+class TeacherConfig(_Section):
+    provider: Literal["none", "gemini", "openai"] = "none"
+    """Which teacher answers when the student is unsure; `none` serves the student alone."""
+    model: str = "gemini-2.5-flash"
+    """The teacher's model name at its provider."""
+    base_url: str | None = None
+    """Endpoint override (an OpenAI-compatible server's URL, or a Gemini proxy)."""
+    api_key_env: str = "GEMINI_API_KEY"
+    """Environment variable holding the API key."""
+    api_key_file: Path | None = None
+    """File holding the API key (systemd credentials); wins over api_key_env."""
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    """Retries on 429 / 5xx / timeouts, with exponential backoff and jitter."""
+    requests_per_minute: int = Field(default=60, ge=1)
+    tokens_per_minute: int = Field(default=1_000_000, ge=1)
+    daily_budget_usd: float = Field(default=1.0, ge=0.0)
+    """Teacher spend per UTC day; over it the student answers alone (marked degraded)."""
+    price_input_per_mtok: float | None = Field(default=None, ge=0.0)
+    """USD per million input tokens; empty uses the built-in price table for the model."""
+    price_output_per_mtok: float | None = Field(default=None, ge=0.0)
+    """USD per million output tokens; empty uses the built-in price table for the model."""
+
+
 class AthanorConfig(_Section):
     """The whole configuration, passed down from the CLI to every part."""
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     source: Path | None = Field(default=None, exclude=True)
     """The file this was read from, if any."""
 
