@@ -1,0 +1,67 @@
+"""The distillation log: every teacher answer the daemon served, one JSON line each, for retraining.
+
+Crash safety: a record is written with one `write` of a whole line, flushed and fsynced before
+`append` returns, so an acknowledged record survives `kill -9`; a line torn by a crash mid-write
+can only be the last one, and `read_records` skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class DistillLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        """A crash may have left half a line; end it so the next record starts on its own line."""
+        size = self.path.stat().st_size
+        if size == 0:
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                os.write(self._fd, b"\n")
+                os.fsync(self._fd)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record durably (returns after fsync)."""
+        line = json.dumps({"ts": time.time(), **record}, ensure_ascii=False, separators=(",", ":")) + "\n"
+        data = line.encode()
+        with self._lock:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a short write (disk full): finish the line or fail loudly
+                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete record in the log; torn or corrupt lines are skipped."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
