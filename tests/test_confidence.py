@@ -26,8 +26,8 @@ def test_score_is_a_low_quantile_of_token_probabilities(probs, expected_score):
 def test_one_bad_token_lowers_the_score_more_than_the_mean():
     sure = confidence([math.log(0.95)] * 20)
     shaky = confidence([math.log(0.95)] * 17 + [math.log(0.02)] * 3)  # 15% of tokens doubtful
-    assert shaky.score < 0.5 < sure.score
-    assert shaky.mean_prob > 0.6  # the mean alone would still look fine
+    assert shaky.score < 0.05 and sure.score > 0.9
+    assert shaky.mean_prob > 0.5  # the (geometric) mean alone would still look passable
 
 
 def test_empty_answer_scores_zero():
