@@ -1,17 +1,28 @@
-"""Where an answer comes from. For now every request goes to a student; the cache and the
-teacher slot in here later, and every answer already says which route it took."""
+"""Where an answer comes from: the semantic cache, else the student, else (when the student is
+unsure and a teacher is configured and within budget) the teacher. Every answer says which."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import time
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Literal
 
+from .confidence import Confidence, confidence
 from .engine.llama import LlamaEngine, ModelInfo
 from .engine.scheduler import Job, Scheduler
 from .engine.text import TextAssembler
 from .engine.types import Completion, SamplingParams, TokenEvent
 from .errors import AthanorError
+from .teacher.base import Teacher, TeacherError, TeacherParams
+
+if TYPE_CHECKING:
+    from .cache import CacheKey, SemanticCache
+    from .distill_log import DistillLog
+
+log = logging.getLogger(__name__)
 
 RouteName = Literal["cache", "student", "teacher"]
 
@@ -38,6 +49,11 @@ class ChatRequest:
     params: SamplingParams
     model: str | None = None
     max_tokens_given: bool = False
+    namespace: str = "default"
+    cache_read: bool = True
+    """False for `Cache-Control: no-cache`: always generate."""
+    cache_write: bool = True
+    """False for `Cache-Control: no-store`: never remember this answer."""
 
 
 @dataclass
@@ -45,6 +61,8 @@ class Student:
     name: str
     engine: LlamaEngine
     scheduler: Scheduler
+    version: str = ""
+    """Identity of the model file; cache entries of other versions are not served."""
 
     @property
     def info(self) -> ModelInfo:
@@ -53,10 +71,11 @@ class Student:
 
 @dataclass
 class Delta:
-    """Text released so far and the tokens that released it."""
+    """Text released so far and the student tokens that released it (none for cache/teacher text)."""
 
     text: str
     tokens: list[TokenEvent]
+    route: RouteName = "student"
 
 
 @dataclass
@@ -68,18 +87,59 @@ class Answer:
     completion: Completion
     queued_s: float
     elapsed_s: float
-    extra: dict = field(default_factory=dict)
+    confidence: Confidence | None = None
+    cache_similarity: float | None = None
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+    degraded: bool = False
+    degraded_reason: str | None = None
 
     def provenance(self) -> dict:
-        return {"route": self.route, **self.extra}
+        fields: dict = {
+            "route": self.route,
+            "confidence": round(self.confidence.score, 6) if self.confidence else None,
+            "cache_similarity": round(self.cache_similarity, 6) if self.cache_similarity is not None else None,
+            "cost_usd": round(self.cost_usd, 8),
+            "saved_usd": round(self.saved_usd, 8),
+            "degraded": self.degraded,
+        }
+        if self.confidence:
+            fields["confidence_detail"] = self.confidence.as_dict()
+        if self.degraded_reason:
+            fields["degraded_reason"] = self.degraded_reason
+        return fields
+
+
+def params_key(params: SamplingParams) -> str:
+    """The generation settings that change an answer; a cache hit must match them all."""
+    return json.dumps(
+        {"t": round(params.temperature, 3), "p": round(params.top_p, 3), "max": params.max_tokens,
+         "stop": list(params.stop), "seed": params.seed},
+        separators=(",", ":"),
+    )
+
+
+@dataclass
+class Routing:
+    """What the router needs beyond the students; every part is optional."""
+
+    confidence_threshold: float = 0.2
+    confidence_quantile: float = 0.1
+    cache: SemanticCache | None = None
+    teacher: Teacher | None = None
+    distill_log: DistillLog | None = None
+    price: Callable[[int, int], float] | None = None
+    """What the teacher would charge for (input, output) tokens: the basis of `saved_usd`."""
+    normalize: Callable[[list[dict[str, str]]], str] = field(default=lambda messages: json.dumps(messages))
 
 
 class Router:
-    """Picks the student a request names (or the default) and streams its answer."""
+    """Picks the student a request names (or the default) and routes the request."""
 
-    def __init__(self, students: dict[str, Student], default: str) -> None:
+    def __init__(self, students: dict[str, Student], default: str, routing: Routing | None = None) -> None:
         self.students = students
         self.default = default
+        self.routing = routing or Routing()
 
     def student(self, name: str | None) -> Student:
         key = name or self.default
@@ -97,35 +157,86 @@ class Router:
         if room < 1 or (request.max_tokens_given and params.max_tokens > room):
             raise PromptTooLong(len(prompt), params.max_tokens, n_ctx)
         if params.max_tokens > room:
-            params = SamplingParams(**{**params.__dict__, "max_tokens": room})
+            params = replace(params, max_tokens=room)
         return student, prompt, params
 
-    def start(self, request: ChatRequest, stream: bool = True) -> "Run":
-        """Admit a request (raising UnknownModel, PromptTooLong or Overloaded at once) and return its run.
+    def saved(self, prompt_tokens: int, completion_tokens: int) -> float:
+        price = self.routing.price
+        return price(prompt_tokens, completion_tokens) if price else 0.0
+
+    async def start(self, request: ChatRequest, stream: bool = True) -> "Run":
+        """Admit a request: raises UnknownModel, PromptTooLong or Overloaded before anything is sent.
 
         `stream=False` when nobody reads the deltas as they come: the tokens then arrive in one piece.
         """
         student, prompt, params = self.prepare(request)
-        return Run(student, prompt, params, student.scheduler.submit(prompt, params, stream))
+        cache = self.routing.cache
+        key = None
+        prompt_text = ""
+        if cache is not None:
+            from .cache import CacheKey
+
+            key = CacheKey(request.namespace, student.version, params_key(params))
+            prompt_text = self.routing.normalize(request.messages)
+            if request.cache_read:
+                hit = await asyncio.to_thread(cache.lookup, key, prompt_text)
+                if hit is not None:
+                    return CachedRun(self, student, prompt, hit)
+        # With a teacher the student's answer is held back until its confidence is known.
+        hold = self.routing.teacher is not None
+        job = student.scheduler.submit(prompt, params, stream=stream and not hold)
+        return StudentRun(self, student, prompt, params, job, request, key, prompt_text, hold)
 
 
 class Run:
     """One admitted request: iterate `events()` for text deltas, then one `Answer`."""
 
-    def __init__(self, student: Student, prompt: list[int], params: SamplingParams, job: Job) -> None:
+    student: Student
+    prompt: list[int]
+
+    def events(self) -> AsyncIterator[Delta | Answer]:
+        raise NotImplementedError
+
+
+class CachedRun(Run):
+    def __init__(self, router: Router, student: Student, prompt: list[int], hit) -> None:
+        self.router = router
+        self.student = student
+        self.prompt = prompt
+        self.hit = hit
+
+    async def events(self) -> AsyncIterator[Delta | Answer]:
+        completion_tokens = int(self.hit.meta.get("completion_tokens", 0))
+        yield Delta(self.hit.answer, [], "cache")
+        yield Answer(
+            model=self.student.name,
+            route="cache",
+            completion=Completion(self.hit.answer, "stop", len(self.prompt), [], completion_tokens),
+            queued_s=0.0,
+            elapsed_s=0.0,
+            cache_similarity=self.hit.similarity,
+            saved_usd=self.router.saved(len(self.prompt), completion_tokens),
+        )
+
+
+class StudentRun(Run):
+    def __init__(self, router: Router, student: Student, prompt: list[int], params: SamplingParams, job: Job,
+                 request: ChatRequest, key: CacheKey | None, prompt_text: str, hold: bool) -> None:
+        self.router = router
         self.student = student
         self.prompt = prompt
         self.params = params
         self.job = job
+        self.request = request
+        self.key = key
+        self.prompt_text = prompt_text
+        self.hold = hold
         self.started = time.monotonic()
 
-    async def events(self) -> AsyncIterator[Delta | Answer]:
-        job = self.job
-        assembler = TextAssembler(self.params.stop)
-        tokens: list[TokenEvent] = []
+    async def _student_deltas(self, assembler: TextAssembler, tokens: list[TokenEvent]) -> AsyncIterator[Delta]:
         pending: list[TokenEvent] = []
         try:
-            async for token in job.tokens():
+            async for token in self.job.tokens():
                 delta = assembler.feed(token)
                 tokens.append(token)
                 pending.append(token)
@@ -139,12 +250,82 @@ class Run:
                 yield Delta(tail.text, pending)
         finally:
             # Whether we stopped early, failed or the client left: the slot is freed now.
-            job.cancel()
-        finish = "stop" if assembler.stopped else (job.finish_reason or "stop")
+            self.job.cancel()
+
+    async def events(self) -> AsyncIterator[Delta | Answer]:
+        routing = self.router.routing
+        assembler = TextAssembler(self.params.stop)
+        tokens: list[TokenEvent] = []
+        held: list[Delta] = []
+        async for delta in self._student_deltas(assembler, tokens):
+            if self.hold:
+                held.append(delta)
+            else:
+                yield delta
+        finish = "stop" if assembler.stopped else (self.job.finish_reason or "stop")
+        completion = Completion(assembler.text, finish, len(self.prompt), tokens)
+        sure = confidence(completion.logprobs, routing.confidence_quantile)
+        unsure = sure.score < routing.confidence_threshold
+        reason = None
+        if unsure and routing.teacher is not None:
+            try:
+                async for event in self._ask_teacher(completion, sure):
+                    yield event
+                return
+            except TeacherError as exc:
+                reason = str(exc)
+                log.warning("teacher failed, serving the student's answer: %s", reason)
+        elif unsure:
+            reason = "student unsure and no teacher configured"
+        for delta in held:
+            yield delta
+        if not unsure:
+            await self._remember(completion.text, completion.completion_tokens, "student", sure)
         yield Answer(
             model=self.student.name,
             route="student",
-            completion=Completion(assembler.text, finish, len(self.prompt), tokens),
-            queued_s=(job.started_at or self.started) - job.enqueued_at,
+            completion=completion,
+            queued_s=(self.job.started_at or self.started) - self.job.enqueued_at,
             elapsed_s=time.monotonic() - self.started,
+            confidence=sure,
+            saved_usd=self.router.saved(completion.prompt_tokens, completion.completion_tokens),
+            degraded=unsure,
+            degraded_reason=reason,
         )
+
+    async def _ask_teacher(self, student_answer: Completion, sure: Confidence) -> AsyncIterator[Delta | Answer]:
+        routing = self.router.routing
+        assert routing.teacher is not None
+        params = TeacherParams(max_tokens=self.params.max_tokens, temperature=self.params.temperature,
+                               top_p=self.params.top_p, stop=self.params.stop, seed=self.params.seed)
+        answer = await routing.teacher.complete(self.request.messages, params)
+        if routing.distill_log is not None:
+            record = {
+                "messages": self.request.messages,
+                "teacher": {"model": answer.model, "text": answer.text, "input_tokens": answer.input_tokens,
+                            "output_tokens": answer.output_tokens, "cost_usd": answer.cost_usd},
+                "student": {"model": self.student.name, "version": self.student.version,
+                            "text": student_answer.text, "confidence": sure.as_dict()},
+            }
+            await asyncio.to_thread(routing.distill_log.append, record)
+        await self._remember(answer.text, answer.output_tokens, "teacher", sure)
+        yield Delta(answer.text, [], "teacher")
+        yield Answer(
+            model=self.student.name,
+            route="teacher",
+            completion=Completion(answer.text, answer.finish_reason, answer.input_tokens, [], answer.output_tokens),
+            queued_s=(self.job.started_at or self.started) - self.job.enqueued_at,
+            elapsed_s=time.monotonic() - self.started,
+            confidence=sure,
+            cost_usd=answer.cost_usd,
+        )
+
+    async def _remember(self, text: str, completion_tokens: int, source: str, sure: Confidence) -> None:
+        cache = self.router.routing.cache
+        if cache is None or self.key is None or not self.request.cache_write or not text.strip():
+            return
+        meta = {"source": source, "completion_tokens": completion_tokens, "confidence": sure.score}
+        try:
+            await asyncio.to_thread(cache.put, self.key, self.prompt_text, text, meta)
+        except Exception:  # a cache that cannot write must not cost the client its answer
+            log.exception("cache write failed")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .router import Answer
 
 
 @dataclass
@@ -17,12 +21,22 @@ class Stats:
     completion_tokens: int = 0
     cancelled: int = 0
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=1024))
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+    degraded: int = 0
+    confidences: deque = field(default_factory=lambda: deque(maxlen=1024))
 
-    def record_answer(self, route: str, prompt_tokens: int, completion_tokens: int, elapsed_s: float) -> None:
-        self.by_route[route] += 1
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += completion_tokens
-        self.latencies_s.append(elapsed_s)
+    def record_answer(self, answer: "Answer") -> None:
+        completion = answer.completion
+        self.by_route[answer.route] += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.latencies_s.append(answer.elapsed_s)
+        self.cost_usd += answer.cost_usd
+        self.saved_usd += answer.saved_usd
+        self.degraded += answer.degraded
+        if answer.confidence is not None:
+            self.confidences.append(answer.confidence.score)
 
     def record_status(self, status: int) -> None:
         self.requests += 1
@@ -43,4 +57,9 @@ class Stats:
             "completion_tokens": self.completion_tokens,
             "cancelled": self.cancelled,
             "latency_s": {"p50": quantile(0.5), "p95": quantile(0.95)},
+            "cost_usd": self.cost_usd,
+            "saved_usd": self.saved_usd,
+            "degraded": self.degraded,
+            "cache_hit_rate": self.by_route["cache"] / answered if (answered := sum(self.by_route.values())) else None,
+            "confidence_recent": list(self.confidences)[-100:],
         }

@@ -46,10 +46,12 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     tokens: list[TokenEvent] = field(default_factory=list)
+    counted_tokens: int | None = None
+    """Answer length when it came without student tokens (cache, teacher)."""
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.tokens)
+        return len(self.tokens) if self.counted_tokens is None else self.counted_tokens
 
     @property
     def logprobs(self) -> list[float]:

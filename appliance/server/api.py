@@ -18,7 +18,32 @@ from .openai_schema import ChatCompletionRequest, ChunkWriter, completion_body, 
 log = logging.getLogger(__name__)
 
 
-def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int) -> ChatRequest:
+_NAMESPACE_HEADER = "x-athanor-namespace"
+
+
+def namespace_for(request: HttpRequest) -> str:
+    """The caller's cache namespace: its uid (from SO_PEERCRED), optionally narrowed by a header.
+
+    The header can only add a sub-namespace under the caller's own uid, never name another's.
+    """
+    owner = str(request.peer.uid) if request.peer is not None else "anonymous"
+    sub = request.headers.get(_NAMESPACE_HEADER, "").strip()
+    if not sub:
+        return owner
+    if len(sub) > 64 or not all(c.isalnum() or c in "-_." for c in sub):
+        raise ApiError(400, f"{_NAMESPACE_HEADER} must be 1-64 letters, digits, '-', '_' or '.'",
+                       param=_NAMESPACE_HEADER)
+    return f"{owner}/{sub}"
+
+
+def cache_directives(request: HttpRequest) -> tuple[bool, bool]:
+    """(may read the cache, may write it) from `Cache-Control: no-cache` / `no-store`."""
+    directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
+    return "no-cache" not in directives, "no-store" not in directives
+
+
+def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int, namespace: str = "default",
+                    cache_read: bool = True, cache_write: bool = True) -> ChatRequest:
     """Wire request to router request: OpenAI's defaults, our limits."""
     limit = body.answer_limit
     params = SamplingParams(
@@ -29,7 +54,8 @@ def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int) -> Cha
         stop=body.stops,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
     )
-    return ChatRequest(messages=body.chat(), params=params, model=body.model, max_tokens_given=limit is not None)
+    return ChatRequest(messages=body.chat(), params=params, model=body.model, max_tokens_given=limit is not None,
+                       namespace=namespace, cache_read=cache_read, cache_write=cache_write)
 
 
 class Api:
@@ -104,9 +130,10 @@ class Api:
         # The body is JSON whatever content-type says: `curl -d` sends form-urlencoded by default,
         # and llama.cpp's server accepts that too.
         body = parse_chat_request(request.body)
-        chat = to_chat_request(body, self.default_max_tokens)
+        cache_read, cache_write = cache_directives(request)
+        chat = to_chat_request(body, self.default_max_tokens, namespace_for(request), cache_read, cache_write)
         try:
-            run = self.router.start(chat, stream=body.stream)
+            run = await self.router.start(chat, stream=body.stream)
         except UnknownModel as exc:
             raise ApiError(404, str(exc), param="model", code="model_not_found") from None
         except PromptTooLong as exc:
@@ -133,18 +160,20 @@ class Api:
         completion = answer.completion
         return json_response(200, completion_body(
             completion_id, answer.model, completion.text, completion.finish_reason, completion.prompt_tokens,
-            completion.tokens, body.logprobs, answer.provenance(),
+            completion.completion_tokens, completion.tokens, body.logprobs, answer.provenance(),
         ))
 
     async def _stream(
         self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool
     ) -> AsyncIterator[bytes]:
-        chunks = ChunkWriter(completion_id, model, {"route": "student"})
-        yield chunks.role()
+        chunks = None
         try:
             async for event in events:
+                if chunks is None:  # the route is known with the first event
+                    chunks = ChunkWriter(completion_id, model, {"route": event.route})
+                    yield chunks.role()
                 if isinstance(event, Delta):
-                    if event.text or logprobs:
+                    if event.text or (logprobs and event.tokens):
                         yield chunks.content(event.text, event.tokens if logprobs else None)
                     continue
                 self._record(event)
@@ -160,5 +189,4 @@ class Api:
             await events.aclose()  # type: ignore[attr-defined]
 
     def _record(self, answer: Answer) -> None:
-        completion = answer.completion
-        self.stats.record_answer(answer.route, completion.prompt_tokens, completion.completion_tokens, answer.elapsed_s)
+        self.stats.record_answer(answer)

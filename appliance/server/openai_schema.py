@@ -160,6 +160,7 @@ def completion_body(
     text: str,
     finish_reason: str,
     prompt_tokens: int,
+    completion_tokens: int,
     tokens: list[TokenEvent],
     with_logprobs: bool,
     extra: dict[str, Any],
@@ -179,7 +180,7 @@ def completion_body(
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": usage(prompt_tokens, len(tokens)),
+        "usage": usage(prompt_tokens, completion_tokens),
         **extra,
     }
 
