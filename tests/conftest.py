@@ -73,6 +73,7 @@ def stop_daemon(process: subprocess.Popen) -> None:
 def daemon(tmp_path_factory):
     """One real daemon on the embedded student for the e2e tests: yields its socket path."""
     home = tmp_path_factory.mktemp("daemon-home")
-    process, socket_path = start_daemon(home, env={"ATHANOR_SERVER__MAX_QUEUE": "8"})
+    # The student path alone: no cache, so repeated questions really reach the student.
+    process, socket_path = start_daemon(home, env={"ATHANOR_SERVER__MAX_QUEUE": "8", "ATHANOR_CACHE__ENABLED": "false"})
     yield socket_path
     stop_daemon(process)

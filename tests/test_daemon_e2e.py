@@ -180,7 +180,8 @@ def test_ask_without_a_daemon_says_how_to_start_one(tmp_path):
 
 
 def test_queue_overflow_is_503_with_retry_after(tmp_path):
-    process, path = start_daemon(tmp_path / "small", env={"ATHANOR_SERVER__MAX_QUEUE": "1"})
+    process, path = start_daemon(tmp_path / "small", env={"ATHANOR_SERVER__MAX_QUEUE": "1",
+                                                          "ATHANOR_CACHE__ENABLED": "false"})
     try:
         def ask(_):
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://a", timeout=120) as c:
@@ -198,7 +199,7 @@ def test_queue_overflow_is_503_with_retry_after(tmp_path):
 
 
 def test_sigterm_finishes_the_answer_in_flight(tmp_path):
-    process, path = start_daemon(tmp_path / "term")
+    process, path = start_daemon(tmp_path / "term", env={"ATHANOR_CACHE__ENABLED": "false"})
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         def ask():
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://a", timeout=120) as c:
