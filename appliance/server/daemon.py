@@ -10,12 +10,15 @@ import socket
 import stat
 from pathlib import Path
 
+from .. import paths
 from ..config import AthanorConfig
 from ..defaults import embedded_student_path
 from ..engine.llama import LlamaEngine
 from ..engine.scheduler import Scheduler
 from ..errors import AthanorError
-from ..router import Router, Student
+from ..distill_log import DistillLog
+from ..fingerprint import file_fingerprint
+from ..router import Router, Routing, Student
 from .api import Api
 from .http import HttpServer, Limits
 from .sd_notify import notify
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 SD_LISTEN_FDS_START = 3
 
 
-def load_students(config: AthanorConfig) -> Router:
+def load_students(config: AthanorConfig) -> dict[str, Student]:
     """Load every configured student (today one) into its engine and scheduler."""
     cfg = config.student
     path = cfg.path or embedded_student_path()
@@ -33,8 +36,47 @@ def load_students(config: AthanorConfig) -> Router:
         path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
         flash_attn=cfg.flash_attn,
     )
-    student = Student(cfg.name, engine, Scheduler(engine, config.server.max_queue, cfg.name))
-    return Router({cfg.name: student}, cfg.name)
+    scheduler = Scheduler(engine, config.server.max_queue, cfg.name)
+    return {cfg.name: Student(cfg.name, engine, scheduler, version=file_fingerprint(path))}
+
+
+def build_routing(config: AthanorConfig) -> Routing:
+    """The optional parts around the students: cache, teacher, distillation log, price of a teacher answer."""
+    state = paths.state_dir()
+    routing = Routing(
+        confidence_threshold=config.routing.confidence_threshold,
+        confidence_quantile=config.routing.confidence_quantile,
+    )
+    if config.cache.enabled:
+        from ..cache import SemanticCache, load_embedder, normalize_prompt
+
+        routing.cache = SemanticCache(config.cache.path or state / "cache.sqlite3",
+                                      load_embedder(config.cache.embedder), config.cache)
+        routing.normalize = normalize_prompt
+    if config.teacher.provider != "none":
+        from ..teacher import make_teacher
+
+        routing.teacher = make_teacher(config.teacher, state)
+        routing.distill_log = DistillLog(state / "distill.jsonl")
+    if routing.teacher is not None:
+        routing.price = routing.teacher.estimate_cost
+    else:
+        routing.price = _price_or_none(config)
+    return routing
+
+
+def _price_or_none(config: AthanorConfig):
+    """Even without a teacher, `saved_usd` can use the configured teacher model's price when it is known."""
+    from ..teacher.pricing import price_for
+
+    try:
+        return price_for(config.teacher).cost
+    except AthanorError:
+        return None
+
+
+def build_router(config: AthanorConfig) -> Router:
+    return Router(load_students(config), config.student.name, build_routing(config))
 
 
 def inherited_socket() -> socket.socket | None:
@@ -80,7 +122,7 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
 
 async def serve(config: AthanorConfig, router: Router | None = None, shutdown_timeout_s: float = 30.0) -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, let in-flight answers finish, release the model."""
-    router = router or load_students(config)
+    router = router or build_router(config)
     api = Api(router, config.student.default_max_tokens)
     limits = Limits(
         max_body_bytes=config.server.max_body_bytes,
@@ -112,5 +154,16 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         for student in router.students.values():
             student.scheduler.close()
             student.engine.close()
+        await _close_routing(router.routing)
         if owned_path is not None:
             owned_path.unlink(missing_ok=True)
+
+
+async def _close_routing(routing: Routing) -> None:
+    """Flush what the cache and the log hold and release the teacher's connections."""
+    if routing.teacher is not None:
+        await routing.teacher.aclose()
+    if routing.cache is not None:
+        routing.cache.close()
+    if routing.distill_log is not None:
+        routing.distill_log.close()

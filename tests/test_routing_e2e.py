@@ -1,0 +1,193 @@
+"""The hybrid path through the real daemon: semantic cache, student, confidence, and a teacher
+reached over real HTTP (the google-genai client talking to a fake Gemini server)."""
+
+import json
+import os
+
+import httpx
+import pytest
+
+from appliance.distill_log import read_records
+
+from .conftest import start_daemon, stop_daemon
+from .fakes import FakeGemini
+
+pytestmark = pytest.mark.e2e
+
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+PARAPHRASE = [{"role": "user", "content": "What's the capital city of France?"}]
+ONE_WORD_CHANGE = [{"role": "user", "content": "What is the capital of Spain?"}]
+
+
+def teacher_env(fake: FakeGemini, **extra: str) -> dict[str, str]:
+    return {
+        "ATHANOR_TEACHER__PROVIDER": "gemini",
+        "ATHANOR_TEACHER__MODEL": "gemini-2.5-flash",
+        "ATHANOR_TEACHER__BASE_URL": fake.url,
+        "ATHANOR_TEACHER__API_KEY_ENV": "ATHANOR_TEST_GEMINI_KEY",
+        "ATHANOR_TEST_GEMINI_KEY": fake.api_key,
+        "ATHANOR_TEACHER__TIMEOUT_S": "5",
+        **extra,
+    }
+
+
+def client(path, namespace: str | None = None) -> httpx.Client:
+    headers = {"x-athanor-namespace": namespace} if namespace else {}
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://a", timeout=120,
+                        headers=headers)
+
+
+def ask(path, messages, namespace=None, headers=None, **params) -> dict:
+    with client(path, namespace) as c:
+        response = c.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 24, "temperature": 0,
+                                                        **params}, headers=headers or {})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def gemini():
+    with FakeGemini(api_key="fake-key-123", answer=lambda prompt: f"Teacher says: {prompt[-40:]}") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory, gemini):
+    """A daemon whose student is never sure enough (threshold 1.0): every miss goes to the teacher."""
+    home = tmp_path_factory.mktemp("hybrid")
+    process, path = start_daemon(home, env=teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
+    yield home, path, process
+    stop_daemon(process)
+
+
+def test_unsure_student_goes_to_the_teacher_then_the_cache_answers(hybrid, gemini):
+    home, path, _ = hybrid
+    before = len(gemini.requests)
+    first = ask(path, CAPITAL)
+    assert first["route"] == "teacher"
+    assert first["choices"][0]["message"]["content"].startswith("Teacher says:")
+    assert first["cost_usd"] > 0 and first["saved_usd"] == 0
+    assert 0 <= first["confidence"] < 1.0  # the student's confidence that sent it to the teacher
+    assert len(gemini.requests) == before + 1
+    # The same question again, and a paraphrase: served from the cache, the teacher not asked.
+    again = ask(path, CAPITAL)
+    para = ask(path, PARAPHRASE)
+    for answer in (again, para):
+        assert answer["route"] == "cache"
+        assert answer["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+        assert answer["cost_usd"] == 0 and answer["saved_usd"] > 0
+    assert para["cache_similarity"] < again["cache_similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert len(gemini.requests) == before + 1
+    # One important word changed: not the cached answer.
+    other = ask(path, ONE_WORD_CHANGE)
+    assert other["route"] == "teacher"
+    assert len(gemini.requests) == before + 2
+    # Every teacher answer is in the distillation log.
+    records = list(read_records(home / "state" / "distill.jsonl"))
+    assert [r["messages"][-1]["content"] for r in records][-2:] == [CAPITAL[0]["content"],
+                                                                    ONE_WORD_CHANGE[0]["content"]]
+    assert records[-1]["teacher"]["text"] == other["choices"][0]["message"]["content"]
+    assert records[-1]["teacher"]["cost_usd"] > 0
+
+
+def test_namespaces_do_not_share_answers(hybrid, gemini):
+    _, path, _ = hybrid
+    question = [{"role": "user", "content": "Name a famous painting by Vermeer."}]
+    mine = ask(path, question, namespace="alice")
+    assert mine["route"] == "teacher"
+    assert ask(path, question, namespace="alice")["route"] == "cache"
+    assert ask(path, question, namespace="bob")["route"] == "teacher"
+    with client(path, "../../etc") as c:
+        bad = c.post("/v1/chat/completions", json={"messages": question})
+    assert bad.status_code == 400
+
+
+def test_cache_control_headers(hybrid):
+    _, path, _ = hybrid
+    question = [{"role": "user", "content": "Give me a haiku about rain."}]
+    assert ask(path, question, headers={"cache-control": "no-store"})["route"] == "teacher"
+    assert ask(path, question)["route"] == "teacher"  # nothing was stored
+    assert ask(path, question, headers={"cache-control": "no-cache"})["route"] == "teacher"  # not read
+    assert ask(path, question)["route"] == "cache"
+
+
+def test_streaming_a_cache_hit_and_a_teacher_answer(hybrid):
+    _, path, _ = hybrid
+    question = [{"role": "user", "content": "Why do cats purr?"}]
+    for expected in ("teacher", "cache"):
+        with client(path) as c, c.stream("POST", "/v1/chat/completions",
+                                          json={"messages": question, "max_tokens": 16, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        assert {chunk["route"] for chunk in chunks} == {expected}
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert text.startswith("Teacher says:")
+
+
+def test_teacher_down_gives_the_students_answer_marked_degraded(hybrid, gemini):
+    _, path, _ = hybrid
+    gemini.fail_times(10, status=503)
+    try:
+        answer = ask(path, [{"role": "user", "content": "Describe the moon in one sentence."}])
+    finally:
+        gemini.faults.clear()
+    assert answer["route"] == "student"
+    assert answer["degraded"] is True
+    assert "503" in answer["degraded_reason"] or "unavailable" in answer["degraded_reason"].lower()
+    assert answer["choices"][0]["message"]["content"]  # the client still got an answer
+
+
+def test_a_429_is_retried_and_answered(hybrid, gemini):
+    _, path, _ = hybrid
+    gemini.fail_times(1, status=429, retry_after=0.2)
+    answer = ask(path, [{"role": "user", "content": "What is a prime number?"}])
+    assert answer["route"] == "teacher"
+
+
+def test_stats_count_routes_and_money(hybrid):
+    _, path, _ = hybrid
+    with client(path) as c:
+        stats = c.get("/v1/stats").json()
+    assert stats["by_route"]["teacher"] >= 2 and stats["by_route"]["cache"] >= 2
+    assert stats["cost_usd"] > 0 and stats["saved_usd"] > 0
+    assert "fake-key-123" not in json.dumps(stats)
+
+
+def test_cache_survives_a_restart(tmp_path, gemini):
+    env = teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0")
+    process, path = start_daemon(tmp_path / "restart", env=env)
+    try:
+        assert ask(path, CAPITAL)["route"] == "teacher"
+    finally:
+        stop_daemon(process)
+    process, path = start_daemon(tmp_path / "restart", env=env)
+    try:
+        assert ask(path, CAPITAL)["route"] == "cache"
+    finally:
+        stop_daemon(process)
+
+
+def test_budget_exhausted_means_no_teacher_call(tmp_path, gemini):
+    env = teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", ATHANOR_TEACHER__DAILY_BUDGET_USD="0")
+    process, path = start_daemon(tmp_path / "broke", env=env)
+    try:
+        before = len(gemini.requests)
+        answer = ask(path, [{"role": "user", "content": "Tell me about budgets."}])
+        assert answer["route"] == "student" and answer["degraded"] is True
+        assert "budget" in answer["degraded_reason"].lower()
+        assert len(gemini.requests) == before
+    finally:
+        stop_daemon(process)
+
+
+def test_a_confident_student_answers_itself_and_is_cached(tmp_path, gemini):
+    env = teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="0.0")
+    process, path = start_daemon(tmp_path / "sure", env=env)
+    try:
+        before = len(gemini.requests)
+        first = ask(path, CAPITAL)
+        assert first["route"] == "student" and first["degraded"] is False
+        assert first["confidence_detail"]["n_tokens"] == first["usage"]["completion_tokens"]
+        assert ask(path, CAPITAL)["route"] == "cache"
+        assert len(gemini.requests) == before
+    finally:
+        stop_daemon(process)
