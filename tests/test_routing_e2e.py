@@ -150,6 +150,8 @@ def test_stats_count_routes_and_money(hybrid):
     assert stats["by_route"]["teacher"] >= 2 and stats["by_route"]["cache"] >= 2
     assert stats["cost_usd"] > 0 and stats["saved_usd"] > 0
     assert "fake-key-123" not in json.dumps(stats)
+    assert stats["teacher"]["provider"] == "gemini" and stats["teacher"]["spent_today"] > 0
+    assert stats["cache"]["entries"] >= 2
 
 
 def test_cache_survives_a_restart(tmp_path, gemini):

@@ -11,6 +11,7 @@ from ..engine.scheduler import Overloaded
 from ..engine.types import SamplingParams
 from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, UnknownModel
 from ..stats import Stats
+from ..teacher import teacher_status
 from .errors import ApiError
 from .http import HttpRequest, HttpResponse, json_response
 from .openai_schema import ChatCompletionRequest, ChunkWriter, completion_body, parse_chat_request, sse
@@ -100,6 +101,8 @@ class Api:
             "students": [s.name for s in students],
             "queued": sum(s.scheduler.waiting for s in students),
             "busy": sum(s.scheduler.busy for s in students),
+            "cache": self.router.routing.cache is not None,
+            "teacher": getattr(self.router.routing.teacher, "name", None),
         })
 
     async def models(self, request: HttpRequest) -> HttpResponse:
@@ -124,7 +127,12 @@ class Api:
         return json_response(200, {"object": "list", "data": data})
 
     async def stats_view(self, request: HttpRequest) -> HttpResponse:
-        return json_response(200, self.stats.snapshot())
+        routing = self.router.routing
+        snapshot = self.stats.snapshot()
+        snapshot["cache"] = await asyncio.to_thread(routing.cache.stats) if routing.cache is not None else None
+        snapshot["teacher"] = teacher_status(routing.teacher)
+        snapshot["confidence_threshold"] = routing.confidence_threshold
+        return json_response(200, snapshot)
 
     async def chat_completions(self, request: HttpRequest) -> HttpResponse:
         # The body is JSON whatever content-type says: `curl -d` sends form-urlencoded by default,
