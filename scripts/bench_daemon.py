@@ -32,7 +32,8 @@ from appliance.defaults import embedded_student_path  # noqa: E402
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
 
 
-def start_daemon(home: Path, model: Path, n_ctx: int, threads: int, flash_attn: str) -> tuple[subprocess.Popen, Path]:
+def start_daemon(home: Path, model: Path, n_ctx: int, threads: int, flash_attn: str,
+                 cache: str) -> tuple[subprocess.Popen, Path]:
     env = {
         **os.environ,
         "ATHANOR_HOME": str(home),
@@ -40,6 +41,8 @@ def start_daemon(home: Path, model: Path, n_ctx: int, threads: int, flash_attn: 
         "ATHANOR_STUDENT__N_CTX": str(n_ctx),
         "ATHANOR_STUDENT__N_THREADS": str(threads),
         "ATHANOR_STUDENT__FLASH_ATTN": flash_attn,
+        # Every distinct question is a cache miss here: "on" measures what a miss's lookup adds.
+        "ATHANOR_CACHE__ENABLED": "true" if cache == "on" else "false",
     }
     process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -96,6 +99,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--flash-attn", choices=["on", "off"], default="off")
+    parser.add_argument("--cache", choices=["on", "off"], default="on")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "daemon.json")
     args = parser.parse_args()
     model = args.model or embedded_student_path()
@@ -104,7 +108,7 @@ def main() -> None:
     llm = Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
                 flash_attn=args.flash_attn == "on", verbose=False)
     with tempfile.TemporaryDirectory() as home:
-        process, socket_path = start_daemon(Path(home), model, args.n_ctx, args.threads, args.flash_attn)
+        process, socket_path = start_daemon(Path(home), model, args.n_ctx, args.threads, args.flash_attn, args.cache)
         client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://a", timeout=600)
         try:
             # The daemon renders the chat template; use its exact prompt tokens for the raw runs.
@@ -142,6 +146,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "reps": args.reps,
         "flash_attn": args.flash_attn,
+        "cache": args.cache,
         "raw_tokens_per_s": tps(results["raw"]),
         "daemon_tokens_per_s": tps(results["daemon"]),
         "daemon_stream_tokens_per_s": tps(results["daemon_stream"]),
@@ -161,7 +166,7 @@ def main() -> None:
     summary["added_latency_1tok_ms"] = summary["daemon_1tok_ms"] - summary["raw_1tok_ms"]
 
     table = Table(title=f"daemon vs raw llama-cpp-python ({model.name}, {args.threads} threads, "
-                        f"{args.max_tokens} tokens, median of {args.reps})")
+                        f"{args.max_tokens} tokens, cache {args.cache}, median of {args.reps})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("raw llama-cpp-python tokens/s", f"{summary['raw_tokens_per_s']:.1f}")
