@@ -7,20 +7,18 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Literal
+from dataclasses import dataclass, replace
+from typing import AsyncIterator, Callable, Literal
 
+from .cache import CacheKey, SemanticCache, normalize_prompt
 from .confidence import Confidence, confidence
 from .engine.llama import LlamaEngine, ModelInfo
 from .engine.scheduler import Job, Scheduler
 from .engine.text import TextAssembler
 from .engine.types import Completion, SamplingParams, TokenEvent
+from .distill_log import DistillLog
 from .errors import AthanorError
 from .teacher.base import Teacher, TeacherError, TeacherParams
-
-if TYPE_CHECKING:
-    from .cache import CacheKey, SemanticCache
-    from .distill_log import DistillLog
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +128,6 @@ class Routing:
     distill_log: DistillLog | None = None
     price: Callable[[int, int], float] | None = None
     """What the teacher would charge for (input, output) tokens: the basis of `saved_usd`."""
-    normalize: Callable[[list[dict[str, str]]], str] = field(default=lambda messages: json.dumps(messages))
 
 
 class Router:
@@ -174,10 +171,8 @@ class Router:
         key = None
         prompt_text = ""
         if cache is not None:
-            from .cache import CacheKey
-
             key = CacheKey(request.namespace, student.version, params_key(params))
-            prompt_text = self.routing.normalize(request.messages)
+            prompt_text = normalize_prompt(request.messages)
             if request.cache_read:
                 hit = await asyncio.to_thread(cache.lookup, key, prompt_text)
                 if hit is not None:

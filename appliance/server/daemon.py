@@ -48,14 +48,14 @@ def build_routing(config: AthanorConfig) -> Routing:
         confidence_quantile=config.routing.confidence_quantile,
     )
     if config.cache.enabled:
-        from ..cache import SemanticCache, load_embedder, normalize_prompt
+        from ..cache import SemanticCache, load_embedder
+        from ..cache.store import cache_path
 
         # One thread for embedding, and OpenMP threads that sleep instead of spinning when idle:
         # torch's default spin-wait after each embedding steals the cores llama.cpp decodes on.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         embedder = load_embedder(config.cache.embedder, threads=1)
-        routing.cache = SemanticCache(config.cache.path or state / "cache.sqlite3", embedder, config.cache)
-        routing.normalize = normalize_prompt
+        routing.cache = SemanticCache(cache_path(config.cache), embedder, config.cache)
     if config.teacher.provider != "none":
         from ..teacher import make_teacher
 
