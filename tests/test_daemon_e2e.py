@@ -208,7 +208,10 @@ def test_sigterm_finishes_the_answer_in_flight(tmp_path):
                                     "stop": ["\u2603\u2603"]})
 
         future = pool.submit(ask)
-        time.sleep(0.3)
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://a", timeout=30) as c:
+            deadline = time.monotonic() + 30
+            while not c.get("/healthz").json()["busy"] and time.monotonic() < deadline:
+                time.sleep(0.01)  # terminate only once the answer is really in flight
         process.terminate()
         response = future.result(60)
     assert process.wait(60) == 0
