@@ -228,6 +228,11 @@ class StudentRun(Run):
         self.hold = hold
         self.started = time.monotonic()
 
+    @property
+    def queued_s(self) -> float:
+        """Time spent waiting for the student before decoding began."""
+        return (self.job.started_at or self.started) - self.job.enqueued_at
+
     async def _student_deltas(self, assembler: TextAssembler, tokens: list[TokenEvent]) -> AsyncIterator[Delta]:
         pending: list[TokenEvent] = []
         try:
@@ -280,7 +285,7 @@ class StudentRun(Run):
             model=self.student.name,
             route="student",
             completion=completion,
-            queued_s=(self.job.started_at or self.started) - self.job.enqueued_at,
+            queued_s=self.queued_s,
             elapsed_s=time.monotonic() - self.started,
             confidence=sure,
             saved_usd=self.router.saved(completion.prompt_tokens, completion.completion_tokens),
@@ -309,7 +314,7 @@ class StudentRun(Run):
             model=self.student.name,
             route="teacher",
             completion=Completion(answer.text, answer.finish_reason, answer.input_tokens, [], answer.output_tokens),
-            queued_s=(self.job.started_at or self.started) - self.job.enqueued_at,
+            queued_s=self.queued_s,
             elapsed_s=time.monotonic() - self.started,
             confidence=sure,
             cost_usd=answer.cost_usd,

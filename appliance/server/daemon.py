@@ -11,6 +11,8 @@ import stat
 from pathlib import Path
 
 from .. import paths
+from ..cache import SemanticCache, load_embedder
+from ..cache.store import cache_path
 from ..config import AthanorConfig
 from ..defaults import embedded_student_path
 from ..engine.llama import LlamaEngine
@@ -19,6 +21,8 @@ from ..errors import AthanorError
 from ..distill_log import DistillLog
 from ..fingerprint import file_fingerprint
 from ..router import Router, Routing, Student
+from ..teacher import make_teacher
+from ..teacher.pricing import price_for
 from .api import Api
 from .http import HttpServer, Limits
 from .sd_notify import notify
@@ -48,17 +52,12 @@ def build_routing(config: AthanorConfig) -> Routing:
         confidence_quantile=config.routing.confidence_quantile,
     )
     if config.cache.enabled:
-        from ..cache import SemanticCache, load_embedder
-        from ..cache.store import cache_path
-
         # One thread for embedding, and OpenMP threads that sleep instead of spinning when idle:
         # torch's default spin-wait after each embedding steals the cores llama.cpp decodes on.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         embedder = load_embedder(config.cache.embedder, threads=1)
         routing.cache = SemanticCache(cache_path(config.cache), embedder, config.cache)
     if config.teacher.provider != "none":
-        from ..teacher import make_teacher
-
         routing.teacher = make_teacher(config.teacher, state)
         routing.distill_log = DistillLog(state / "distill.jsonl")
     if routing.teacher is not None:
@@ -70,8 +69,6 @@ def build_routing(config: AthanorConfig) -> Routing:
 
 def _price_or_none(config: AthanorConfig):
     """Even without a teacher, `saved_usd` can use the configured teacher model's price when it is known."""
-    from ..teacher.pricing import price_for
-
     try:
         return price_for(config.teacher).cost
     except AthanorError:
