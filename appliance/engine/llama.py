@@ -1,10 +1,13 @@
-"""The GGUF student in llama.cpp, driven through its C API so each token's log-probability is ours.
+"""The GGUF student in llama.cpp, driven through its C API: many sequences, one decode per step.
 
-The high-level `llama_cpp.Llama` only returns log-probabilities with `logits_all=True`, which
-keeps a logits row for every position of the context. Here the decode loop reads the one row
-it needs (`llama_get_logits_ith`) after each step, samples with llama.cpp's own sampler chain
-and reuses the KV cells of the previous prompt's common prefix. All calls on one engine must
-come from one thread (the scheduler's worker): llama.cpp contexts are not thread-safe.
+The high-level `llama_cpp.Llama` decodes one sequence and only returns log-probabilities with
+`logits_all=True`, which keeps a logits row for every position of the context. Here one context
+holds up to `parallel` sequences in a unified KV cache; each step feeds all of them in one
+`llama_decode`, reads only the logits rows it asked for (`llama_get_logits_ith`), samples each
+sequence with its own llama.cpp sampler chain and computes the chosen token's log-probability
+from that row. Prompt prefixes already in the cache (the previous request's, or another
+client's system prompt) are shared instead of recomputed. All calls on one engine must come
+from one thread (the scheduler's worker): llama.cpp contexts are not thread-safe.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import AthanorError
-from .types import SamplingParams, TokenEvent, TokenLogprob
+from .batching import Feed, place_prompt, plan_step
+from .types import SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,11 @@ _FLASH_ATTN = {
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+
+
+# A shared prefix is copied from another sequence only when that saves more than this many
+# tokens of prefill: the copy moves the whole KV stream of n_ctx cells.
+_MIN_COPY_TOKENS = 32
 
 
 class EngineError(AthanorError):
@@ -72,8 +81,17 @@ def top_k_logprobs(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(logits[i]) - log_norm) for i in best]
 
 
+@dataclass
+class _Sequence:
+    params: SamplingParams
+    sampler: object
+    pending: list[int]
+    """Tokens not yet in the KV cache: the prompt's tail, then the last sampled token."""
+    produced: int = 0
+
+
 class LlamaEngine:
-    """One loaded GGUF model and one llama.cpp context serving one sequence at a time."""
+    """One loaded GGUF model and one llama.cpp context decoding up to `parallel` sequences together."""
 
     def __init__(
         self,
@@ -84,6 +102,7 @@ class LlamaEngine:
         n_threads: int = 0,
         n_gpu_layers: int = -1,
         flash_attn: str = "auto",
+        parallel: int = 1,
     ) -> None:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -96,11 +115,16 @@ class LlamaEngine:
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         threads = n_threads or os.cpu_count() or 1
+        self.parallel = parallel
         ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = n_ctx
-        ctx_params.n_batch = min(n_batch, n_ctx)
-        ctx_params.n_ubatch = min(n_batch, n_ctx)
-        ctx_params.n_seq_max = 1
+        # One KV stream per sequence (not llama.cpp's unified pool): each sequence then attends
+        # only to its own cells and greedy answers are token for token those of a lone sequence;
+        # in a unified pool they drift (measured: log-probabilities off by ~0.03 on SmolLM2).
+        ctx_params.n_ctx = n_ctx * parallel
+        ctx_params.n_batch = min(n_batch, ctx_params.n_ctx)
+        ctx_params.n_ubatch = ctx_params.n_batch
+        ctx_params.n_seq_max = parallel
+        ctx_params.kv_unified = False
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
@@ -108,13 +132,22 @@ class LlamaEngine:
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
-            raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens; lower [student].n_ctx")
+            raise EngineError(
+                f"llama.cpp could not create a context of {n_ctx} tokens for {parallel} sequences; "
+                "lower [student].n_ctx or [student].parallel"
+            )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._n_batch = ctx_params.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
-        self._kv_tokens: list[int] = []  # tokens whose KV cells sequence 0 holds, in order
+        self.n_ctx = n_ctx
+        # Tokens whose KV cells each sequence holds, in position order. Kept after a sequence
+        # ends, so the next prompt that starts the same way reuses them.
+        self._kv: dict[int, list[int]] = {seq: [] for seq in range(parallel)}
+        self._active: dict[int, _Sequence] = {}  # insertion order = admission order
+        self.prompt_tokens_reused = 0
+        """Prompt tokens whose KV cells came from an earlier request (own slot or a copy)."""
+        self.prompt_tokens_computed = 0
         self._piece_cache: dict[int, bytes] = {}
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self._model, desc, len(desc))
@@ -179,44 +212,127 @@ class LlamaEngine:
         # The template writes BOS itself where the model wants it; don't add a second one.
         return self.tokenize(prompt, add_special=False)
 
-    # --- decoding ----------------------------------------------------------------------------
+    # --- sequences ---------------------------------------------------------------------------
 
-    def _decode(self, tokens: list[int], start: int) -> None:
-        """Feed tokens at positions start.. in n_batch chunks; only the last one asks for logits."""
+    @property
+    def active(self) -> int:
+        """Sequences being prefilled or generated."""
+        return len(self._active)
+
+    @property
+    def free(self) -> int:
+        return self.parallel - len(self._active)
+
+    def add(self, prompt: list[int], params: SamplingParams) -> int:
+        """Admit a prompt into a free sequence and return its id; the next steps prefill and generate it."""
+        if not prompt:
+            raise EngineError("empty prompt")
+        if len(prompt) >= self.n_ctx:
+            raise EngineError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
+        free = [seq for seq in range(self.parallel) if seq not in self._active]
+        if not free:
+            raise EngineError("no free sequence; the scheduler admits at most `parallel` requests")
+        placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS)
+        seq, reuse = placement.slot, placement.reuse
+        if placement.source == seq:
+            if not llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1):
+                reuse = 0
+                llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        else:
+            # Across KV streams llama.cpp copies whole buffers only (a partial range aborts the
+            # process): copy all of the source, then cut what does not match.
+            llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self._memory, placement.source, seq, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1)
+        self._kv[seq] = list(prompt[:reuse])
+        self.prompt_tokens_reused += reuse
+        self.prompt_tokens_computed += len(prompt) - reuse
+        self._active[seq] = _Sequence(params, self._sampler(params), list(prompt[reuse:]))
+        return seq
+
+    def remove(self, seq: int) -> None:
+        """End a sequence (finished or abandoned); its KV cells stay for prefix reuse."""
+        sequence = self._active.pop(seq, None)
+        if sequence is not None:
+            llama_cpp.llama_sampler_free(sequence.sampler)
+
+    def step(self) -> list[StepResult]:
+        """One `llama_decode` over every active sequence; returns the tokens sampled and the ends.
+
+        Finished and failed sequences are removed before this returns.
+        """
+        if not self._active:
+            return []
+        feeds = plan_step(
+            {seq: s.pending for seq, s in self._active.items()},
+            {seq: len(self._kv[seq]) for seq in self._active},
+            list(self._active),
+            self._n_batch,
+        )
+        status = self._decode(feeds)
+        if status == 1:  # no room in the KV pool: drop the idle sequences' cached prefixes, try again
+            for seq in range(self.parallel):
+                if seq not in self._active and self._kv[seq]:
+                    llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+                    self._kv[seq] = []
+            status = self._decode(feeds)
+        if status != 0:
+            error = EngineError(f"llama_decode failed with status {status} (KV cache full or invalid batch)")
+            results = []
+            for feed in feeds:
+                llama_cpp.llama_memory_seq_rm(self._memory, feed.seq, -1, -1)
+                self._kv[feed.seq] = []
+                self.remove(feed.seq)
+                results.append(StepResult(feed.seq, error=error))
+            return results
+        results = []
+        index = 0
+        for feed in feeds:
+            index += len(feed.tokens)
+            sequence = self._active[feed.seq]
+            self._kv[feed.seq].extend(feed.tokens)
+            del sequence.pending[: len(feed.tokens)]
+            if feed.wants_logits:
+                result = self._sample(feed.seq, sequence, index - 1)
+                results.append(result)
+                if result.finish is not None:
+                    self.remove(feed.seq)
+        return results
+
+    def _decode(self, feeds: list[Feed]) -> int:
         batch = self._batch
-        for offset in range(0, len(tokens), self._n_batch):
-            chunk = tokens[offset : offset + self._n_batch]
-            batch.n_tokens = len(chunk)
-            for i, token in enumerate(chunk):
+        i = 0
+        for feed in feeds:
+            for offset, token in enumerate(feed.tokens):
                 batch.token[i] = token
-                batch.pos[i] = start + offset + i
+                batch.pos[i] = feed.start + offset
                 batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
+                batch.seq_id[i][0] = feed.seq
                 batch.logits[i] = False
-            batch.logits[len(chunk) - 1] = offset + len(chunk) == len(tokens)
-            status = llama_cpp.llama_decode(self._ctx, batch)
-            if status != 0:
-                self._forget_kv(0)
-                raise EngineError(f"llama_decode failed with status {status} (context full or invalid batch)")
-            self._kv_tokens.extend(chunk)
+                i += 1
+            batch.logits[i - 1] = feed.wants_logits
+        batch.n_tokens = i
+        return llama_cpp.llama_decode(self._ctx, batch)
 
-    def _forget_kv(self, keep: int) -> None:
-        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, keep, -1):
-            llama_cpp.llama_memory_clear(self._memory, True)
-            keep = 0
-        del self._kv_tokens[keep:]
-
-    def _prefill(self, prompt: list[int]) -> None:
-        """Make the KV cache hold `prompt`, reusing the previous request's common prefix."""
-        common = 0
-        for mine, theirs in zip(self._kv_tokens, prompt):
-            if mine != theirs:
-                break
-            common += 1
-        # The last prompt token is always decoded again: its logits start the answer.
-        common = min(common, len(prompt) - 1)
-        self._forget_kv(common)
-        self._decode(prompt[common:], common)
+    def _sample(self, seq: int, sequence: _Sequence, index: int) -> StepResult:
+        token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, index)
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            return StepResult(seq, finish="stop")
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+        params = sequence.params
+        top: tuple[TokenLogprob, ...] = ()
+        if params.top_logprobs:
+            top = tuple(
+                TokenLogprob(self.piece(t).decode(errors="replace"), lp, self.piece(t))
+                for t, lp in top_k_logprobs(row, params.top_logprobs)
+            )
+        raw = self.piece(token)
+        event = TokenEvent(token, raw.decode(errors="replace"), log_softmax_at(row, token), raw, top)
+        sequence.produced += 1
+        if sequence.produced >= params.max_tokens or len(self._kv[seq]) + 1 >= self.n_ctx:
+            return StepResult(seq, event, finish="length")
+        sequence.pending.append(token)
+        return StepResult(seq, event)
 
     def _sampler(self, params: SamplingParams):
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
@@ -233,42 +349,31 @@ class LlamaEngine:
     def generate(
         self, prompt: list[int], params: SamplingParams, cancelled: Callable[[], bool] = lambda: False
     ) -> Iterator[TokenEvent]:
-        """Yield the answer's tokens one by one; ends at end-of-generation, max_tokens, a full context or cancel.
+        """One sequence on its own (tests, benchmarks): yield its tokens; the return value is the finish reason.
 
-        The generator's return value (StopIteration.value) is the finish reason.
+        Not for use while the scheduler drives this engine.
         """
-        if not prompt:
-            raise EngineError("empty prompt")
-        if len(prompt) >= self.n_ctx:
-            raise EngineError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
-        self._prefill(prompt)
-        sampler = self._sampler(params)
+        if self._active:
+            raise EngineError("generate() needs the engine to itself; other sequences are active")
+        seq = self.add(prompt, params)
         try:
-            produced = 0
             while True:
                 if cancelled():
                     return "cancelled"
-                token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    return "stop"
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
-                top: tuple[TokenLogprob, ...] = ()
-                if params.top_logprobs:
-                    top = tuple(
-                        TokenLogprob(self.piece(t).decode(errors="replace"), lp, self.piece(t))
-                        for t, lp in top_k_logprobs(row, params.top_logprobs)
-                    )
-                raw = self.piece(token)
-                yield TokenEvent(token, raw.decode(errors="replace"), log_softmax_at(row, token), raw, top)
-                produced += 1
-                if produced >= params.max_tokens or len(self._kv_tokens) + 1 >= self.n_ctx:
-                    return "length"
-                self._decode([token], len(self._kv_tokens))
+                for result in self.step():
+                    if result.error is not None:
+                        raise result.error
+                    if result.event is not None:
+                        yield result.event
+                    if result.finish is not None:
+                        return result.finish
         finally:
-            llama_cpp.llama_sampler_free(sampler)
+            self.remove(seq)
 
     def close(self) -> None:
         if self._ctx:
+            for seq in list(self._active):
+                self.remove(seq)
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             llama_cpp.llama_model_free(self._model)

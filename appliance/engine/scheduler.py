@@ -1,8 +1,9 @@
-"""One worker thread owns an engine; requests wait in a bounded FIFO queue and stream tokens back to asyncio.
+"""One worker thread owns an engine and decodes every admitted request together (continuous batching).
 
-llama.cpp contexts are not thread-safe, so every engine call happens on the worker. Tokens
-cross to the event loop with `call_soon_threadsafe`; a client that leaves sets its job's
-cancel flag, which the engine checks between tokens, so the slot frees at once.
+llama.cpp contexts are not thread-safe, so every engine call happens on the worker. Between two
+decode steps the worker admits waiting requests into free sequences and drops those whose client
+left; each step then advances all of them at once. Tokens cross to the event loop with
+`call_soon_threadsafe`. Requests wait in a bounded FIFO queue: over the bound, `Overloaded`.
 """
 
 from __future__ import annotations
@@ -10,28 +11,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterator, Protocol
+from typing import AsyncIterator, Protocol
 
-from .types import SamplingParams, TokenEvent
+from .types import SamplingParams, StepResult, TokenEvent
 
 log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    def generate(
-        self, prompt: list[int], params: SamplingParams, cancelled: Callable[[], bool]
-    ) -> Iterator[TokenEvent]: ...
+    """What the scheduler needs of an engine: sequences it can add, step together and remove."""
+
+    parallel: int
+
+    @property
+    def free(self) -> int: ...
+
+    def add(self, prompt: list[int], params: SamplingParams) -> int: ...
+
+    def remove(self, seq: int) -> None: ...
+
+    def step(self) -> list[StepResult]: ...
 
 
 class Overloaded(Exception):
     """The queue is full; the client should retry after `retry_after` seconds."""
 
-    def __init__(self, queued: int, retry_after: int) -> None:
-        super().__init__(f"{queued} requests are already waiting for the student; retry in {retry_after} s")
+    def __init__(self, queued: int, retry_after: int, reason: str | None = None) -> None:
+        reason = reason or f"{queued} requests are already waiting for the student"
+        super().__init__(f"{reason}; retry in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -110,77 +121,136 @@ class Job:
 
 
 class Scheduler:
-    """Runs jobs on one engine, first come first served, at most `max_queue` waiting."""
+    """Runs jobs on one engine, up to `engine.parallel` at once, first come first served, at most `max_queue` waiting."""
 
     def __init__(self, engine: Engine, max_queue: int, name: str = "student") -> None:
         self.engine = engine
         self.max_queue = max_queue
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._waiting = 0
-        self._lock = threading.Lock()
-        self._busy = threading.Event()
+        self.name = name
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._running: dict[int, Job] = {}  # the worker's own: sequence id -> job
+        self._n_running = 0
+        self._state = "open"  # then "draining" (finish what was admitted), then "aborting"
         self._avg_job_s = 1.0
         self._thread = threading.Thread(target=self._work, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Requests queued for a free sequence."""
+        return len(self._queue)
 
     @property
-    def busy(self) -> bool:
-        return self._busy.is_set()
+    def busy(self) -> int:
+        """Requests being decoded now."""
+        return self._n_running
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely moved by its current length."""
+        return max(1, math.ceil(len(self._queue) * self._avg_job_s / max(1, self.engine.parallel)))
 
     def submit(self, prompt: list[int], params: SamplingParams, stream: bool = True) -> Job:
-        """Queue a job; raises `Overloaded` when `max_queue` jobs already wait.
+        """Queue a job; raises `Overloaded` when `max_queue` jobs already wait (or the scheduler is closing).
 
         With `stream=False` the tokens are handed over in one piece when the answer is complete.
         """
-        with self._lock:
-            if self._waiting >= self.max_queue:
-                raise Overloaded(self._waiting, max(1, math.ceil(self._waiting * self._avg_job_s)))
-            self._waiting += 1
         job = Job(prompt, params, asyncio.get_running_loop(), stream)
-        self._jobs.put(job)
+        with self._cond:
+            if self._state != "open":
+                raise Overloaded(len(self._queue), 1, f"student {self.name!r} is being replaced or shut down")
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded(len(self._queue), self.retry_after())
+            self._queue.append(job)
+            self._cond.notify()
         return job
 
     def close(self, timeout: float = 10.0) -> None:
-        """Let the current job finish (up to `timeout`), drop the rest, stop the worker."""
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.cancel()
-                job._push(_Done("cancelled"))
-        self._jobs.put(None)
+        """Refuse new jobs, let every admitted and queued job finish (up to `timeout`), then stop the worker.
+
+        Jobs still unfinished at the timeout end as cancelled.
+        """
+        with self._cond:
+            if self._state == "open":
+                self._state = "draining"
+            self._cond.notify()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._cond:
+                self._state = "aborting"
+                self._cond.notify()
+            self._thread.join(10)
+
+    # --- the worker ----------------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            with self._lock:
-                self._waiting -= 1
+            with self._cond:
+                while not self._queue and not self._running and self._state == "open":
+                    self._cond.wait()
+                if self._state == "aborting" or (self._state == "draining" and not self._queue and not self._running):
+                    self._abandon()
+                    return
+                admitted = []
+                while self._queue and len(admitted) < self.engine.free:
+                    admitted.append(self._queue.popleft())
+            self._admit(admitted)
+            self._drop_cancelled()
+            if self._running:
+                self._step()
+            self._n_running = len(self._running)
+
+    def _admit(self, jobs: list[Job]) -> None:
+        for job in jobs:
             if job.cancelled:
                 job._push(_Done("cancelled"))
                 continue
-            self._busy.set()
-            job.started_at = time.monotonic()
             try:
-                generator = self.engine.generate(job.prompt, job.params, job._cancel.is_set)
-                while True:
-                    try:
-                        job._push(next(generator))
-                    except StopIteration as finished:
-                        job._push(_Done(finished.value or "stop"))
-                        break
+                seq = self.engine.add(job.prompt, job.params)
             except Exception as exc:  # reported to the one client whose request failed
-                log.exception("generation failed")
+                log.exception("could not admit a request")
                 job._push(_Failed(exc))
-            finally:
-                self._busy.clear()
-                took = time.monotonic() - job.started_at
-                self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * took
+                continue
+            job.started_at = time.monotonic()
+            self._running[seq] = job
+        self._n_running = len(self._running)
+
+    def _drop_cancelled(self) -> None:
+        for seq, job in list(self._running.items()):
+            if job.cancelled:
+                self._end(seq, _Done("cancelled"))
+
+    def _step(self) -> None:
+        try:
+            results = self.engine.step()
+        except Exception as exc:
+            log.exception("decode step failed")
+            for seq in list(self._running):
+                self._end(seq, _Failed(exc))
+            return
+        for result in results:
+            job = self._running.get(result.seq)
+            if job is None:
+                continue
+            if result.error is not None:
+                self._end(result.seq, _Failed(result.error))
+                continue
+            if result.event is not None:
+                job._push(result.event)
+            if result.finish is not None:
+                self._end(result.seq, _Done(result.finish))
+
+    def _end(self, seq: int, outcome: "_Done | _Failed") -> None:
+        job = self._running.pop(seq)
+        self.engine.remove(seq)  # a no-op for a sequence the engine already ended
+        job._push(outcome)
+        if job.started_at is not None:
+            self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - job.started_at)
+
+    def _abandon(self) -> None:
+        """Cancel whatever is left (called with the lock held, at the end)."""
+        for seq in list(self._running):
+            self._end(seq, _Done("cancelled"))
+        while self._queue:
+            self._queue.popleft()._push(_Done("cancelled"))
+        self._n_running = 0

@@ -38,6 +38,16 @@ class TokenEvent:
     top: tuple[TokenLogprob, ...] = ()
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """What one decode step did for one sequence: a token, an end (`finish`), or a failure."""
+
+    seq: int
+    event: TokenEvent | None = None
+    finish: FinishReason | None = None
+    error: Exception | None = None
+
+
 @dataclass
 class Completion:
     """A finished answer with everything later stages need (confidence, usage)."""

@@ -1,0 +1,87 @@
+"""Pure planning for continuous batching: which KV slot a prompt takes and what one decode step feeds.
+
+No llama.cpp here, so the rules are tested without a model. The engine keeps, per sequence,
+the tokens its KV cells hold and the tokens still to feed (a prompt's unprocessed tail, or the
+last sampled token); each step feeds every sequence's pending tokens that fit in one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest shared prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new prompt goes: `slot` receives it, reusing `reuse` tokens of `source`'s KV cells."""
+
+    slot: int
+    source: int
+    reuse: int
+
+
+def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], prompt: Sequence[int],
+                 min_copy: int = 0) -> Placement:
+    """Choose a free slot for `prompt` and the sequence whose cached prefix it can reuse.
+
+    Any sequence's cells can be copied (busy ones too: their prefix is not going to change), so
+    a system prompt in use by one client is not computed again for the next; a copy is taken
+    only when it saves more than `min_copy` tokens over the slot's own prefix, because copying
+    costs a pass over the slot's memory. The free slot itself is chosen to lose the least: its
+    own matching prefix first, then the shortest content. The last prompt token is always fed
+    again, because its logits start the answer.
+    """
+    if not free:
+        raise ValueError("no free slot")
+    limit = max(0, len(prompt) - 1)
+    own = {slot: min(limit, common_prefix(contents.get(slot, ()), prompt)) for slot in free}
+    slot = max(free, key=lambda s: (own[s], -len(contents.get(s, ())), -s))
+    source, reuse = slot, own[slot]
+    for other, tokens in contents.items():
+        shared = min(limit, common_prefix(tokens, prompt))
+        if shared > reuse and shared - own[slot] > min_copy:
+            source, reuse = other, shared
+    return Placement(slot, source, reuse)
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One sequence's share of a decode step: tokens at positions start.., logits wanted for the last one."""
+
+    seq: int
+    tokens: tuple[int, ...]
+    start: int
+    wants_logits: bool
+
+
+def plan_step(pending: Mapping[int, Sequence[int]], positions: Mapping[int, int], order: Sequence[int],
+              budget: int) -> list[Feed]:
+    """What one `llama_decode` feeds: every decoding sequence's token first, then prompt chunks.
+
+    `order` is admission order (first come, first fed); `positions` is where each sequence's
+    pending tokens start. Sequences that are generating (one pending token) always go first so
+    streaming clients keep their pace while a long prompt is prefilled in chunks behind them.
+    """
+    feeds: list[Feed] = []
+    left = budget
+    generating = [s for s in order if len(pending[s]) == 1]
+    prefilling = [s for s in order if len(pending[s]) > 1]
+    for seq in generating + prefilling:
+        if left <= 0:
+            break
+        tokens = tuple(pending[seq][:left])
+        if not tokens:
+            continue
+        feeds.append(Feed(seq, tokens, positions[seq], len(tokens) == len(pending[seq])))
+        left -= len(tokens)
+    return feeds

@@ -1,0 +1,53 @@
+"""The pure rules of continuous batching: where a prompt goes and what one decode step feeds."""
+
+from appliance.engine.batching import Feed, Placement, common_prefix, place_prompt, plan_step
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+
+
+def test_a_prompt_goes_to_the_free_slot_holding_its_longest_prefix():
+    contents = {0: [9, 9, 9], 1: [1, 2, 3, 4], 2: []}
+    assert place_prompt([0, 1, 2], contents, [1, 2, 3, 7, 8]) == Placement(slot=1, source=1, reuse=3)
+
+
+def test_the_last_prompt_token_is_always_fed_again():
+    contents = {0: [1, 2, 3]}
+    assert place_prompt([0], contents, [1, 2, 3]).reuse == 2
+
+
+def test_without_a_matching_prefix_the_emptiest_free_slot_is_taken():
+    contents = {0: [5] * 50, 1: [6] * 10, 2: [7] * 30}
+    assert place_prompt([0, 1, 2], contents, [1, 2, 3]) == Placement(slot=1, source=1, reuse=0)
+
+
+def test_a_long_prefix_held_by_a_busy_sequence_is_copied():
+    system = list(range(100, 200))
+    contents = {0: system + [1, 2, 3], 1: []}
+    placement = place_prompt([1], contents, system + [4, 5], min_copy=32)
+    assert placement == Placement(slot=1, source=0, reuse=100)
+
+
+def test_a_short_shared_prefix_is_not_worth_a_copy():
+    contents = {0: [1, 2, 3, 4, 5], 1: [1]}
+    placement = place_prompt([1], contents, [1, 2, 3, 4, 9], min_copy=32)
+    assert placement == Placement(slot=1, source=1, reuse=1)
+
+
+def test_generating_sequences_are_fed_before_prompt_chunks_within_the_budget():
+    pending = {0: list(range(10, 50)), 1: [7], 2: list(range(60, 70)), 3: [8]}
+    positions = {0: 0, 1: 33, 2: 5, 3: 12}
+    feeds = plan_step(pending, positions, order=[0, 1, 2, 3], budget=20)
+    assert feeds == [
+        Feed(1, (7,), 33, True),
+        Feed(3, (8,), 12, True),
+        Feed(0, tuple(range(10, 28)), 0, False),  # the rest of the budget, no logits mid-prompt
+    ]
+
+
+def test_a_prompt_that_fits_asks_for_logits_on_its_last_token():
+    feeds = plan_step({0: [1, 2, 3], 1: [4, 5]}, {0: 0, 1: 0}, order=[1, 0], budget=512)
+    assert feeds == [Feed(1, (4, 5), 0, True), Feed(0, (1, 2, 3), 0, True)]

@@ -1,0 +1,108 @@
+"""Continuous batching on the real llama.cpp engine: the same answers as one sequence alone, fewer steps."""
+
+import pytest
+
+from appliance.engine.llama import LlamaEngine
+from appliance.engine.types import SamplingParams
+
+QUESTIONS = [
+    "Name three colours of the rainbow.",
+    "What is the capital of France?",
+    "Write a haiku about snow.",
+    "Explain what a CPU does.",
+    "Give me a recipe for pancakes.",
+    "Who wrote Hamlet?",
+]
+GREEDY = SamplingParams(max_tokens=32, temperature=0, top_logprobs=2)
+
+
+@pytest.fixture(scope="module")
+def engine(student_path):
+    # flash attention on (what `auto` picks on CPU): its results do not depend on how a prompt
+    # is split into chunks, so a batched sequence decodes exactly as a lone one.
+    engine = LlamaEngine(student_path, "student", n_ctx=512, n_threads=2, parallel=4, flash_attn="on")
+    yield engine
+    engine.close()
+
+
+def alone(engine, prompt, params):
+    return [(e.token_id, e.logprob) for e in engine.generate(prompt, params)]
+
+
+def run_batch(engine, arrivals, params):
+    """Feed prompts into the engine, each admitted at its step number; returns tokens per prompt and step count."""
+    outputs = {i: [] for i in range(len(arrivals))}
+    finish = {}
+    seq_of = {}
+    steps = 0
+    pending = sorted(range(len(arrivals)), key=lambda i: arrivals[i][0])
+    while pending or engine.active:
+        while pending and arrivals[pending[0]][0] <= steps and engine.free:
+            i = pending.pop(0)
+            seq_of[engine.add(arrivals[i][1], params)] = i
+        for result in engine.step():
+            i = seq_of[result.seq]
+            assert result.error is None
+            if result.event is not None:
+                outputs[i].append((result.event.token_id, result.event.logprob))
+            if result.finish is not None:
+                finish[i] = result.finish
+        steps += 1
+    return outputs, finish, steps
+
+
+def test_batched_greedy_answers_equal_lone_ones_token_for_token(engine):
+    prompts = [engine.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+    reference = [alone(engine, p, GREEDY) for p in prompts]
+    # Four at once from the start, two more joining mid-answer as sequences free up.
+    arrivals = [(0, p) for p in prompts[:4]] + [(5, prompts[4]), (9, prompts[5])]
+    outputs, finish, steps = run_batch(engine, arrivals, GREEDY)
+    for i, expected in enumerate(reference):
+        assert [t for t, _ in outputs[i]] == [t for t, _ in expected], QUESTIONS[i]
+        assert [lp for _, lp in outputs[i]] == pytest.approx([lp for _, lp in expected], abs=1e-3)
+    assert set(finish.values()) <= {"stop", "length"}
+    assert steps < sum(len(r) for r in reference)  # tokens of several answers shared each step
+
+
+def test_seeded_sampling_in_a_batch_equals_the_same_seed_alone(engine):
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.95, seed=1234)
+    prompts = [engine.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+    reference = [alone(engine, p, params) for p in prompts]
+    outputs, _, _ = run_batch(engine, [(0, p) for p in prompts], params)
+    assert [[t for t, _ in outputs[i]] for i in range(3)] == [[t for t, _ in r] for r in reference]
+
+
+def test_a_shared_system_prompt_is_reused_not_recomputed(engine):
+    system = "You are a meticulous assistant for a home server. " * 12
+    first = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Hi."}])
+    second = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Bye now."}])
+    params = SamplingParams(max_tokens=4, temperature=0)
+    seq = engine.add(first, params)
+    engine.step()  # the first prompt is in the cache now, and its sequence is still answering
+    reused, computed = engine.prompt_tokens_reused, engine.prompt_tokens_computed
+    other = engine.add(second, params)
+    assert other != seq
+    saved = engine.prompt_tokens_reused - reused
+    assert saved > 100 and engine.prompt_tokens_computed - computed < len(second) - 100
+    outputs = {seq: [], other: []}
+    while engine.active:
+        for result in engine.step():
+            if result.event:
+                outputs[result.seq].append(result.event.token_id)
+    # The copied cells give the same answer as computing the prompt from scratch.
+    engine_alone = [t for t, _ in alone(engine, second, params)]
+    assert outputs[other] == engine_alone
+
+
+def test_a_removed_sequence_frees_its_place_for_the_next_prompt(engine):
+    prompt = engine.chat_prompt([{"role": "user", "content": QUESTIONS[0]}])
+    params = SamplingParams(max_tokens=50, temperature=0)
+    seqs = [engine.add(prompt, params) for _ in range(engine.parallel)]
+    assert engine.free == 0
+    engine.step()
+    engine.remove(seqs[1])
+    assert engine.free == 1
+    assert engine.add(prompt, params) == seqs[1]
+    for seq in list(seqs):
+        engine.remove(seq)
+    assert engine.active == 0
