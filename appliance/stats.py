@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
     from .router import Answer
@@ -21,6 +22,7 @@ class Stats:
     completion_tokens: int = 0
     cancelled: int = 0
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=1024))
+    route_latencies_s: defaultdict = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=1024)))
     cost_usd: float = 0.0
     saved_usd: float = 0.0
     degraded: int = 0
@@ -32,6 +34,7 @@ class Stats:
         self.prompt_tokens += completion.prompt_tokens
         self.completion_tokens += completion.completion_tokens
         self.latencies_s.append(answer.elapsed_s)
+        self.route_latencies_s[answer.route].append(answer.elapsed_s)
         self.cost_usd += answer.cost_usd
         self.saved_usd += answer.saved_usd
         self.degraded += answer.degraded
@@ -43,11 +46,6 @@ class Stats:
         self.by_status[status] += 1
 
     def snapshot(self) -> dict:
-        ordered = sorted(self.latencies_s)
-
-        def quantile(q: float) -> float | None:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
-
         return {
             "uptime_s": time.time() - self.started_at,
             "requests": self.requests,
@@ -56,10 +54,35 @@ class Stats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cancelled": self.cancelled,
-            "latency_s": {"p50": quantile(0.5), "p95": quantile(0.95)},
+            "latency_s": percentiles(self.latencies_s),
+            "latency_by_route": {route: percentiles(values) for route, values in self.route_latencies_s.items()},
             "cost_usd": self.cost_usd,
             "saved_usd": self.saved_usd,
             "degraded": self.degraded,
             "cache_hit_rate": self.by_route["cache"] / answered if (answered := sum(self.by_route.values())) else None,
             "confidence_recent": list(self.confidences)[-100:],
         }
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float | None]:
+    """p50 and p95 of `values` (nearest rank); None for both when there are none."""
+    ordered = sorted(values)
+
+    def quantile(q: float) -> float | None:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+    return {"p50": quantile(0.5), "p95": quantile(0.95)}
+
+
+# llama.cpp's model description ends with its file-type name: "llama 135M Q4_1",
+# "llama 8B Q4_K - Medium", "qwen2 0.5B all F32", "llama 1B IQ3_S mix - 3.66 bpw".
+_QUANT = re.compile(r"\b(?:all )?((?:I|T)?Q\d+_[0-9A-Z]+|BF16|F16|F32|MXFP4)(?: mix)?(?: - (Small|Medium|Large))?\b")
+
+
+def quant_type(description: str | None) -> str | None:
+    """The quantisation named in a llama.cpp model description, in file-name form (`Q4_K_M`); None if absent."""
+    match = _QUANT.search(description or "")
+    if match is None:
+        return None
+    name, size = match.groups()
+    return f"{name}_{size[0]}" if size else name
