@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -59,15 +58,20 @@ def serve(ctx: click.Context, socket: Path | None, student_path: Path | None, ve
     """Run the daemon in the foreground (systemd runs it this way too)."""
     from .config import parse_config
     from .server.daemon import serve as run_daemon
+    from .server.logs import configure_logging
 
-    config = _config(ctx, socket)
-    if student_path is not None:
-        data = config.model_dump()
-        data["student"]["path"] = student_path
-        config = parse_config(data, config.source)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_daemon(config))
+    def read_config() -> AthanorConfig:
+        # Also what a reload (SIGHUP) re-reads: the file and environment again, the options still applied.
+        config = _config(ctx, socket)
+        if student_path is not None:
+            data = config.model_dump()
+            data["student"]["path"] = student_path
+            config = parse_config(data, config.source)
+        return config
+
+    config = read_config()
+    configure_logging(verbose)
+    asyncio.run(run_daemon(config, read_config=read_config))
 
 
 @main.command()
@@ -133,6 +137,48 @@ def health(ctx: click.Context, socket: Path | None) -> None:
     """Check that the daemon answers."""
     with AthanorClient(_config(ctx, socket).server.socket) as client:
         click.echo(json.dumps(client.health()))
+
+
+@main.command()
+@_socket_option
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.pass_context
+def top(ctx: click.Context, socket: Path | None, interval: float) -> None:
+    """Live dashboard: traffic, routes, money, students, GPU and host health (q quits, ? helps)."""
+    from .paths import state_dir
+    from .tui.app import Dashboard  # Textual loads only for this command
+
+    config = _config(ctx, socket)
+    Dashboard(config.server.socket, interval_s=interval, state_dir=state_dir()).run()
+
+
+@main.command()
+@_socket_option
+@click.pass_context
+def reload(ctx: click.Context, socket: Path | None) -> None:
+    """Hot-reload the daemon: re-read its config, load the student, swap it in (no answer is dropped).
+
+    Only the daemon's own user or root may; as a service, `sudo systemctl reload athanor` does the same.
+    """
+    with AthanorClient(_config(ctx, socket).server.socket) as client:
+        outcome = client.reload()
+    click.echo(outcome["message"])
+
+
+@main.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check the installation (config, model, socket, GPU, teacher key, disk) and print what to fix."""
+    from .doctor import failed, format_report, run_checks
+
+    checks = run_checks(ctx.obj["config_path"])
+    colours = {"OK": "green", "WARN": "yellow", "FAIL": "red"}
+    for line in format_report(checks).splitlines():
+        word = line.split(" ", 1)[0]
+        click.echo(click.style(line, fg=colours[word]) if word in colours else line)
+    if failed(checks):
+        sys.exit(1)
 
 
 @main.command("config")

@@ -61,6 +61,10 @@ class AthanorClient:
     def stats(self) -> dict:
         return self._request("GET", "/v1/stats")
 
+    def reload(self) -> dict:
+        """Have the daemon re-read its config and swap in the new students (its own user or root only)."""
+        return self._request("POST", "/v1/admin/reload")
+
     def chat(self, messages: list[dict], **params: Any) -> dict:
         return self._request("POST", "/v1/chat/completions", json={"messages": messages, **params, "stream": False})
 

@@ -13,7 +13,7 @@ from typing import AsyncIterator, Callable, Literal
 from .cache import CacheKey, SemanticCache, normalize_prompt
 from .confidence import Confidence, confidence
 from .engine.llama import LlamaEngine, ModelInfo
-from .engine.scheduler import Job, Scheduler
+from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
 from .engine.types import Completion, SamplingParams, TokenEvent
 from .distill_log import DistillLog
@@ -144,6 +144,16 @@ class Router:
             raise UnknownModel(key, sorted(self.students))
         return self.students[key]
 
+    def replace_students(self, students: dict[str, Student], default: str) -> dict[str, Student]:
+        """Serve `students` from now on (hot reload); returns the old ones for the caller to retire.
+
+        Requests already admitted keep the student they started with and finish on it.
+        """
+        if default not in students:
+            raise UnknownModel(default, sorted(students))
+        old, self.students, self.default = self.students, students, default
+        return old
+
     def prepare(self, request: ChatRequest) -> tuple[Student, list[int], SamplingParams]:
         """Render and tokenize the prompt and fit max_tokens to the context (raises PromptTooLong)."""
         student = self.student(request.model)
@@ -166,6 +176,13 @@ class Router:
 
         `stream=False` when nobody reads the deltas as they come: the tokens then arrive in one piece.
         """
+        try:
+            return await self._start(request, stream)
+        except Closed:
+            # A reload retired the student while this request awaited the cache: the new one takes it.
+            return await self._start(request, stream)
+
+    async def _start(self, request: ChatRequest, stream: bool) -> "Run":
         student, prompt, params = self.prepare(request)
         cache = self.routing.cache
         key = None

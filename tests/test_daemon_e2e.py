@@ -131,15 +131,25 @@ def test_curl_works_unchanged(daemon):
     assert json.loads(events[0])["object"] == "chat.completion.chunk"
 
 
-def test_several_clients_at_once_are_all_answered(daemon):
-    def ask(i):
-        with AthanorClient(daemon) as client:
-            answer = client.chat([{"role": "user", "content": f"Count to {i}."}], max_tokens=16, temperature=0)
-        return answer["usage"]["completion_tokens"]
+def test_clients_at_once_are_batched_and_get_the_answers_they_would_get_alone(daemon, raw):
+    questions = [f"Count to {i}, then name a fruit." for i in range(3, 9)]
 
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(ask, range(6)))
-    assert all(n > 0 for n in results)
+    def ask(question):
+        with AthanorClient(daemon) as client:
+            answer = client.chat([{"role": "user", "content": question}], max_tokens=24, temperature=0)
+        return answer["choices"][0]["message"]["content"]
+
+    alone = [ask(q) for q in questions]
+    before = raw.get("/v1/stats").json()
+    with concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, questions))
+    assert together == alone
+    stats = raw.get("/v1/stats").json()
+    batching = stats["students"][0]["batching"]
+    assert batching["parallel"] >= 2
+    # More than one sequence shared a decode step while the six were being answered.
+    assert batching["max_batch"] >= 2
+    assert stats["by_route"]["student"] - before["by_route"]["student"] == len(questions)
 
 
 def test_a_client_leaving_mid_stream_frees_its_slot(daemon, raw):
@@ -181,6 +191,7 @@ def test_ask_without_a_daemon_says_how_to_start_one(tmp_path):
 
 def test_queue_overflow_is_503_with_retry_after(tmp_path):
     process, path = start_daemon(tmp_path / "small", env={"ATHANOR_SERVER__MAX_QUEUE": "1",
+                                                          "ATHANOR_STUDENT__PARALLEL": "1",
                                                           "ATHANOR_CACHE__ENABLED": "false"})
     try:
         def ask(_):

@@ -98,9 +98,10 @@ def test_concurrent_jobs_share_decode_steps_and_late_arrivals_join_between_steps
         late = scheduler.submit([5000], params(2))
         results = await asyncio.gather(*(collect(j) for j in early + [late]))
         scheduler.close()
-        return engine, results
+        return engine, results, scheduler.stats()
 
-    engine, results = asyncio.run(scenario())
+    engine, results, stats = asyncio.run(scenario())
+    assert stats["max_batch"] >= 2 and stats["steps"] == len(engine.batch_sizes) and stats["running"] == 0
     assert [r[0] for r in results] == [list(range(1000, 1006)), list(range(2000, 2006)), [5000, 5001]]
     assert engine.batch_sizes[0] == 2  # both early jobs advanced in one step
     assert max(engine.batch_sizes) <= 4

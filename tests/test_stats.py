@@ -77,7 +77,8 @@ def fake_router(tmp_path: Path):
     model_file.write_bytes(b"GGUF")
     info = SimpleNamespace(path=model_file, size_bytes=4, n_params=135_000_000, n_ctx=2048,
                            description="llama 135M Q4_1", gpu_offload=False)
-    student = SimpleNamespace(name="smollm2-135m", info=info)
+    scheduler = SimpleNamespace(stats=lambda: {"parallel": 8, "running": 0, "waiting": 0})
+    student = SimpleNamespace(name="smollm2-135m", info=info, scheduler=scheduler)
     routing = SimpleNamespace(cache=None, teacher=None, confidence_threshold=0.2)
     return SimpleNamespace(students={"smollm2-135m": student}, default="smollm2-135m", routing=routing)
 
@@ -93,5 +94,6 @@ def test_stats_report_the_daemons_memory(tmp_path):
     api = Api(fake_router(tmp_path), default_max_tokens=16)
     body = json.loads(asyncio.run(api.stats_view(None)).body)
     assert body["process"]["rss_bytes"] > 1 << 20
+    assert body["students"] == [{"name": "smollm2-135m", "batching": {"parallel": 8, "running": 0, "waiting": 0}}]
     assert body["latency_by_route"] == {}
     assert body["cache"] is None and body["teacher"]["provider"] == "none"

@@ -46,6 +46,10 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
+class Closed(Overloaded):
+    """The scheduler is shutting down or being replaced by a reload; a new one may take the request."""
+
+
 @dataclass
 class _Done:
     reason: str
@@ -133,6 +137,9 @@ class Scheduler:
         self._n_running = 0
         self._state = "open"  # then "draining" (finish what was admitted), then "aborting"
         self._avg_job_s = 1.0
+        self._steps = 0
+        self._stepped_sequences = 0
+        self._max_batch = 0
         self._thread = threading.Thread(target=self._work, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -146,6 +153,20 @@ class Scheduler:
         """Requests being decoded now."""
         return self._n_running
 
+    def stats(self) -> dict:
+        """How well batching works: sequences per decode step, prompt tokens reused vs computed."""
+        engine = self.engine
+        return {
+            "parallel": engine.parallel,
+            "running": self._n_running,
+            "waiting": len(self._queue),
+            "steps": self._steps,
+            "mean_batch": self._stepped_sequences / self._steps if self._steps else None,
+            "max_batch": self._max_batch,
+            "prompt_tokens_reused": getattr(engine, "prompt_tokens_reused", None),
+            "prompt_tokens_computed": getattr(engine, "prompt_tokens_computed", None),
+        }
+
     def retry_after(self) -> int:
         """Seconds until the queue has likely moved by its current length."""
         return max(1, math.ceil(len(self._queue) * self._avg_job_s / max(1, self.engine.parallel)))
@@ -158,7 +179,7 @@ class Scheduler:
         job = Job(prompt, params, asyncio.get_running_loop(), stream)
         with self._cond:
             if self._state != "open":
-                raise Overloaded(len(self._queue), 1, f"student {self.name!r} is being replaced or shut down")
+                raise Closed(len(self._queue), 1, f"student {self.name!r} is being replaced or shut down")
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(len(self._queue), self.retry_after())
             self._queue.append(job)
@@ -221,6 +242,9 @@ class Scheduler:
                 self._end(seq, _Done("cancelled"))
 
     def _step(self) -> None:
+        self._steps += 1
+        self._stepped_sequences += len(self._running)
+        self._max_batch = max(self._max_batch, len(self._running))
         try:
             results = self.engine.step()
         except Exception as exc:

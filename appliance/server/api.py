@@ -7,11 +7,14 @@ import logging
 import uuid
 from typing import AsyncIterator
 
+import psutil
+
 from ..engine.scheduler import Overloaded
 from ..engine.types import SamplingParams
 from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, UnknownModel
-from ..stats import Stats
+from ..stats import Stats, quant_type
 from ..teacher import teacher_status
+from .access_log import note_route
 from .errors import ApiError
 from .http import HttpRequest, HttpResponse, json_response
 from .openai_schema import ChatCompletionRequest, ChunkWriter, completion_body, parse_chat_request, sse
@@ -120,6 +123,7 @@ class Api:
                     "n_params": info.n_params,
                     "n_ctx": info.n_ctx,
                     "description": info.description,
+                    "quant": quant_type(info.description),
                     "gpu_offload": info.gpu_offload,
                     "default": student.name == self.router.default,
                 },
@@ -132,6 +136,8 @@ class Api:
         snapshot["cache"] = await asyncio.to_thread(routing.cache.stats) if routing.cache is not None else None
         snapshot["teacher"] = teacher_status(routing.teacher)
         snapshot["confidence_threshold"] = routing.confidence_threshold
+        snapshot["students"] = [{"name": s.name, "batching": s.scheduler.stats()} for s in self.router.students.values()]
+        snapshot["process"] = {"rss_bytes": psutil.Process().memory_info().rss}  # the dashboard's memory figure
         return json_response(200, snapshot)
 
     async def chat_completions(self, request: HttpRequest) -> HttpResponse:
@@ -197,4 +203,5 @@ class Api:
             await events.aclose()  # type: ignore[attr-defined]
 
     def _record(self, answer: Answer) -> None:
+        note_route(answer.route)
         self.stats.record_answer(answer)

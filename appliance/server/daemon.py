@@ -9,11 +9,12 @@ import signal
 import socket
 import stat
 from pathlib import Path
+from typing import Callable
 
 from .. import paths
 from ..cache import SemanticCache, load_embedder
 from ..cache.store import cache_path
-from ..config import AthanorConfig
+from ..config import AthanorConfig, load_config
 from ..defaults import embedded_student_path
 from ..engine.llama import LlamaEngine
 from ..engine.scheduler import Scheduler
@@ -23,8 +24,11 @@ from ..fingerprint import file_fingerprint
 from ..router import Router, Routing, Student
 from ..teacher import make_teacher
 from ..teacher.pricing import price_for
+from .access_log import AccessLog
+from .admin import AdminApi
 from .api import Api
 from .http import HttpServer, Limits
+from .reload import Reloader
 from .sd_notify import notify
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,7 @@ def load_students(config: AthanorConfig) -> dict[str, Student]:
     path = cfg.path or embedded_student_path()
     engine = LlamaEngine(
         path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-        flash_attn=cfg.flash_attn,
+        flash_attn=cfg.flash_attn, parallel=cfg.parallel,
     )
     scheduler = Scheduler(engine, config.server.max_queue, cfg.name)
     return {cfg.name: Student(cfg.name, engine, scheduler, version=file_fingerprint(path))}
@@ -120,16 +124,29 @@ def bind_socket(path: Path, mode: int) -> socket.socket:
     return sock
 
 
-async def serve(config: AthanorConfig, router: Router | None = None, shutdown_timeout_s: float = 30.0) -> None:
-    """Run until SIGTERM/SIGINT; then stop accepting, let in-flight answers finish, release the model."""
+async def serve(config: AthanorConfig, router: Router | None = None, shutdown_timeout_s: float = 30.0,
+                read_config: Callable[[], AthanorConfig] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, let in-flight answers finish, release the model.
+
+    SIGHUP reloads: `read_config` (default: the same file and environment again) gives the new config,
+    whose students replace the running ones without dropping an answer (see `reload.py`).
+    """
+    # A SIGHUP while the model loads would kill the daemon (its default action); the handler comes later.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     router = router or build_router(config)
     api = Api(router, config.student.default_max_tokens)
+
+    def reloaded(new: AthanorConfig) -> None:
+        api.default_max_tokens = new.student.default_max_tokens
+
+    reloader = Reloader(router, config, read_config or (lambda: load_config(config.source)), load_students,
+                        retire_timeout_s=shutdown_timeout_s, on_config=reloaded)
     limits = Limits(
         max_body_bytes=config.server.max_body_bytes,
         header_timeout_s=config.server.header_timeout_s,
         idle_timeout_s=config.server.idle_timeout_s,
     )
-    server = HttpServer(api, limits)
+    server = HttpServer(AccessLog(AdminApi(api, reloader, os.getuid())), limits)
     sock = inherited_socket()
     owned_path = None
     if sock is None:
@@ -140,6 +157,17 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def hangup() -> None:
+        if stop.is_set():
+            log.warning("reload ignored: shutting down")
+            return
+        task = asyncio.ensure_future(reloader.reload())
+        reloads.add(task)  # held here: the loop keeps only weak references to tasks
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     where = owned_path or "inherited socket"
     log.info("athanor ready on %s; students: %s", where, ", ".join(router.students))
     print(f"athanor: serving {', '.join(router.students)} on {where}", flush=True)
@@ -151,6 +179,8 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         log.info("shutting down: finishing in-flight requests (up to %.0f s)", shutdown_timeout_s)
         await server.stop_accepting()
         await server.drain(shutdown_timeout_s)
+        if reloads:  # a reload under way finishes its swap, so the students closed below are the live ones
+            await asyncio.gather(*reloads, return_exceptions=True)
         for student in router.students.values():
             student.scheduler.close()
             student.engine.close()

@@ -9,10 +9,11 @@ that a client who goes away cancels the work done for it (the handler task is ca
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
+import secrets
 import socket
+import string
 import struct
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
@@ -77,6 +78,20 @@ class HttpResponse:
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
+_REQUEST_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:/+=@")
+
+
+def request_id_for(headers: dict[str, str]) -> str:
+    """The caller's `X-Request-Id` when it is sane (1-64 of `A-Za-z0-9-_.:/+=@`), else a fresh random one.
+
+    Anything else is replaced rather than trusted: the id goes into log lines verbatim.
+    """
+    given = headers.get("x-request-id", "").strip()
+    if 0 < len(given) <= 64 and set(given) <= _REQUEST_ID_CHARS:
+        return given
+    return secrets.token_hex(8)
+
+
 def json_response(status: int, payload: object, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     return HttpResponse(status, body, [("content-type", "application/json"), *(headers or [])])
@@ -103,7 +118,6 @@ class HttpServer:
     def __init__(self, handler: Handler, limits: Limits) -> None:
         self.handler = handler
         self.limits = limits
-        self._ids = itertools.count(1)
         self._connections: set[asyncio.Task] = set()
         self._active_requests = 0
         self._server: asyncio.AbstractServer | None = None
@@ -232,7 +246,7 @@ class HttpServer:
             headers=headers,
             body=bytes(body),
             peer=peer,
-            request_id=f"req-{next(self._ids)}",
+            request_id=request_id_for(headers),
         )
 
     async def _respond(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Mapping
 
 from ..config import TeacherConfig
@@ -37,29 +38,51 @@ class Secret:
 
 
 def read_api_key(cfg: TeacherConfig, environ: Mapping[str, str] | None = None) -> Secret:
-    """The key from `[teacher].api_key_file` (stripped) if set, else from the variable `[teacher].api_key_env`."""
+    """The key from `[teacher].api_key_file` if set, else the systemd credential `[teacher].api_key_credential`
+    (when `$CREDENTIALS_DIRECTORY` is set and the credential is not empty), else the variable `[teacher].api_key_env`.
+    """
     if cfg.api_key_file is not None:
-        path = cfg.api_key_file
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise ConfigError("[teacher].api_key_file", f"no key file at {path}", "create it or unset api_key_file") from None
-        except PermissionError:
-            raise ConfigError(
-                "[teacher].api_key_file", f"cannot read {path} (permission denied)", "fix its owner or mode"
-            ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            # The exception names the path and errno only, never the content.
-            raise ConfigError("[teacher].api_key_file", f"cannot read {path}: {type(exc).__name__}", "check the file") from None
+        value = _read_key_file(cfg.api_key_file, "[teacher].api_key_file", "unset api_key_file")
         if not value:
-            raise ConfigError("[teacher].api_key_file", f"{path} is empty", "put the API key in it")
+            raise ConfigError("[teacher].api_key_file", f"{cfg.api_key_file} is empty", "put the API key in it")
         return Secret(value)
     environ = os.environ if environ is None else environ
+    credential = read_credential(cfg.api_key_credential, environ)
+    if credential:
+        return Secret(credential)
     value = environ.get(cfg.api_key_env, "").strip()
     if not value:
         raise ConfigError(
             "[teacher].api_key_env",
             f"no API key in the environment variable {cfg.api_key_env}",
-            "set the variable or [teacher].api_key_file",
+            "set the variable or [teacher].api_key_file (as a service: put the key in the file "
+            f"LoadCredential={cfg.api_key_credential}:... names, /etc/athanor/credentials/{cfg.api_key_credential})",
         )
     return Secret(value)
+
+
+def read_credential(name: str, environ: Mapping[str, str]) -> str:
+    """The systemd credential `name` from `$CREDENTIALS_DIRECTORY` (stripped), or "" when there is none.
+
+    An empty credential counts as none: the installer leaves an empty key file so that the unit's
+    LoadCredential= always finds one, also on appliances that have no teacher.
+    """
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return ""
+    path = Path(directory) / name
+    if not path.exists():
+        return ""
+    return _read_key_file(path, "[teacher].api_key_credential", "check the unit's LoadCredential= line")
+
+
+def _read_key_file(path: Path, setting: str, fix_missing: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(setting, f"no key file at {path}", f"create it or {fix_missing}") from None
+    except PermissionError:
+        raise ConfigError(setting, f"cannot read {path} (permission denied)", "fix its owner or mode") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # The exception names the path and errno only, never the content.
+        raise ConfigError(setting, f"cannot read {path}: {type(exc).__name__}", "check the file") from None

