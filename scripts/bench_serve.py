@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--flash-attn", choices=["on", "off"], default="on")
+    parser.add_argument("--prompts-first", choices=["on", "off"], default="on", help="[student].prompts_first")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "serve.json")
     args = parser.parse_args()
     model = args.model or embedded_student_path()
@@ -197,6 +198,7 @@ def main() -> None:
     raw = raw_baseline(model, baseline_prompts, args.max_tokens, args.threads, args.n_ctx, args.flash_attn)
     rows = []
     os.environ["ATHANOR_STUDENT__PARALLEL"] = str(args.parallel)
+    os.environ["ATHANOR_STUDENT__PROMPTS_FIRST"] = "true" if args.prompts_first == "on" else "false"
     os.environ["ATHANOR_SERVER__MAX_QUEUE"] = str(max(64, max(counts) * 2))
     with tempfile.TemporaryDirectory() as home:
         process, socket_path = start_daemon(Path(home), model, args.n_ctx, args.threads, args.flash_attn, "off")
@@ -212,6 +214,7 @@ def main() -> None:
 
     summary = {"model": str(model), "device": device_name(), "threads": args.threads, "parallel": args.parallel,
                "max_tokens": args.max_tokens, "requests_per_client": args.requests, "flash_attn": args.flash_attn,
+               "prompts_first": args.prompts_first,
                "raw": raw, "daemon": rows}
     table = Table(title=f"{model.name}: {summary['device']}, {args.threads} threads, parallel {args.parallel}, "
                         f"{args.max_tokens} tokens per answer")

@@ -51,3 +51,13 @@ def test_generating_sequences_are_fed_before_prompt_chunks_within_the_budget():
 def test_a_prompt_that_fits_asks_for_logits_on_its_last_token():
     feeds = plan_step({0: [1, 2, 3], 1: [4, 5]}, {0: 0, 1: 0}, order=[1, 0], budget=512)
     assert feeds == [Feed(1, (4, 5), 0, True), Feed(0, (1, 2, 3), 0, True)]
+
+
+def test_a_prompts_only_step_leaves_the_generating_sequences_out():
+    pending = {0: [7], 1: list(range(10, 15)), 2: [8]}
+    positions = {0: 20, 1: 0, 2: 9}
+    assert plan_step(pending, positions, order=[0, 1, 2], budget=512, prompts_only=True) == [
+        Feed(1, (10, 11, 12, 13, 14), 0, True)
+    ]
+    # Nothing to prefill: the generating sequences are fed as usual.
+    assert len(plan_step({0: [7], 2: [8]}, positions, order=[0, 2], budget=512, prompts_only=True)) == 2

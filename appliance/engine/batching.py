@@ -65,18 +65,22 @@ class Feed:
 
 
 def plan_step(pending: Mapping[int, Sequence[int]], positions: Mapping[int, int], order: Sequence[int],
-              budget: int) -> list[Feed]:
-    """What one `llama_decode` feeds: every decoding sequence's token first, then prompt chunks.
+              budget: int, prompts_only: bool = False) -> list[Feed]:
+    """What one `llama_decode` feeds, within `budget` tokens, in admission order (`order`).
 
-    `order` is admission order (first come, first fed); `positions` is where each sequence's
-    pending tokens start. Sequences that are generating (one pending token) always go first so
-    streaming clients keep their pace while a long prompt is prefilled in chunks behind them.
+    Normally every generating sequence's token goes first, so streaming clients keep their pace
+    while a long prompt is prefilled in chunks behind them. With `prompts_only` (when prompts are
+    waiting) the step feeds new prompts alone: on a CPU every token in a step costs compute, so
+    leaving the generating tokens out brings a newcomer's first token sooner; the engine never
+    takes two such steps in a row, so a stream stalls for one step at most. `positions` is where
+    each sequence's pending tokens start.
     """
-    feeds: list[Feed] = []
-    left = budget
     generating = [s for s in order if len(pending[s]) == 1]
     prefilling = [s for s in order if len(pending[s]) > 1]
-    for seq in generating + prefilling:
+    chosen = prefilling if prompts_only and prefilling else generating + prefilling
+    feeds: list[Feed] = []
+    left = budget
+    for seq in chosen:
         if left <= 0:
             break
         tokens = tuple(pending[seq][:left])

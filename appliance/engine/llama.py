@@ -103,6 +103,7 @@ class LlamaEngine:
         n_gpu_layers: int = -1,
         flash_attn: str = "auto",
         parallel: int = 1,
+        prompts_first: bool = True,
     ) -> None:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -145,6 +146,8 @@ class LlamaEngine:
         # ends, so the next prompt that starts the same way reuses them.
         self._kv: dict[int, list[int]] = {seq: [] for seq in range(parallel)}
         self._active: dict[int, _Sequence] = {}  # insertion order = admission order
+        self.prompts_first = prompts_first
+        self._last_prompts_only = False
         self.prompt_tokens_reused = 0
         """Prompt tokens whose KV cells came from an earlier request (own slot or a copy)."""
         self.prompt_tokens_computed = 0
@@ -263,12 +266,11 @@ class LlamaEngine:
         """
         if not self._active:
             return []
-        feeds = plan_step(
-            {seq: s.pending for seq, s in self._active.items()},
-            {seq: len(self._kv[seq]) for seq in self._active},
-            list(self._active),
-            self._n_batch,
-        )
+        pending = {seq: s.pending for seq, s in self._active.items()}
+        prompts_only = self.prompts_first and not self._last_prompts_only
+        feeds = plan_step(pending, {seq: len(self._kv[seq]) for seq in self._active}, list(self._active),
+                          self._n_batch, prompts_only)
+        self._last_prompts_only = prompts_only and all(len(pending[f.seq]) > 1 for f in feeds)
         status = self._decode(feeds)
         if status == 1:  # no room in the KV pool: drop the idle sequences' cached prefixes, try again
             for seq in range(self.parallel):

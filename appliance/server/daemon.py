@@ -42,7 +42,7 @@ def load_students(config: AthanorConfig) -> dict[str, Student]:
     path = cfg.path or embedded_student_path()
     engine = LlamaEngine(
         path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-        flash_attn=cfg.flash_attn, parallel=cfg.parallel,
+        flash_attn=cfg.flash_attn, parallel=cfg.parallel, prompts_first=cfg.prompts_first,
     )
     scheduler = Scheduler(engine, config.server.max_queue, cfg.name)
     return {cfg.name: Student(cfg.name, engine, scheduler, version=file_fingerprint(path))}
