@@ -55,6 +55,9 @@ class StudentConfig(_Section):
     parallel: int = Field(default=8, ge=1, le=64)
     """Requests decoded together (continuous batching). Each holds its own KV cache of n_ctx
     tokens, allocated at start: for SmolLM2-135M about 23 KB per token, 377 MB at 8 x 2048."""
+    prompts_first: bool = True
+    """A step with new prompts feeds them alone (never twice in a row): a sooner first token for
+    newcomers at the price of one step's pause for the answers being generated."""
     n_threads: int = Field(default=0, ge=0)
     """CPU threads for decoding; 0 means one per core."""
     n_gpu_layers: int = Field(default=-1, ge=-1)
@@ -125,6 +128,63 @@ class TeacherConfig(_Section):
     """USD per million output tokens; empty uses the built-in price table for the model."""
 
 
+class DistillConfig(_Section):
+    """`athanor harvest`, `train`, `evaluate` and `retrain`."""
+
+    concurrency: int = Field(default=4, ge=1, le=256)
+    """Teacher requests in flight at once while harvesting (the rate limit and budget still apply)."""
+    max_tokens: int = Field(default=1024, ge=1)
+    """Longest teacher answer asked for while harvesting; an answer cut at this length is dropped."""
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    """Teacher temperature while harvesting."""
+    language: str = Field(default="auto", min_length=2)
+    """Language answers must be in: `auto` (the prompt's), `any` (no check), or a code such as `en`."""
+    dedup_threshold: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Prompts at least this cosine-similar to a kept one are dropped as near-duplicates."""
+    heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Share of each category kept out of training for `athanor evaluate`."""
+    seed: int = 0
+    """Seed of the split, the data order and LoRA's initialisation."""
+    judge_model: str | None = None
+    """A second teacher model (same provider) that vets harvested answers and grades open answers."""
+    base: Path | None = None
+    """Base model trained by `athanor retrain`: a Hugging Face folder or a GGUF file; empty means the embedded SmolLM2-135M."""
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Layers LoRA adapts (attention and MLP projections); `ATHANOR_DISTILL__TARGET_MODULES=q_proj,v_proj`."""
+    learning_rate: float = Field(default=2e-4, gt=0.0)
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    max_seq_len: int = Field(default=512, ge=16)
+    """Examples longer than this (prompt + answer, in tokens) are cut."""
+    checkpoint_every: int = Field(default=50, ge=1)
+    """Optimizer steps between checkpoints (training resumes from the last one)."""
+    kd_temperature: float = Field(default=2.0, gt=0.0)
+    """Softmax temperature of white-box distillation from a local teacher's logits."""
+    kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Weight of the distillation loss; the rest is cross-entropy on the teacher's answer."""
+    heldout: Path | None = None
+    """Held-out JSONL that `athanor retrain` gates a new student on (from `athanor harvest`)."""
+    train_dataset: Path | None = None
+    """Training JSONL that `athanor retrain` adds to the distillation log's examples."""
+    target_quality: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Quality `athanor evaluate` must keep when it recommends a routing threshold."""
+    retention_floor: float = Field(default=0.9, gt=0.0, le=1.0)
+    """`athanor retrain --if-regressed` retrains only when the student's retention is under this."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # Environment overrides arrive as one string.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class AthanorConfig(_Section):
     """The whole configuration, passed down from the CLI to every part."""
 
@@ -133,6 +193,7 @@ class AthanorConfig(_Section):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     source: Path | None = Field(default=None, exclude=True)
     """The file this was read from, if any."""
 
