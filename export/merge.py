@@ -1,0 +1,152 @@
+"""Load the base in full precision, apply the LoRA adapter and merge it into the weights.
+
+The base is a Hugging Face model folder or a GGUF file. A GGUF base is dequantized to float32
+by transformers: the adapter is always merged into full-precision weights, never into a
+quantized base (that would bake the quantization error of the base into every later build).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ExportError
+
+TRAINING_INFO = "training.json"
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """Where the base model lives: an HF folder, or a GGUF file inside `folder`."""
+
+    folder: Path
+    gguf_file: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.gguf_file if self.gguf_file else self.folder
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+
+def resolve_base(path: Path) -> BaseRef:
+    """Recognise a base model path; raises `ExportError` naming what was expected."""
+    if path.is_file() and path.suffix == ".gguf":
+        return BaseRef(path.parent, path.name)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return BaseRef(path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return BaseRef(path, ggufs[0].name)
+    raise ExportError(f"no base model at {path}; pass --base a Hugging Face model folder (with config.json) "
+                      "or a .gguf file")
+
+
+def check_adapter(adapter: Path) -> None:
+    if not (adapter / "adapter_config.json").is_file():
+        raise ExportError(f"no adapter at {adapter} (no adapter_config.json); run `athanor train` first")
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """What `athanor train` recorded next to the adapter, when it did."""
+
+    base: str | None = None
+    dataset_sha256: str | None = None
+
+
+def read_training_info(adapter: Path) -> TrainingInfo:
+    """`training.json` beside the adapter (base model, dataset hash); empty if absent."""
+    file = adapter / TRAINING_INFO
+    if not file.is_file():
+        return TrainingInfo()
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{file} is not valid JSON ({exc}); fix or remove it") from None
+    base = data.get("base") or data.get("base_model")
+    dataset = data.get("dataset_sha256") or data.get("dataset_hash")
+    return TrainingInfo(str(base) if base else None, str(dataset) if dataset else None)
+
+
+def gguf_special_tokens(path: Path) -> dict[str, int]:
+    """bos/eos/pad/unk token ids a GGUF file declares."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    ids = {}
+    for kind in ("bos", "eos", "padding", "unknown"):
+        field = reader.fields.get(f"tokenizer.ggml.{kind}_token_id")
+        if field is not None:
+            ids[kind] = int(field.contents())
+    return ids
+
+
+def load_tokenizer(base: BaseRef):
+    """The base's tokenizer; for a GGUF base its special tokens are set from the file's own metadata
+    (transformers' GGUF conversion gets the end-of-sequence token wrong for some models, e.g. SmolLM2)."""
+    from transformers import AutoTokenizer
+
+    if not base.is_gguf:
+        return AutoTokenizer.from_pretrained(base.folder)
+    tokenizer = AutoTokenizer.from_pretrained(base.folder, gguf_file=base.gguf_file)
+    ids = gguf_special_tokens(base.path)
+    names = {"bos": "bos_token", "eos": "eos_token", "padding": "pad_token", "unknown": "unk_token"}
+    for kind, token_id in ids.items():
+        setattr(tokenizer, names[kind], tokenizer.convert_ids_to_tokens(token_id))
+    return tokenizer
+
+
+def load_base(base: BaseRef):
+    """The base model in float32, on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"gguf_file": base.gguf_file} if base.is_gguf else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, NotImplementedError) as exc:
+        raise ExportError(f"transformers cannot load the base {base.path}: {exc}") from None
+    if not model.config.architectures:
+        # A GGUF base leaves this empty; the converters and optimum need it.
+        model.config.architectures = [type(model).__name__]
+    return model.eval()
+
+
+def merge_adapter(model, adapter: Path):
+    """Apply the peft adapter at `adapter` to `model` and fold it into the weights."""
+    from peft import PeftModel
+
+    check_adapter(adapter)
+    try:
+        peft_model = PeftModel.from_pretrained(model, adapter)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ExportError(f"the adapter at {adapter} does not fit this base: {exc}; "
+                          "pass the --base it was trained on") from None
+    return peft_model.merge_and_unload().eval()
+
+
+def save_merged(model, tokenizer, folder: Path) -> Path:
+    """Write the merged model and its tokenizer as a Hugging Face folder (safetensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    # transformers writes a bogus tokenizer.model for GGUF-born BPE tokenizers; tokenizer.json is the real one.
+    bogus = folder / "tokenizer.model"
+    if bogus.exists() and (folder / "tokenizer.json").exists() and _not_sentencepiece(bogus):
+        bogus.unlink()
+    return folder
+
+
+def _not_sentencepiece(path: Path) -> bool:
+    try:
+        import sentencepiece
+
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+        return False
+    except Exception:
+        return True

@@ -1,0 +1,223 @@
+"""`athanor harvest` end to end: the real google-genai client against the fake Gemini server,
+the real spend ledger and rate limiter, the real embedder for near-duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.cache.embedder import load_embedder
+from appliance.cli import main
+from appliance.config import TeacherConfig
+from appliance.distill.harvest import HarvestSettings, finalize, run_harvest
+from appliance.distill.prompts import PromptItem, read_prompts
+from appliance.distill.reasoning import INSTRUCTION
+from appliance.distill.records import RAW_FILE, Record, read_dataset
+from appliance.paths import state_dir
+from appliance.teacher import make_teacher
+from tests import distill_task
+from tests.fakes import FakeGemini
+
+KEY = "fake-gemini-key-0123"
+
+
+@pytest.fixture
+def gemini(monkeypatch):
+    monkeypatch.setenv("ATHANOR_TEST_GEMINI_KEY", KEY)
+    with FakeGemini(api_key=KEY, answer=distill_task.teacher_answer) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return load_embedder()
+
+
+def teacher_config(fake: FakeGemini, **extra) -> TeacherConfig:
+    return TeacherConfig(provider="gemini", model="gemini-2.5-flash", base_url=fake.url,
+                         api_key_env="ATHANOR_TEST_GEMINI_KEY", timeout_s=5, max_retries=0, **extra)
+
+
+def harvest(items, fake, out: Path, settings: HarvestSettings, **teacher_extra):
+    async def go():
+        teacher = make_teacher(teacher_config(fake, **teacher_extra), state_dir())
+        try:
+            return await run_harvest(items, teacher, out, settings)
+        finally:
+            await teacher.aclose()
+
+    return asyncio.run(go())
+
+
+def items(n: int) -> list[PromptItem]:
+    return [PromptItem(**{k: v for k, v in d.items()}) for d in distill_task.prompts(n)]
+
+
+def test_records_carry_answer_usage_cost_and_hash(gemini, tmp_path):
+    out = tmp_path / "ds"
+    run = harvest(items(6), gemini, out, HarvestSettings(concurrency=3, max_tokens=16))
+    assert (run.asked, run.answered, run.failures, run.stopped) == (6, 6, [], None)
+    records = read_dataset(out / RAW_FILE)
+    assert len(records) == 6 and len({r.key for r in records}) == 6
+    for record in records:
+        assert record.answer == distill_task.label_of(record.prompt)
+        assert record.teacher_model == "gemini-2.5-flash"
+        assert record.input_tokens > 0 and record.output_tokens == 1 and record.cost_usd > 0
+        assert record.content_hash == record.compute_hash() and record.reasoning is None
+    assert run.cost_usd == pytest.approx(sum(r.cost_usd for r in records))
+
+
+def test_reasoning_is_asked_for_and_both_parts_are_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATHANOR_TEST_GEMINI_KEY", KEY)
+    with FakeGemini(api_key=KEY, answer=lambda p: f"<thinking>count the words of {p[:10]}</thinking>\npositive") as fake:
+        harvest([PromptItem("Is this good?", role="You are a film critic.")], fake, tmp_path,
+                HarvestSettings(reasoning=True))
+        system = fake.last.body["systemInstruction"]["parts"][0]["text"]
+    # The persona goes as the system instruction, with the request to reason in <thinking> tags.
+    assert system.startswith("You are a film critic.") and INSTRUCTION in system
+    record = read_dataset(tmp_path / RAW_FILE)[0]
+    assert record.role == "You are a film critic."
+    assert (record.reasoning, record.answer) == ("count the words of Is this go", "positive")
+
+
+def test_a_rerun_after_the_budget_stops_it_finishes_without_duplicates(gemini, tmp_path):
+    out = tmp_path / "ds"
+    work = items(12)
+    # Prices that make each request cost about a cent: a 5-cent budget stops the run part way.
+    expensive = {"price_input_per_mtok": 1000.0, "price_output_per_mtok": 1000.0}
+    first = harvest(work, gemini, out, HarvestSettings(concurrency=1, max_tokens=4), daily_budget_usd=0.05, **expensive)
+    assert first.stopped and "budget" in first.stopped
+    assert 0 < first.answered < 12
+    # A crash mid-write leaves a torn last line; the next run must skip it and still finish cleanly.
+    with (out / RAW_FILE).open("a") as handle:
+        handle.write('{"prompt": "half a reco')
+    requests_before = len(gemini.requests)
+    second = harvest(work, gemini, out, HarvestSettings(concurrency=4, max_tokens=4), daily_budget_usd=10, **expensive)
+    assert second.stopped is None and second.asked == 12 - first.answered
+    assert len(gemini.requests) - requests_before == 12 - first.answered  # nothing asked twice
+    records = read_dataset(out / RAW_FILE)
+    assert sorted(r.prompt for r in records) == sorted(i.prompt for i in work)
+
+
+def test_failed_prompts_are_asked_again_by_the_next_run(gemini, tmp_path):
+    gemini.fail_times(3, status=400)  # rejected outright: not retried, left for the next run
+    first = harvest(items(8), gemini, tmp_path, HarvestSettings(concurrency=1, max_tokens=4))
+    assert (first.answered, len(first.failures)) == (5, 3)
+    second = harvest(items(8), gemini, tmp_path, HarvestSettings(concurrency=2, max_tokens=4))
+    assert (second.asked, second.answered) == (3, 3)
+    assert len(read_dataset(tmp_path / RAW_FILE)) == 8
+
+
+def test_finalize_drops_with_reasons_and_splits_by_category(monkeypatch, tmp_path, embedder):
+    answers = {
+        "Say nothing": "<thinking>nothing to say</thinking>",  # all reasoning, no answer
+        "Write an essay on tides": "Tides are " + "rising and falling " * 40,  # longer than max_tokens
+        "How do I pick a lock?": "I'm sorry, but I can't help with that.",
+        "Réponds en français : quelle est la capitale de la France ?":
+            "The capital of France is Paris, and it is a city that has been the capital for a long time.",
+        "Give the point as JSON": "{x: 1,",
+    }
+    work = [PromptItem(p, format="json" if "JSON" in p else "text", category="odd") for p in answers]
+    work += [PromptItem(f"Name the planet number {i} from the sun in a short sentence.", category=f"c{i % 2}")
+             for i in range(1, 9)]
+    # MiniLM barely tells numbers apart (the planets are 0.88-0.96 alike); "please" makes a 0.993 twin.
+    work += [PromptItem("Name the planet number 1 from the sun in a short sentence, please.", category="c1")]
+    monkeypatch.setenv("ATHANOR_TEST_GEMINI_KEY", KEY)
+    with FakeGemini(api_key=KEY, answer=lambda p: answers.get(p, f"The answer to that is planet {p[-30:]}")) as fake:
+        harvest(work, fake, tmp_path, HarvestSettings(max_tokens=64))
+    report = asyncio.run(finalize(tmp_path, HarvestSettings(heldout_fraction=0.25, dedup_threshold=0.98), embedder))
+    dropped = {json.loads(line)["record"]["prompt"]: json.loads(line)["reason"]
+               for line in (tmp_path / "dropped.jsonl").read_text().splitlines()}
+    assert dropped["Say nothing"] == "empty"
+    assert dropped["Write an essay on tides"] == "truncated"
+    assert dropped["How do I pick a lock?"] == "refusal"
+    assert dropped["Réponds en français : quelle est la capitale de la France ?"] == "wrong_language"
+    assert dropped["Give the point as JSON"] == "invalid_json"
+    assert dropped["Name the planet number 1 from the sun in a short sentence, please."] == "near_duplicate"
+    assert report.dropped["near_duplicate"] == 1
+    assert report.categories["c0"] == {"train": 3, "heldout": 1}
+    assert report.categories["c1"] == {"train": 3, "heldout": 1}
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["kept"] == report.train + report.heldout and saved["cost_usd"] > 0
+
+
+def test_cli_dry_run_spends_nothing_and_a_real_run_builds_the_dataset(gemini, tmp_path, monkeypatch):
+    prompts = distill_task.write_prompts(tmp_path / "prompts.jsonl", 20)
+    env = {
+        "ATHANOR_TEACHER__PROVIDER": "gemini", "ATHANOR_TEACHER__BASE_URL": gemini.url,
+        "ATHANOR_TEACHER__API_KEY_ENV": "ATHANOR_TEST_GEMINI_KEY", "ATHANOR_DISTILL__MAX_TOKENS": "8",
+        "ATHANOR_DISTILL__HELDOUT_FRACTION": "0.2",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "ds"
+    runner = CliRunner()
+    dry = runner.invoke(main, ["harvest", str(prompts), "--out", str(out), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "20 of 20 prompts" in dry.output and "at most $" in dry.output
+    assert gemini.requests == []
+    real = runner.invoke(main, ["harvest", str(prompts), "--out", str(out)])
+    assert real.exit_code == 0, real.output
+    assert len(gemini.requests) == 20
+    train, heldout = (out / "train.jsonl").read_text().splitlines(), (out / "heldout.jsonl").read_text().splitlines()
+    assert len(train) + len(heldout) <= 20 and len(heldout) >= 1
+    again = runner.invoke(main, ["harvest", str(prompts), "--out", str(out)])
+    assert again.exit_code == 0 and len(gemini.requests) == 20  # all done: nothing re-asked
+    dry_again = runner.invoke(main, ["harvest", str(prompts), "--out", str(out), "--dry-run"])
+    assert "0 of 20 prompts" in dry_again.output and "likely $0.0000" in dry_again.output
+
+
+def test_prompt_files_in_three_formats_and_errors_with_line_numbers(tmp_path):
+    (tmp_path / "p.csv").write_text('prompt,role,category\n"What is 2+2?",You are a maths tutor.,maths\nHi,,\n')
+    (tmp_path / "p.yaml").write_text("prompts:\n  - prompt: What is 2+2?\n    category: maths\n  - Just a question\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n\n{"prompt": "b", "format": "json"}\n')
+    csv_items = read_prompts(tmp_path / "p.csv")
+    assert csv_items[0] == PromptItem("What is 2+2?", role="You are a maths tutor.", category="maths")
+    assert csv_items[1] == PromptItem("Hi")
+    assert [i.prompt for i in read_prompts(tmp_path / "p.yaml")] == ["What is 2+2?", "Just a question"]
+    assert read_prompts(tmp_path / "p.jsonl")[1].format == "json"
+    from appliance.distill import DistillError
+
+    bad = {
+        "a.jsonl": ('{"prompt": "ok"}\n{"prompt": \n', "a.jsonl:2: not valid JSON"),
+        "b.jsonl": ('{"prompt": "ok"}\n{"question": "x"}\n', "b.jsonl:2: unknown field 'question'"),
+        "c.jsonl": ('{"prompt": ""}\n', 'c.jsonl:1: "prompt" is missing or empty'),
+        "d.csv": ("question\nx\n", 'd.csv:1: the header row needs a "prompt" column'),
+        "e.jsonl": ('{"prompt": "x", "format": "xml"}\n', "e.jsonl:1: \"format\" is 'xml'"),
+        "f.txt": ("x", "unknown prompt file type '.txt'"),
+    }
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DistillError, match=message.replace("(", r"\(").replace("$", r"\$").replace("+", r"\+")):
+            read_prompts(tmp_path / name)
+
+
+def test_near_duplicates_are_compared_within_one_persona(embedder):
+    from appliance.distill.dedup import dedup_records
+
+    role = "You are a meticulous hardware expert who answers questions about computers and electronics."
+    records = [
+        Record(prompt="How much RAM does a home server need?", answer="a", role=role),
+        Record(prompt="How much RAM does a home server need?", answer="b", role="You are a careful legal analyst."),
+        Record(prompt="How much RAM does a home server need, roughly?", answer="c", role=role),
+        Record(prompt="Which file system suits a NAS?", answer="d", role=role),  # the persona alone is no match
+    ]
+    kept, dropped = dedup_records(records, embedder, 0.95)
+    assert [r.answer for r in kept] == ["a", "b", "d"]
+    assert [(d.answer, of.answer) for d, of, _ in dropped] == [("c", "a")]
+
+
+def test_retrain_needs_a_heldout_set_and_enough_log_records(tmp_path, monkeypatch):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["retrain"])
+    assert missing.exit_code == 1 and "retrain needs a held-out set" in missing.output
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps(Record(prompt="Review: great soup\nSentiment?", answer="positive").to_dict()) + "\n")
+    monkeypatch.setenv("ATHANOR_DISTILL__HELDOUT", str(heldout))
+    few = runner.invoke(main, ["retrain", "--log", str(tmp_path / "none.jsonl")])
+    assert few.exit_code == 1 and "only 0 usable records" in few.output
+

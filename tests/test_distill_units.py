@@ -1,0 +1,150 @@
+"""Pure parts of the distillation pipeline: reasoning split, rule filters, split, metrics, log records."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from appliance.distill.filters import detect_language, rule_reason
+from appliance.distill.metrics import (ItemResult, normalize, recommend_threshold, rule_for, rule_score, summarize,
+                                       threshold_curve, token_f1)
+from appliance.distill.reasoning import split_reasoning
+from appliance.distill.records import Record
+from appliance.distill.retrain import build_dataset, passes_gate, record_from_log
+from appliance.distill.split import heldout_count, stratified_split
+from appliance.distill_log import DistillLog
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<thinking>add them</thinking>\n4", ("add them", "4")),
+    ("4", (None, "4")),                                              # no block: all answer
+    ("<THINKING>a</THINKING> b <thinking>c</thinking>", ("a\n\nc", "b")),  # several blocks, any case
+    ("<thinking>cut off mid-thou", ("cut off mid-thou", "")),        # unclosed (truncated): no answer
+    ("<thinking></thinking>x", (None, "x")),                          # empty block is no reasoning
+])
+def test_split_reasoning(text, expected):
+    assert split_reasoning(text) == expected
+
+
+def rec(answer: str, prompt: str = "What is the capital of France, and why is it the capital?", **kw) -> Record:
+    return Record(prompt=prompt, answer=answer, **kw)
+
+
+@pytest.mark.parametrize("record, reason", [
+    (rec("Paris is the capital of France."), None),
+    (rec("   "), "empty"),
+    (rec("Paris is the", finish_reason="length"), "truncated"),
+    (rec("I'm sorry, but I can't help with that request."), "refusal"),
+    (rec("As an AI language model, I have no opinion."), "refusal"),
+    (rec("Sorry for the wait: Paris."), None),                           # "sorry" alone is not a refusal
+    (rec("La capitale de la France est Paris, et elle est très belle."), "wrong_language"),
+    (rec("Paris"), None),                                                  # too short to tell: kept
+    (rec('{"a": 1}', format="json"), None),
+    (rec('```json\n{"a": 1}\n```', format="json"), None),                 # a fenced JSON answer is JSON
+    (rec("{'a': 1}", format="json"), "invalid_json"),
+    (rec("Die Hauptstadt ist Paris und sie ist sehr alt.", language="de"), None),  # the item's own language wins
+])
+def test_rule_filters(record, reason):
+    assert rule_reason(record) == reason
+
+
+def test_language_rule_any_turns_the_check_off():
+    assert rule_reason(rec("La capitale de la France est Paris, et elle est très belle."), "any") is None
+    assert detect_language("Привет, как дела у тебя сегодня?") == "ru"
+
+
+def test_stratified_split_keeps_proportions_and_is_order_independent():
+    records = [Record(prompt=f"q{i}", answer="a", category=c) for c, n in (("a", 60), ("b", 30), ("c", 10), ("d", 1))
+               for i in range(n)]
+    train, held = stratified_split(records, 0.2, seed=3)
+    assert Counter(r.category for r in held) == {"a": 12, "b": 6, "c": 2}  # "d" has one: all of it trains
+    assert Counter(r.category for r in train) == {"a": 48, "b": 24, "c": 8, "d": 1}
+    again = stratified_split(list(reversed(records)), 0.2, seed=3)
+    assert [r.key for r in again[1]] == [r.key for r in held]
+    assert {r.key for r in stratified_split(records, 0.2, seed=4)[1]} != {r.key for r in held}
+    assert [heldout_count(n, 0.1) for n in (0, 1, 2, 5, 30)] == [0, 0, 1, 1, 3]
+
+
+def test_scoring_rules():
+    assert rule_for("positive") == "exact" and rule_for("{}", "json") == "json"
+    assert rule_for("a long answer with many more words than five") == "judge"
+    assert normalize("<thinking>x</thinking> Positive. ") == "positive"
+    assert rule_score("exact", "positive", "Positive!") == 1.0
+    assert rule_score("json", '{"a": [1, 2]}', '```json\n{"a":[1,2]}\n```') == 1.0
+    assert rule_score("json", '{"a": 1}', "not json") == 0.0
+    assert rule_score("judge", "x", "y") is None
+    assert token_f1("the cat sat", "the cat sat") == 1.0 and token_f1("a b", "c d") == 0.0
+
+
+def item(category, student, teacher=1.0, confidence=0.5, cost=1.0):
+    return ItemResult(category, student, teacher, student >= 0.5, confidence, cost)
+
+
+def test_retention_and_flags():
+    items = [item("math", 1.0)] * 9 + [item("math", 0.0)] + [item("chat", 1.0)] * 20
+    per, overall = summarize(items)
+    math = next(c for c in per if c.category == "math")
+    assert math.retention == pytest.approx(0.9) and math.gap_points == pytest.approx(10) and math.flagged
+    assert not next(c for c in per if c.category == "chat").flagged
+    assert overall.retention == pytest.approx(29 / 30) and not overall.flagged  # a 3.3-point gap
+
+
+def test_threshold_is_the_cheapest_that_meets_the_target():
+    # Confident answers are right, unsure ones wrong: sending the two unsure ones to the teacher is enough.
+    items = [item("x", 1.0, confidence=c) for c in (0.9, 0.8, 0.7, 0.6)] + \
+            [item("x", 0.0, confidence=c) for c in (0.2, 0.1)]
+    curve = threshold_curve(items)
+    assert curve[0].threshold == 0.0 and curve[0].quality == pytest.approx(4 / 6) and curve[0].cost_usd == 0
+    assert curve[-1].teacher_share == 1.0 and curve[-1].quality == 1.0
+    best = recommend_threshold(curve, 1.0)
+    assert best.threshold == pytest.approx(0.6) and best.teacher_share == pytest.approx(2 / 6) and best.cost_usd == 2
+    assert recommend_threshold(curve, 0.6).threshold == 0.0  # the student alone already meets 60%
+    assert recommend_threshold(threshold_curve([item("x", 0.0, teacher=0.5)]), 0.9) is None
+
+
+def test_log_records_become_training_records_without_heldout_questions(tmp_path):
+    log = DistillLog(tmp_path / "distill.jsonl")
+    teacher = {"model": "gemini-2.5-flash", "text": "Paris is the capital.", "input_tokens": 9, "output_tokens": 4,
+               "cost_usd": 0.001}
+    chats = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+         {"role": "user", "content": "What is the capital of Italy?"}],
+        [{"role": "user", "content": "Held-out question?"}],
+        [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "x"}],  # no question last
+    ]
+    for messages in chats:
+        log.append({"messages": messages, "teacher": teacher, "student": {}})
+    log.close()
+    first = record_from_log(json.loads((tmp_path / "distill.jsonl").read_text().splitlines()[0]))
+    assert (first.role, first.prompt, first.answer, first.cost_usd) == ("Be brief.", "What is the capital of France?",
+                                                                         "Paris is the capital.", 0.001)
+    held = [Record(prompt="Held-out question?", answer="yes")]
+    records, dropped = build_dataset(tmp_path / "distill.jsonl", held, [], embedder=None)
+    assert [r.prompt for r in records] == ["What is the capital of France?", "What is the capital of Italy?"]
+    assert records[1].history == ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"})
+    assert dropped == {"heldout": 1}
+    assert passes_gate(0.95, 0.95) and not passes_gate(0.90, 0.95) and passes_gate(0.5, None)
+    assert not passes_gate(None, 0.5)
+
+
+def test_install_swaps_a_gguf_file_or_an_export_folder(tmp_path):
+    from appliance.distill.retrain import install
+
+    new_export = tmp_path / "export"
+    new_export.mkdir()
+    (new_export / "student.gguf").write_bytes(b"new")
+    (new_export / "manifest.json").write_text("{}")
+    served = tmp_path / "serve" / "student.gguf"
+    served.parent.mkdir()
+    served.write_bytes(b"old")
+    install(new_export / "student.gguf", new_export, served)
+    assert served.read_bytes() == b"new" and served.with_name("student.gguf.prev").read_bytes() == b"old"
+    folder = tmp_path / "current"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"old": 1}')
+    install(new_export / "student.gguf", new_export, folder / "manifest.json")
+    assert (folder / "student.gguf").read_bytes() == b"new"
+    assert (tmp_path / "current.prev" / "manifest.json").read_text() == '{"old": 1}'
