@@ -77,4 +77,6 @@ def _transport_reason(exc: Exception) -> str:
         return "no socket file"
     if isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(exc):
         return "connection refused"
+    if isinstance(exc, httpx.RemoteProtocolError):  # the daemon went away in the middle of an answer
+        return "the daemon closed the connection"
     return exc.__class__.__name__
