@@ -63,7 +63,9 @@ class StudentConfig(_Section):
     """A step with new prompts feeds them alone (never twice in a row): a sooner first token for
     newcomers at the price of one step's pause for the answers being generated."""
     n_threads: int = Field(default=0, ge=0)
-    """CPU threads for decoding; 0 means one per core but one (left to the event loop and clients)."""
+    """CPU threads for decoding; 0 means one per core. On a machine busy with other work, one per core
+    but one: llama.cpp's threads meet at a spinning barrier after each operation, and a thread that
+    loses its core to another process stalls all of them (steps of 60 ms took seconds, measured)."""
     n_gpu_layers: int = Field(default=-1, ge=-1)
     """Layers offloaded when llama.cpp is built with CUDA; -1 means all. Ignored on CPU builds."""
     flash_attn: Literal["auto", "on", "off"] = "auto"

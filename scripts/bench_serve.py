@@ -224,9 +224,7 @@ def main() -> None:
             process.terminate()
             process.wait(30)
 
-    from appliance.engine.llama import default_threads
-
-    daemon_threads = args.threads or default_threads(os.cpu_count() or 1)
+    daemon_threads = args.threads or os.cpu_count() or 1
     summary = {"model": str(model), "device": device_name(), "threads": daemon_threads, "parallel": args.parallel,
                "max_tokens": args.max_tokens, "requests_per_client": args.requests, "flash_attn": args.flash_attn,
                "prompts_first": args.prompts_first,

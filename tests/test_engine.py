@@ -105,8 +105,3 @@ def test_a_broken_model_file_is_a_clear_error(tmp_path):
     with pytest.raises(EngineError, match="could not load a model"):
         LlamaEngine(broken, "broken")
 
-
-def test_default_threads_leave_a_core_for_the_event_loop():
-    from appliance.engine.llama import default_threads
-
-    assert [default_threads(n) for n in (1, 2, 8)] == [1, 1, 7]

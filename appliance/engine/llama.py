@@ -66,16 +66,6 @@ class ModelInfo:
     gpu_offload: bool
 
 
-def default_threads(cores: int) -> int:
-    """Decode threads when none are configured: one core left for the daemon's event loop and its clients.
-
-    llama.cpp's threads meet at a spinning barrier after every operation of the graph; when another
-    runnable thread takes one of their cores, the others spin until the scheduler gives it back,
-    and a step that takes 60 ms can take seconds (measured on 2 cores with 8 streams).
-    """
-    return max(1, cores - 1)
-
-
 def log_softmax_at(logits: np.ndarray, token: int) -> float:
     """log p(token) under the softmax of a logits row, computed stably."""
     peak = float(logits.max())
@@ -125,7 +115,7 @@ class LlamaEngine:
                 "(re-run `athanor export`) or set [student].path"
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        threads = n_threads or default_threads(os.cpu_count() or 1)
+        threads = n_threads or os.cpu_count() or 1
         self.parallel = parallel
         ctx_params = llama_cpp.llama_context_default_params()
         # One KV stream per sequence (not llama.cpp's unified pool): each sequence then attends
