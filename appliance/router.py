@@ -12,10 +12,10 @@ from typing import AsyncIterator, Callable, Literal
 
 from .cache import CacheKey, SemanticCache, normalize_prompt
 from .confidence import Confidence, confidence
-from .engine.llama import LlamaEngine, ModelInfo
+from .engine.llama import LlamaEngine
 from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
-from .engine.types import Completion, SamplingParams, TokenEvent
+from .engine.types import Completion, ModelInfo, SamplingParams, TokenEvent
 from .distill_log import DistillLog
 from .errors import AthanorError
 from .teacher.base import Teacher, TeacherError, TeacherParams

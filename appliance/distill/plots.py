@@ -27,15 +27,7 @@ def loss_curve(losses: Sequence[tuple[int, float]], path: Path) -> Path:
         smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
                   for i in range(len(values))]
         ax.plot(steps, smooth, lw=1.8, label=f"mean of {window}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "optimizer step", "loss", "training loss")
 
 
 def cost_quality_curve(points: Sequence[tuple[float, float, float]], chosen: float | None, target: float,
@@ -48,9 +40,15 @@ def cost_quality_curve(points: Sequence[tuple[float, float, float]], chosen: flo
     for threshold, cost, quality in points:
         if chosen is not None and threshold == chosen:
             ax.plot([cost], [quality], marker="*", ms=14, color="red", label=f"threshold {threshold:.3f}")
-    ax.set_xlabel("teacher spend (USD, held-out set)")
-    ax.set_ylabel("quality")
-    ax.set_title("routing threshold: cost against quality")
+    return _finish(plt, fig, ax, path, "teacher spend (USD, held-out set)", "quality",
+                   "routing threshold: cost against quality")
+
+
+def _finish(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend every plot the same way, then write the PNG and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -25,7 +25,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import AthanorError
 from .batching import Feed, place_prompt, plan_step
-from .types import SamplingParams, StepResult, TokenEvent, TokenLogprob
+from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +52,6 @@ _MIN_COPY_TOKENS = 32
 
 class EngineError(AthanorError):
     """llama.cpp refused a model or a step."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    path: Path
-    n_ctx: int
-    n_vocab: int
-    size_bytes: int
-    n_params: int
-    description: str
-    gpu_offload: bool
 
 
 def log_softmax_at(logits: np.ndarray, token: int) -> float:

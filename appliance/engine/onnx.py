@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import AthanorError
-from .types import SamplingParams, StepResult, TokenEvent, TokenLogprob
+from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 MODEL_FILE = "model.onnx"
 
@@ -99,20 +98,6 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(code): byte for byte, code in zip(printable, codes)}
 
 
-@dataclass(frozen=True)
-class OnnxModelInfo:
-    """The same fields as llama.py's ModelInfo, for /v1/models and the dashboard."""
-
-    name: str
-    path: Path
-    n_ctx: int
-    n_vocab: int
-    size_bytes: int
-    n_params: int
-    description: str
-    gpu_offload: bool
-
-
 class OnnxEngine:
     """An exported ONNX student decoding one sequence at a time (parallel = 1)."""
 
@@ -130,7 +115,7 @@ class OnnxEngine:
         self._piece_cache: dict[int, bytes] = {}
         self._seq: dict | None = None
         files = [p for p in folder.iterdir() if p.is_file() and p.name.startswith(MODEL_FILE)]
-        self.info = OnnxModelInfo(
+        self.info = ModelInfo(
             name=name, path=folder / MODEL_FILE, n_ctx=self.n_ctx, n_vocab=self.n_vocab,
             size_bytes=sum(p.stat().st_size for p in files), n_params=0,
             description=f"{config.get('model_type', 'onnx')} ONNX", gpu_offload="CUDAExecutionProvider" in self._decoder.providers,

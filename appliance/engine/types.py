@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What /v1/models and the dashboard show of a loaded student, whatever its engine."""
+
+    name: str
+    path: Path
+    n_ctx: int
+    n_vocab: int
+    size_bytes: int
+    n_params: int
+    description: str
+    gpu_offload: bool
 
 
 @dataclass(frozen=True)
