@@ -39,10 +39,19 @@ class DistillLog:
         line = json.dumps({"ts": time.time(), **record}, ensure_ascii=False, separators=(",", ":")) + "\n"
         data = line.encode()
         with self._lock:
-            written = os.write(self._fd, data)
-            if written != len(data):  # a short write (disk full): finish the line or fail loudly
-                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
-            os.fsync(self._fd)
+            start = os.fstat(self._fd).st_size
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(28, f"short write to {self.path}: {written} of {len(data)} bytes (disk full?)")
+                os.fsync(self._fd)
+            except OSError:
+                # Cut a partial line off, or the next record would be glued to it and lost with it.
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
+                raise
 
     def close(self) -> None:
         with self._lock:

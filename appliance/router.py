@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable, Literal
 
 from .cache import CacheKey, SemanticCache, normalize_prompt
@@ -18,6 +18,7 @@ from .engine.text import TextAssembler
 from .engine.types import Completion, ModelInfo, SamplingParams, TokenEvent
 from .distill_log import DistillLog
 from .errors import AthanorError
+from .storage_health import StorageHealth
 from .teacher.base import Teacher, TeacherError, TeacherParams
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ class Routing:
     distill_log: DistillLog | None = None
     price: Callable[[int, int], float] | None = None
     """What the teacher would charge for (input, output) tokens: the basis of `saved_usd`."""
+    storage: StorageHealth = field(default_factory=StorageHealth)
+    """Write failures of the cache, distillation log and spend ledger (shared with them)."""
 
 
 class Router:
@@ -324,7 +327,12 @@ class StudentRun(Run):
                 "student": {"model": self.student.name, "version": self.student.version,
                             "text": student_answer.text, "confidence": sure.as_dict()},
             }
-            await asyncio.to_thread(routing.distill_log.append, record)
+            try:
+                await asyncio.to_thread(routing.distill_log.append, record)
+                routing.storage.wrote("distill_log")
+            except OSError as exc:  # disk full: the client still gets the answer it paid for
+                log.error("could not write the distillation log: %s", exc)
+                routing.storage.failed("distill_log", exc)
         await self._remember(answer.text, answer.output_tokens, "teacher", sure)
         yield Delta(answer.text, [], "teacher")
         yield Answer(

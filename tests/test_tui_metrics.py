@@ -173,6 +173,10 @@ def hardware(temp=60.0, gpu_used=10 * GIB, ram_used=4 * GIB, disk_used=10 * GIB,
     # A zero budget is "no teacher spending allowed", not a division by zero.
     (None, {"teacher": {"spent_today": 0.0, "budget": 0.0}}, []),
     (HardwareSample(), None, []),  # nothing sampled, no GPU: nothing to say
+    # A store that cannot be written comes before everything else; one that recovered says nothing.
+    (hardware(temp=90.0), {"storage": {"stores": {"distill_log": {"failing": True}, "cache": {"failing": True},
+                                                  "spend_ledger": {"failing": False}}}},
+     ["cannot write cache, distill_log: disk full?", "GPU0 hot: 90°C"]),
 ])
 def test_alerts(sample, stats, expected):
     assert alerts(sample, stats, Thresholds()) == expected

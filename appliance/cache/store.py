@@ -28,6 +28,7 @@ import numpy as np
 from .. import paths
 from ..config import CacheConfig
 from ..errors import ConfigError
+from ..storage_health import StorageHealth
 from .verify import check_match
 
 log = logging.getLogger(__name__)
@@ -131,11 +132,16 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
+        db.execute("COMMIT")
     except BaseException:
+        # A COMMIT that failed (disk full) may leave the transaction open; every later BEGIN
+        # would then fail too, long after the space is back.
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         raise
-    db.execute("COMMIT")
 
 
 def _is_corruption(exc: BaseException) -> bool:
@@ -160,8 +166,9 @@ class SemanticCache:
     """Answers keyed by (namespace, student version, params) and found by question similarity."""
 
     def __init__(self, db_path: Path, embedder: _Embedder, cfg: CacheConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, health: StorageHealth | None = None) -> None:
         self._path = Path(db_path)
+        self._health = health
         self._embedder = embedder
         self._cfg = cfg
         self._clock = clock
@@ -446,8 +453,14 @@ class SemanticCache:
         count, _ = self._pending_hits.get(entry_id, (0, now))
         self._pending_hits[entry_id] = (count + 1, now)
         if len(self._pending_hits) >= _FLUSH_HITS_EVERY or now - self._last_flush >= _FLUSH_HITS_AFTER_S:
-            with _transaction(self._db):
-                self._flush_hits()
+            try:
+                with _transaction(self._db):
+                    self._flush_hits()
+            except sqlite3.Error as exc:
+                # Hit counts only steer eviction: a disk that cannot take them must not turn the hit into a miss.
+                log.warning("cache: could not record hit counts: %s", exc)
+                self._last_flush = now
+                self._report(exc)
 
     def _flush_hits(self) -> None:
         """Write batched hit counts (caller holds the lock and an open transaction)."""
@@ -468,21 +481,33 @@ class SemanticCache:
         with self._lock:
             self._check_open()
             now = self._clock()
-            with _transaction(self._db):
-                self._flush_hits()
-                cursor = self._db.execute(
-                    "INSERT INTO entries (namespace, model_version, params_key, prompt, answer, meta, embedding, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key.namespace, key.model_version, key.params_key, prompt, answer, meta_json,
-                     vector.tobytes(), now))
-                entry_id = int(cursor.lastrowid)
-                removed = self._purge_expired(now)
-                removed += self._evict(self._count + 1 - len(removed) - self._cfg.max_entries, entry_id)
+            try:
+                with _transaction(self._db):
+                    self._flush_hits()
+                    cursor = self._db.execute(
+                        "INSERT INTO entries (namespace, model_version, params_key, prompt, answer, meta, embedding, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (key.namespace, key.model_version, key.params_key, prompt, answer, meta_json,
+                         vector.tobytes(), now))
+                    entry_id = int(cursor.lastrowid)
+                    removed = self._purge_expired(now)
+                    removed += self._evict(self._count + 1 - len(removed) - self._cfg.max_entries, entry_id)
+            except sqlite3.Error as exc:
+                self._report(exc)
+                raise
+            self._report(None)
             # Committed: the entry is durable. Only now does it become searchable.
             self._index_for(key.namespace).add_with_ids(vector.reshape(1, -1), np.array([entry_id], dtype=np.int64))
             self._count += 1 - len(removed)
             self._forget(removed)
             return entry_id
+
+    def _report(self, failure: BaseException | None) -> None:
+        if self._health is not None:
+            if failure is None:
+                self._health.wrote("cache")
+            else:
+                self._health.failed("cache", failure)
 
     def bulk_insert(self, key: CacheKey, prompts: Sequence[str], answers: Sequence[str],
                     embeddings: np.ndarray) -> list[int]:

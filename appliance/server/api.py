@@ -99,8 +99,11 @@ class Api:
 
     async def health(self, request: HttpRequest) -> HttpResponse:
         students = self.router.students.values()
+        storage = self.router.routing.storage.snapshot()
+        # Still 200 when a store cannot be written: answers go on, and a restart would not free the disk.
         return json_response(200, {
-            "status": "ok",
+            "status": "ok" if storage["ok"] else "degraded",
+            "storage": storage,
             "students": [s.name for s in students],
             "queued": sum(s.scheduler.waiting for s in students),
             "busy": sum(s.scheduler.busy for s in students),
@@ -137,6 +140,7 @@ class Api:
         snapshot["teacher"] = teacher_status(routing.teacher)
         snapshot["confidence_threshold"] = routing.confidence_threshold
         snapshot["students"] = [{"name": s.name, "batching": s.scheduler.stats()} for s in self.router.students.values()]
+        snapshot["storage"] = routing.storage.snapshot()
         snapshot["process"] = {"rss_bytes": psutil.Process().memory_info().rss}  # the dashboard's memory figure
         return json_response(200, snapshot)
 

@@ -67,9 +67,9 @@ def build_routing(config: AthanorConfig) -> Routing:
         # torch's default spin-wait after each embedding steals the cores llama.cpp decodes on.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         embedder = load_embedder(config.cache.embedder, threads=1)
-        routing.cache = SemanticCache(cache_path(config.cache), embedder, config.cache)
+        routing.cache = SemanticCache(cache_path(config.cache), embedder, config.cache, health=routing.storage)
     if config.teacher.provider != "none":
-        routing.teacher = make_teacher(config.teacher, state)
+        routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
         routing.distill_log = DistillLog(state / "distill.jsonl")
     if routing.teacher is not None:
         routing.price = routing.teacher.estimate_cost

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TeacherConfig
+from ..storage_health import StorageHealth
 from .base import Teacher
 from .keys import read_api_key
 from .limits import RateLimiter, SpendLedger
@@ -14,13 +15,13 @@ from .pricing import price_for
 LEDGER_FILE = "teacher-spend.sqlite3"
 
 
-def make_teacher(cfg: TeacherConfig, state_dir: Path) -> Teacher | None:
+def make_teacher(cfg: TeacherConfig, state_dir: Path, health: StorageHealth | None = None) -> Teacher | None:
     """The teacher `[teacher]` describes, or None for provider "none"; raises `ConfigError` for a missing key or price."""
     if cfg.provider == "none":
         return None
     price = price_for(cfg)
     key = read_api_key(cfg)
-    ledger = SpendLedger(Path(state_dir) / LEDGER_FILE, cfg.daily_budget_usd)
+    ledger = SpendLedger(Path(state_dir) / LEDGER_FILE, cfg.daily_budget_usd, health=health)
     limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
     # Imported here: google.genai takes about a second to import, and most commands never need it.
     if cfg.provider == "gemini":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Mapping, TypeVar
 
 from ..errors import AthanorError
+from ..storage_health import StorageHealth
 from .base import BudgetExceeded, TeacherError
 from .pricing import Price
 
@@ -148,11 +149,16 @@ def utc_day(timestamp: float) -> str:
 class SpendLedger:
     """Teacher spend per UTC day, in a small SQLite file that survives crashes; enforces the daily cap."""
 
-    def __init__(self, path: Path, daily_budget_usd: float, clock: Clock = time.time) -> None:
+    def __init__(self, path: Path, daily_budget_usd: float, clock: Clock = time.time,
+                 health: StorageHealth | None = None) -> None:
         self.path = Path(path)
         self.daily_budget_usd = daily_budget_usd
         self._clock = clock
         self._lock = threading.Lock()
+        self._health = health
+        # Spend that could not be written (disk full), per day: still counted against the cap,
+        # and written with the next record that succeeds.
+        self._unwritten: dict[str, float] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # One connection shared under the lock; the daemon records from worker threads.
@@ -173,9 +179,11 @@ class SpendLedger:
 
     def spent_today(self) -> float:
         """USD spent since 00:00 UTC."""
+        day = self.today()
         with self._lock:
-            row = self._db.execute("SELECT usd FROM spend WHERE day = ?", (self.today(),)).fetchone()
-        return float(row[0]) if row else 0.0
+            row = self._db.execute("SELECT usd FROM spend WHERE day = ?", (day,)).fetchone()
+            unwritten = self._unwritten.get(day, 0.0)
+        return (float(row[0]) if row else 0.0) + unwritten
 
     def check(self, estimated_cost: float) -> None:
         """Raise `BudgetExceeded` if spending `estimated_cost` more today would pass the cap."""
@@ -188,14 +196,31 @@ class SpendLedger:
             )
 
     def record(self, cost: float) -> None:
-        """Add `cost` USD to today's spend, durably."""
+        """Add `cost` USD to today's spend, durably when the disk allows.
+
+        A failed write (disk full) is reported to the storage health and the amount is kept in
+        memory, still counted against the cap, until a later record writes it too.
+        """
         if cost <= 0:
             return
+        day = self.today()
         with self._lock:
-            self._db.execute(
-                "INSERT INTO spend (day, usd) VALUES (?, ?) ON CONFLICT(day) DO UPDATE SET usd = usd + excluded.usd",
-                (self.today(), float(cost)),
-            )
+            amount = float(cost) + self._unwritten.pop(day, 0.0)
+            self._unwritten = {}  # spend of earlier days no longer limits anything
+            try:
+                self._db.execute(
+                    "INSERT INTO spend (day, usd) VALUES (?, ?) "
+                    "ON CONFLICT(day) DO UPDATE SET usd = usd + excluded.usd",
+                    (day, amount),
+                )
+            except (OSError, sqlite3.Error) as exc:
+                self._unwritten[day] = amount
+                log.warning("could not record teacher spend of $%.6f in %s: %s", amount, self.path, exc)
+                if self._health is not None:
+                    self._health.failed("spend_ledger", exc)
+                return
+        if self._health is not None:
+            self._health.wrote("spend_ledger")
 
     def close(self) -> None:
         with self._lock:

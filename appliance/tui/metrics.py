@@ -252,6 +252,11 @@ def alerts(hardware: HardwareSample | None, stats: Any, t: Thresholds = Threshol
             full.append(f"RAM {ram:.0f}% full")
         if (disk := percent(host.disk_used_bytes, host.disk_total_bytes)) is not None and disk >= t.memory_full_pct:
             full.append(f"disk {disk:.0f}% full")
+    stores = pick(stats, "storage", "stores", default={}) or {}
+    failing = sorted(name for name, state in stores.items() if isinstance(state, dict) and state.get("failing"))
+    if failing:
+        # Ahead of heat and memory: every answer from now on may be lost from the cache and the log.
+        hot.insert(0, f"cannot write {', '.join(failing)}: disk full?")
     spent, budget = number(stats, "teacher", "spent_today"), number(stats, "teacher", "budget")
     money: list[str] = []
     if spent is not None and budget:
