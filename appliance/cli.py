@@ -70,6 +70,9 @@ def serve(ctx: click.Context, socket: Path | None, student_path: Path | None, ve
         return config
 
     config = read_config()
+    # The cache, the spend ledger and the distillation log hold every caller's questions and answers:
+    # readable by the daemon's user alone, also under the unit's UMask=0027 (its group is the socket's).
+    os.umask(os.umask(0o077) | 0o077)
     configure_logging(verbose)
     asyncio.run(run_daemon(config, read_config=read_config))
 
@@ -185,9 +188,14 @@ def doctor(ctx: click.Context) -> None:
 @click.pass_context
 def show_config(ctx: click.Context) -> None:
     """Print the effective configuration (file + environment), validated."""
+    from .teacher.keys import redact
+
     config = _config(ctx)
+    data = config.model_dump(mode="json")
+    if data["teacher"]["base_url"]:  # a proxy's URL may carry a key (`?key=`, `user:password@`)
+        data["teacher"]["base_url"] = redact(data["teacher"]["base_url"])
     click.echo(f"# from {config.source or 'defaults'}")
-    click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
+    click.echo(json.dumps(data, indent=2))
 
 
 from .distill.cli import register as _register_distill  # noqa: E402 - harvest, train, evaluate, retrain

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -40,7 +41,11 @@ class ServerConfig(_Section):
     header_timeout_s: float = Field(default=10.0, gt=0)
     """A client must send its request head within this (slowloris guard)."""
     idle_timeout_s: float = Field(default=60.0, gt=0)
-    """Keep-alive connections idle longer than this are closed."""
+    """Keep-alive connections idle longer than this are closed, as are clients that read nothing of
+    their answer for this long."""
+    max_connections: int = Field(default=256, ge=1)
+    """Connections open at once; one more gets 503 with Retry-After at once, unread. Lowered at start
+    (with a warning) if the open-file limit (LimitNOFILE=) cannot hold this many."""
 
 
 class StudentConfig(_Section):
@@ -107,6 +112,15 @@ class RoutingConfig(_Section):
     """Confidence is this low quantile of the answer's token probabilities."""
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def looks_like_a_key(value: str) -> bool:
+    """True for what is more likely an API key than a variable's name: Google's `AIza...`, OpenAI's `sk-...`,
+    or a long name that is not all capitals (names are conventionally GEMINI_API_KEY; keys are mixed case)."""
+    return value.startswith(("AIza", "sk-")) or (len(value) >= 32 and not value.isupper())
+
+
 class TeacherConfig(_Section):
     provider: Literal["none", "gemini", "openai"] = "none"
     """Which teacher answers when the student is unsure; `none` serves the student alone."""
@@ -115,7 +129,7 @@ class TeacherConfig(_Section):
     base_url: str | None = None
     """Endpoint override (an OpenAI-compatible server's URL, or a Gemini proxy)."""
     api_key_env: str = "GEMINI_API_KEY"
-    """Environment variable holding the API key."""
+    """Name of the environment variable holding the API key (the name, not the key)."""
     api_key_file: Path | None = None
     """File holding the API key; wins over the credential and api_key_env."""
     api_key_credential: str = Field(default="gemini-api-key", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -132,6 +146,15 @@ class TeacherConfig(_Section):
     """USD per million input tokens; empty uses the built-in price table for the model."""
     price_output_per_mtok: float | None = Field(default=None, ge=0.0)
     """USD per million output tokens; empty uses the built-in price table for the model."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, value: str) -> str:
+        # The key itself put here would be echoed by every "no key in $..." message and `athanor config`.
+        if not _ENV_NAME.fullmatch(value) or looks_like_a_key(value):
+            raise ValueError("must name an environment variable (such as GEMINI_API_KEY), not hold the key; "
+                             "put the key in that variable or in [teacher].api_key_file")
+        return value
 
 
 class DistillConfig(_Section):
@@ -210,6 +233,8 @@ class AthanorConfig(_Section):
 _FIXES = {
     ("student", "path"): "run `athanor export` or set [student].path (ATHANOR_STUDENT__PATH) to a GGUF file",
 }
+# Settings whose wrong value may be a secret: their errors never repeat the value.
+_UNECHOED = {("teacher", "api_key_env")}
 
 
 def _unique_student_names(config: "AthanorConfig") -> None:
@@ -253,7 +278,7 @@ def _describe(error: Mapping[str, Any]) -> ConfigError:
         fix = "remove it or check its spelling against README's config reference"
     else:
         value = error.get("input")
-        if isinstance(value, (str, int, float)) and not message.startswith("no "):
+        if isinstance(value, (str, int, float)) and not message.startswith("no ") and location[:2] not in _UNECHOED:
             message = f"{message} (got {value!r})"
         fix = _FIXES.get(location[:2], "")
     return ConfigError(setting, message, fix)
@@ -278,6 +303,15 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("ATHANOR_CONFIG", f"no config file at {path}", "create it or unset ATHANOR_CONFIG") from None
     except PermissionError:
         raise ConfigError("config file", f"cannot read {path} (permission denied)", "fix its owner or mode") from None
+    except IsADirectoryError:
+        raise ConfigError("config file", f"{path} is a folder, not a file", "remove it or point ATHANOR_CONFIG at "
+                          "the TOML file") from None
+    except OSError as exc:
+        raise ConfigError("config file", f"cannot read {path}: {exc.strerror or exc}", "check the disk and the "
+                          "file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config file", f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+                          "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config file", f"{path} is not valid TOML: {exc}", "fix the syntax") from None
 
@@ -289,6 +323,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     if source is None and environ.get("ATHANOR_CONFIG"):
         source = Path(environ["ATHANOR_CONFIG"])  # named explicitly: it must exist
     if source is None:
-        source = next((c for c in paths.config_file_candidates() if c.is_file()), None)
+        # One that exists but is no file (a folder, a broken link) is an error, not a silent skip to defaults.
+        source = next((c for c in paths.config_file_candidates() if c.exists() or c.is_symlink()), None)
     data = read_toml(source) if source is not None else {}
     return parse_config(apply_env(data, environ), source)

@@ -186,7 +186,9 @@ class Router:
             return await self._start(request, stream)
 
     async def _start(self, request: ChatRequest, stream: bool) -> "Run":
-        student, prompt, params = self.prepare(request)
+        # In a thread: a 1 MiB body of many short messages takes llama.cpp seconds to tokenize
+        # (special-token parsing grows with their count), which would stall every other client.
+        student, prompt, params = await asyncio.to_thread(self.prepare, request)
         cache = self.routing.cache
         key = None
         prompt_text = ""

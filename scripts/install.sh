@@ -7,7 +7,7 @@
 #   - /etc/athanor/athanor.toml from scripts/athanor.toml.example, only when absent (never overwritten)
 #   - /etc/athanor/credentials/ (0700, root) with an empty gemini-api-key for LoadCredential=: put the
 #     teacher's key in it
-#   - /var/lib/athanor (0750, athanor) for the cache, the distillation log and exports
+#   - /var/lib/athanor (0700, athanor: the socket's group must not read other callers' answers) for the cache, the distillation log and exports
 #   - the Python environment: --venv DIR uses an existing one (DIR/bin/athanor); by default
 #     /opt/athanor/.venv is created and this checkout installed into it (the first time compiles
 #     llama-cpp-python: minutes). Not under /home or /root: the unit's ProtectHome=yes hides them.
@@ -76,7 +76,9 @@ own "$root/etc/athanor" 0755 root:root
 install -d "$root/etc/athanor/credentials"
 own "$root/etc/athanor/credentials" 0700 root:root
 install -d "$root/var/lib/athanor"
-own "$root/var/lib/athanor" 0750 athanor:athanor
+own "$root/var/lib/athanor" 0700 athanor:athanor
+# Files an older install left group-readable (UMask=0027) are closed too.
+chmod -R go-rwx "$root/var/lib/athanor"
 
 config="$root/etc/athanor/athanor.toml"
 if [ -e "$config" ]; then

@@ -143,7 +143,7 @@ def test_install_lays_out_config_credentials_state_and_units(tmp_path, systemd_a
     assert mode(etc / "credentials") == 0o700
     key = etc / "credentials" / "gemini-api-key"
     assert key.read_text() == "" and mode(key) == 0o600  # LoadCredential= needs the file to exist
-    assert mode(root / "var" / "lib" / "athanor") == 0o750
+    assert mode(root / "var" / "lib" / "athanor") == 0o700  # not the socket group's
     assert load_config(etc / "athanor.toml", environ={}).teacher.provider == "none"
     units = root / "etc" / "systemd" / "system"
     for unit in UNITS:

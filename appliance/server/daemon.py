@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from ..teacher.pricing import price_for
 from .access_log import AccessLog
 from .admin import AdminApi
 from .api import Api
-from .http import HttpServer, Limits
+from .http import HttpServer, Limits, fit_connections_to_fd_limit
 from .reload import Reloader
 from .sd_notify import notify
 
@@ -103,9 +104,29 @@ def inherited_socket() -> socket.socket | None:
     return sock
 
 
+def socket_folder(folder: Path, socket_mode: int) -> None:
+    """Create the socket's folder, or check the one there: no other user may own it or write to it.
+
+    A folder someone else controls (a `/tmp/athanor-<uid>` made before the daemon) would let them
+    swap the socket for their own and read every question. A folder made here can be searched only
+    by those `socket_mode` lets connect (0660: owner and group).
+    """
+    searchable = 0o700 | (0o050 if socket_mode & 0o070 else 0) | (0o005 if socket_mode & 0o007 else 0)
+    for missing in reversed(list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))):
+        missing.mkdir(exist_ok=True)
+        os.chmod(missing, searchable)  # not the umask's 0700: that one keeps the state files private
+    info = folder.stat()
+    if info.st_uid not in (os.getuid(), 0):
+        raise AthanorError(f"{folder} belongs to uid {info.st_uid}, not to this user, who could replace the socket; "
+                           "remove it or set [server].socket elsewhere")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise AthanorError(f"{folder} is writable by every user (mode {stat.S_IMODE(info.st_mode):04o}), who could "
+                           "replace the socket; `chmod o-w` it or set [server].socket elsewhere")
+
+
 def bind_socket(path: Path, mode: int) -> socket.socket:
     """Listen on `path`, replacing a stale socket file but never a live daemon's or a regular file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    socket_folder(path.parent, mode)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise AthanorError(f"{path} exists and is not a socket; remove it or set [server].socket elsewhere")
@@ -152,6 +173,7 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         max_body_bytes=config.server.max_body_bytes,
         header_timeout_s=config.server.header_timeout_s,
         idle_timeout_s=config.server.idle_timeout_s,
+        max_connections=fit_connections_to_fd_limit(config.server.max_connections),
     )
     server = HttpServer(AccessLog(AdminApi(api, reloader, os.getuid())), limits)
     sock = inherited_socket()

@@ -1,9 +1,10 @@
 """A small HTTP/1.1 server for a Unix socket: h11 parses, asyncio moves bytes, a handler answers.
 
 It knows nothing of OpenAI or models. What it guarantees every handler: a bounded request
-head and body (431/413), a deadline for slow senders, the caller's uid from SO_PEERCRED, and
-that a client who goes away cancels the work done for it (the handler task is cancelled, so
-`finally` blocks in streaming generators run and free their slot).
+head and body (431/413), a deadline for slow senders (408) and for clients that stop reading,
+at most `max_connections` connections at once (the rest get 503 unread), the caller's uid from
+SO_PEERCRED, and that a client who goes away cancels the work done for it (the handler task is
+cancelled, so `finally` blocks in streaming generators run and free their slot).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import resource
 import secrets
 import socket
 import string
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -26,11 +30,15 @@ from .errors import error_body
 log = logging.getLogger(__name__)
 
 _REASONS = {
-    200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Payload Too Large", 415: b"Unsupported Media Type", 422: b"Unprocessable Entity",
     429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    503: b"Service Unavailable",
+    501: b"Not Implemented", 503: b"Service Unavailable", 505: b"HTTP Version Not Supported",
 }
+
+# A connection being closed gets this long to flush what is still buffered for it; then it is aborted.
+_CLOSE_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,11 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_head_bytes: int = 32 << 10
     header_timeout_s: float = 10.0
+    """From connecting (or the first byte of a later request) to the request's last byte."""
     idle_timeout_s: float = 60.0
+    """How long a keep-alive connection may sit idle, and a client may leave its answer unread."""
+    max_connections: int = 256
+    """Open connections at once; one more gets 503 at once and is closed unread."""
 
 
 @dataclass
@@ -121,12 +133,17 @@ class HttpServer:
         self._connections: set[asyncio.Task] = set()
         self._active_requests = 0
         self._server: asyncio.AbstractServer | None = None
+        self.refused = 0
+        """Connections turned away with 503 because `max_connections` were open."""
+        self._refused_logged_at = -1.0
+        self._busy = _busy_response(limits.max_connections)
 
     @property
     def active_requests(self) -> int:
         return self._active_requests
 
     async def start(self, sock: socket.socket) -> None:
+        _name_fd_exhaustion(asyncio.get_running_loop())
         self._server = await asyncio.start_unix_server(self._connection, sock=sock, limit=self.limits.max_head_bytes)
 
     async def stop_accepting(self) -> None:
@@ -149,13 +166,17 @@ class HttpServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= self.limits.max_connections:
+            await self._refuse(writer)
+            return
         self._connections.add(task)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         peer = peer_credentials(writer.get_extra_info("socket"))
+        first = True
         try:
             while True:
                 try:
-                    request = await self._read_request(conn, reader, writer, peer)
+                    request = await self._read_request(conn, reader, writer, peer, first)
                 except _ClientGone:
                     return
                 except h11.RemoteProtocolError as exc:
@@ -169,11 +190,12 @@ class HttpServer:
                         return  # idle keep-alive connection: close quietly
                     await self._send_error(conn, writer, 408, "request not received in time")
                     return
-                except _TooLarge as exc:
+                except _Refused as exc:
                     await self._send_error(conn, writer, exc.status, str(exc))
                     return
                 if request is None:
                     return
+                first = False
                 self._active_requests += 1
                 try:
                     completed = await self._respond(conn, reader, writer, request)
@@ -184,13 +206,28 @@ class HttpServer:
                 conn.start_next_cycle()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # drain() at shutdown; ending normally keeps asyncio from logging it as an error
+        except Exception:
+            log.exception("connection failed; closing it")
         finally:
+            await _close(writer)
             self._connections.discard(task)
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Over `max_connections`: a 503 without reading a byte of the request, then close."""
+        writer.transport.pause_reading()
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= 10.0:
+            self._refused_logged_at = now
+            log.warning("%d connections open, the limit ([server].max_connections): refusing more with 503 "
+                        "(%d so far)", len(self._connections), self.refused)
+        try:
+            writer.write(self._busy)
+        except (ConnectionError, OSError):
+            pass
+        await _close(writer)
 
     async def _receive(self, conn: h11.Connection, reader: asyncio.StreamReader) -> None:
         data = await reader.read(65536)
@@ -199,10 +236,15 @@ class HttpServer:
         conn.receive_data(data)
 
     async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer | None
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer | None,
+        first: bool = False,
     ) -> HttpRequest | None:
-        """The next request with its whole body, or None when the client closed cleanly."""
-        if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+        """The next request with its whole body, or None when the client closed cleanly.
+
+        A new connection's first request must be complete within header_timeout_s of connecting:
+        connecting and sending nothing holds one of `max_connections` as surely as a slow head does.
+        """
+        if not first and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
             async with asyncio.timeout(self.limits.idle_timeout_s):
                 await self._receive(conn, reader)
         async with asyncio.timeout(self.limits.header_timeout_s):
@@ -218,12 +260,26 @@ class HttpServer:
             head_size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
             if head_size > self.limits.max_head_bytes:
                 # h11 only bounds heads that arrive in pieces; a whole one in a single read is checked here.
-                raise _TooLarge(f"request head of {head_size} bytes is over the limit of {self.limits.max_head_bytes}",
-                                431)
+                raise _Refused(f"request head of {head_size} bytes is over the limit of {self.limits.max_head_bytes}",
+                               431)
+            if head.method == b"CONNECT":
+                # A 2xx would make h11 switch protocols (a tunnel); there is nothing to tunnel to here.
+                raise _Refused("CONNECT is not supported; this is an HTTP API, not a proxy", 405)
+            if head.http_version not in (b"1.0", b"1.1"):
+                # h11 takes any digit.digit; HTTP/2's preface ("PRI * HTTP/2.0") lands here.
+                raise _Refused(f"HTTP/{head.http_version.decode()} is not supported; speak HTTP/1.1", 505)
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+            if "content-length" in headers and "transfer-encoding" in headers:
+                # RFC 9112 6.3: ambiguous framing (the stuff of request smuggling); refuse and close.
+                raise _Refused("both Content-Length and Transfer-Encoding are set; send only one", 400)
+            target = head.target.decode("latin-1")
+            try:
+                urlsplit(target)
+            except ValueError as exc:
+                raise _Refused(f"request target {target[:200]!r} is not a valid URL: {exc}", 400) from None
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-                raise _TooLarge(f"request body of {declared} bytes is over the limit of {self.limits.max_body_bytes}")
+                raise _Refused(f"request body of {declared} bytes is over the limit of {self.limits.max_body_bytes}")
             if conn.they_are_waiting_for_100_continue:
                 # curl asks before sending bodies over 1 KiB; without this it stalls for a second.
                 await self._write(writer, conn.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -235,14 +291,14 @@ class HttpServer:
                 elif isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > self.limits.max_body_bytes:
-                        raise _TooLarge(f"request body is over the limit of {self.limits.max_body_bytes} bytes")
+                        raise _Refused(f"request body is over the limit of {self.limits.max_body_bytes} bytes")
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 elif isinstance(event, h11.ConnectionClosed):
                     return None
         return HttpRequest(
             method=head.method.decode("latin-1"),
-            target=head.target.decode("latin-1"),
+            target=target,
             headers=headers,
             body=bytes(body),
             peer=peer,
@@ -269,10 +325,20 @@ class HttpServer:
             raise
 
     async def _watch_for_hangup(self, conn: h11.Connection, reader: asyncio.StreamReader) -> None:
-        """Returns when the client closes its side; bytes of a pipelined next request are kept for later."""
+        """Returns when the client closes its side; bytes of a pipelined next request are kept for later.
+
+        Kept up to one whole request's worth: a client that sends more while its answer is being
+        written is treated as gone, or it could fill the daemon's memory during a long answer.
+        """
+        room = self.limits.max_head_bytes + self.limits.max_body_bytes
         while True:
             data = await reader.read(65536)
             if not data:
+                return
+            room -= len(data)
+            if room < 0:
+                log.warning("client sent more than a request's worth (%d bytes) while being answered; closing",
+                            self.limits.max_head_bytes + self.limits.max_body_bytes)
                 return
             conn.receive_data(data)
 
@@ -287,7 +353,10 @@ class HttpServer:
             headers.append(("content-length", str(len(response.body))))
         await self._write(writer, conn.send(h11.Response(status_code=response.status, headers=headers,
                                                         reason=_REASONS.get(response.status, b""))))
-        if response.stream is None:
+        if request.method == "HEAD":  # the headers a GET would get, no body (h11 refuses to send one)
+            if response.stream is not None:
+                await _aclose(response.stream)
+        elif response.stream is None:
             if response.body:
                 await self._write(writer, conn.send(h11.Data(data=response.body)))
         else:
@@ -300,9 +369,19 @@ class HttpServer:
         return True
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes | None) -> None:
+        """Send `data`; a client that reads none of it for idle_timeout_s is cut off (ConnectionAbortedError).
+
+        Without this deadline a client that stops reading holds its connection, and a streamed
+        answer's slot, for ever.
+        """
         if data:
             writer.write(data)
-            await writer.drain()
+            try:
+                async with asyncio.timeout(self.limits.idle_timeout_s):
+                    await writer.drain()
+            except TimeoutError:
+                writer.transport.abort()
+                raise ConnectionAbortedError(f"client read nothing for {self.limits.idle_timeout_s:g} s") from None
 
     async def _send_error(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -318,10 +397,98 @@ class HttpServer:
             pass
 
 
-class _TooLarge(Exception):
+class _Refused(Exception):
+    """A request refused before its handler runs: answered with `status` and the connection closed."""
+
     def __init__(self, message: str, status: int = 413) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _busy_response(limit: int) -> bytes:
+    """The whole 503 a connection over `limit` gets, built once."""
+    body = json.dumps(error_body(
+        f"too many connections: {limit} are open, the limit ([server].max_connections); retry in a second",
+        "server_overloaded", code="too_many_connections")).encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close, letting buffered bytes go out for a moment; abort if the client is not reading them."""
+    writer.close()
+    try:
+        async with asyncio.timeout(_CLOSE_GRACE_S):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError, asyncio.CancelledError):
+        pass
+
+
+_ACCEPT_EXHAUSTED = "socket.accept() out of system resource"
+
+
+def _name_fd_exhaustion(loop: asyncio.AbstractEventLoop) -> None:
+    """Make asyncio's note on EMFILE at accept() one line that names the fix.
+
+    asyncio survives running out of file descriptors itself: it stops accepting for a second and
+    tries again (clients wait in the listen backlog meanwhile). It reports that to the loop's
+    exception handler with a traceback, once for each accept() it still tries in that pass (up to
+    100 a second); this makes it one warning every 10 s at most.
+    """
+    previous = loop.get_exception_handler()
+    last_logged = -1e9
+    unlogged = 0
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        nonlocal last_logged, unlogged
+        if context.get("message") == _ACCEPT_EXHAUSTED:
+            unlogged += 1
+            now = time.monotonic()
+            if now - last_logged >= 10.0:
+                log.warning("cannot accept connections (%s, %d times); retrying each second. Lower "
+                            "[server].max_connections or raise the open-file limit (LimitNOFILE=)",
+                            context.get("exception"), unlogged)
+                last_logged, unlogged = now, 0
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def fit_connections_to_fd_limit(wanted: int, reserve: int = 256) -> int:
+    """`wanted` connections, or fewer when the open-file limit (RLIMIT_NOFILE) cannot hold them.
+
+    The soft limit is raised towards the hard one first, as systemd expects of services that need
+    more than 1024 files. `reserve` keeps room for the files the daemon has open now and opens later
+    (models, databases, teacher connections) and for sockets asyncio accepts in one pass before the
+    503 closes them. If the limit is still short, fewer connections are allowed and a warning says
+    so: refusing with 503 is better than running out of descriptors.
+    """
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    needed = wanted + in_use + reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        if raised > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                soft = raised
+            except (ValueError, OSError):
+                pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    fitted = max(1, soft - in_use - reserve)
+    log.warning("[server].max_connections lowered from %d to %d: the open-file limit is %d and %d files are open; "
+                "raise LimitNOFILE= (or ulimit -n) to allow more", wanted, fitted, soft, in_use)
+    return fitted
 
 
 async def _aclose(stream: AsyncIterator[bytes]) -> None:

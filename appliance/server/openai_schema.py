@@ -99,6 +99,30 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def _unpaired_surrogate(value: Any) -> str | None:
+    """The path (`messages.0.content`) of the first string holding a lone UTF-16 surrogate, if any.
+
+    JSON lets `"\\ud800"` through, Python decodes it, and the first `.encode()` downstream (the
+    tokenizer, a log line) would fail: such strings are refused at the edge instead.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return path or "body"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, path or "body"))
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}.{index}" if path else str(index)) for index, child in enumerate(item))
+    return None
+
+
 def parse_json_body(body: bytes) -> Any:
     """Decode a request body; any problem is a 400 that says what is wrong."""
     if not body:
@@ -113,8 +137,15 @@ def parse_json_body(body: bytes) -> Any:
         raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (Python's int_max_str_digits)
+        raise ApiError(400, f"invalid JSON: {exc}".split("; use sys.")[0]) from None
     if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise ApiError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    where = _unpaired_surrogate(data)
+    if where is not None:
+        raise ApiError(400, f"{where}: holds an unpaired UTF-16 surrogate escape (such as \\ud800), which is not "
+                            "valid Unicode; send characters as UTF-8 or as a surrogate pair", param=where,
+                       code="invalid_value")
     return data
 
 
@@ -126,12 +157,40 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            message = "required"
+        param, message = _describe(exc.errors(), data)
         raise ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value") from None
+
+
+def _data_path(error: Any, data: Any) -> tuple[Any, ...]:
+    """An error's location in the request's own terms: without the union members pydantic adds
+    (`stop.str`, `messages.0.content.list[TextPart].0.text`), which name no field a client sent."""
+    path: list[Any] = []
+    node = data
+    loc = error["loc"]
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (error["type"] == "missing" and index == len(loc) - 1):
+            continue  # a union member's name
+        path.append(part)
+    return tuple(path)
+
+
+def _describe(errors: list[Any], data: Any) -> tuple[str | None, str]:
+    """The parameter and message of the most specific error; a value no member of a union took
+    gets each member's complaint ("a valid string; or a valid list")."""
+    paths = [_data_path(error, data) for error in errors]
+    deepest = max(paths, key=len)
+    messages = []
+    for error, path in zip(errors, paths):
+        if path == deepest:
+            message = "required" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
+            if message not in messages:
+                messages.append(message)
+    param = ".".join(str(part) for part in deepest) or None
+    return param, "; or ".join(messages)
 
 
 # --- answers --------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ class GeminiTeacher:
     ) -> None:
         self.model = cfg.model
         self.name = f"gemini:{cfg.model}"
-        self.base_url = cfg.base_url
+        # For messages and repr only, without a key a proxy URL may carry (`?key=`, `user:password@`).
+        self.base_url = key.scrub(cfg.base_url) if cfg.base_url else None
         self.timeout_s = cfg.timeout_s
         self._key = key
         self.guard = Guard(ledger, limiter, price, cfg.max_retries, sleep=sleep, rng=rng)

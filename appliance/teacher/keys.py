@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import quote
 
 from ..config import TeacherConfig
 from ..errors import ConfigError
@@ -23,8 +26,8 @@ class Secret:
         return self._value
 
     def scrub(self, text: str) -> str:
-        """`text` with every occurrence of the secret replaced by `***` (for provider messages that echo it)."""
-        return text.replace(self._value, "***") if self._value else text
+        """`text` without the secret or any other credential (see `redact`), for provider messages that echo them."""
+        return redact(text, self._value)
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -35,6 +38,53 @@ class Secret:
     def __reduce__(self) -> tuple:
         # Pickling would write the key to wherever the pickle goes (caches, crash dumps).
         raise TypeError("a Secret cannot be pickled")
+
+
+# A run of this many leading characters of the key is redacted too: a message cut short can echo part of it.
+MIN_SECRET_RUN = 8
+# Where an echoed URL or request carries a credential: `?key=...` (Gemini's REST form), `api_key=`/`token=`
+# query parameters, `Authorization: Bearer ...` / `x-goog-api-key: ...` headers (as text, a dict or JSON),
+# and the password in `https://user:password@host`.
+_CARRIERS = re.compile(
+    r"(?i)(?P<query>[?&;](?:key|api[_-]?key|access[_-]?token|token)=)[^&#\s'\"]+"
+    r"|(?P<header>\b(?:authorization|x-goog-api-key|api-key|x-api-key)['\"]?\s*[:=]\s*['\"]?(?:bearer\s+)?)"
+    r"[^\s'\",;}]+"
+    r"|(?P<userinfo>//[^/@\s:]+:)[^/@\s]+@"
+)
+
+
+def redact(text: str, secret: str = "") -> str:
+    """`text` with credentials replaced by `***` (pure; for messages that may echo a request).
+
+    Replaced: the `secret` itself, also URL- or JSON-escaped and any run of at least `MIN_SECRET_RUN`
+    of its leading characters (a truncated echo), and whatever value `_CARRIERS` finds in a URL's
+    query, a credential header or a URL's user-info, whoever's key it is.
+    """
+    if secret:
+        for form in dict.fromkeys((secret, quote(secret, safe=""), json.dumps(secret)[1:-1])):
+            text = text.replace(form, "***")
+        if len(secret) >= MIN_SECRET_RUN:
+            text = _redact_runs(text, secret)
+    return _CARRIERS.sub(_mask_carrier, text)
+
+
+def _mask_carrier(match: re.Match[str]) -> str:
+    if match["userinfo"]:
+        return f"{match['userinfo']}***@"
+    return f"{match['query'] or match['header']}***"
+
+
+def _redact_runs(text: str, secret: str) -> str:
+    """`text` with every run of `secret`'s first MIN_SECRET_RUN or more characters replaced by `***`."""
+    head = secret[:MIN_SECRET_RUN]
+    out, start = [], 0
+    while (found := text.find(head, start)) >= 0:
+        end = found + MIN_SECRET_RUN
+        while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
+            end += 1
+        out += [text[start:found], "***"]
+        start = end
+    return "".join(out) + text[start:]
 
 
 def read_api_key(cfg: TeacherConfig, environ: Mapping[str, str] | None = None) -> Secret:

@@ -73,6 +73,7 @@ class OpenAICompatTeacher:
         self.model = cfg.model
         self.name = f"openai:{cfg.model}"
         self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._shown_url = key.scrub(self.base_url)  # for messages: without a key the URL may carry
         self.timeout_s = cfg.timeout_s
         self._key = key
         self.guard = Guard(ledger, limiter, price, cfg.max_retries, sleep=sleep, rng=rng)
@@ -80,7 +81,7 @@ class OpenAICompatTeacher:
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        return f"OpenAICompatTeacher(model={self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAICompatTeacher(model={self.model!r}, base_url={self._shown_url!r})"
 
     def _http(self) -> httpx.AsyncClient:
         # A pool's connections belong to the loop that opened them; make one per loop (tests run several).
@@ -123,9 +124,9 @@ class OpenAICompatTeacher:
         except httpx.TimeoutException:
             raise RetryableError(f"{self.name} did not answer within {self.timeout_s:g} s") from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL):
-            raise TeacherError(f"cannot reach {self.base_url!r}; check [teacher].base_url") from None
+            raise TeacherError(f"cannot reach {self._shown_url!r}; check [teacher].base_url") from None
         except httpx.TransportError as exc:
-            raise RetryableError(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
+            raise RetryableError(f"cannot reach {self._shown_url}: {type(exc).__name__}") from None
         if response.status_code != 200:
             raise self._classify(response)
         try:
