@@ -34,7 +34,8 @@ def wait_for_socket(path: Path, process: subprocess.Popen, timeout: float = 60.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            out = process.stdout.read() if process.stdout else ""
+            log = getattr(process, "log_path", None)
+            out = process.stdout.read() if process.stdout else (log.read_text() if log else "")
             raise RuntimeError(f"daemon exited with {process.returncode}: {out}")
         if path.exists():
             try:
@@ -52,10 +53,14 @@ def start_daemon(home: Path, *args: str, env: dict | None = None) -> tuple[subpr
     socket_path = home / "run" / "athanor.sock"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATHANOR_")}
     full_env.update({"ATHANOR_HOME": str(home), **(env or {})})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "serve", *args],
-        cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    # Output goes to a file, not a pipe nobody reads: a chatty daemon would block once the pipe is full.
+    log_path = home / "daemon.log"
+    with log_path.open("a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", *args],
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+    process.log_path = log_path  # type: ignore[attr-defined]
     wait_for_socket(socket_path, process)
     return process, socket_path
 

@@ -429,14 +429,20 @@ GUARDED = {
 
 
 class LogReader:
-    """Reads a daemon's output as it comes, so a chatty daemon never blocks on a full pipe."""
+    """A daemon's output: its log file (conftest's start_daemon), or its pipe read as it comes, so a
+    chatty daemon never blocks on a full pipe."""
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.lines: list[str] = []
-        self._thread = threading.Thread(target=lambda: self.lines.extend(process.stdout), daemon=True)
-        self._thread.start()
+        self._log = getattr(process, "log_path", None)
+        self._thread = None
+        if self._log is None:
+            self._thread = threading.Thread(target=lambda: self.lines.extend(process.stdout), daemon=True)
+            self._thread.start()
 
     def text(self) -> str:
+        if self._log is not None:
+            return self._log.read_text()
         self._thread.join(10)
         return "".join(self.lines)
 

@@ -204,8 +204,10 @@ def test_a_full_disk_costs_no_answer_and_shows_in_health(tmp_path, gemini):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATHANOR_")}
     env.update({"ATHANOR_HOME": str(home), **teacher_env(gemini)})
     script = f'mount -t tmpfs -o size=4m tmpfs "{state}" && exec "$0" -m appliance.cli serve'
-    process = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, sys.executable],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with (tmp_path / "daemon.log").open("w") as log:
+        process = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,
+                                    sys.executable], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log_path = tmp_path / "daemon.log"
     socket_path = home / "run" / "athanor.sock"
     try:
         wait_for_socket(socket_path, process)

@@ -25,6 +25,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import AthanorError
 from .batching import Feed, place_prompt, plan_step
+from .chat_markup import chat_tokens
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -153,20 +154,32 @@ class LlamaEngine:
             gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()) and n_gpu_layers != 0,
         )
         self._formatter = self._chat_formatter()
+        self._special_texts: list[str] | None = None
 
     # --- text <-> tokens -------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """Tokens of `text`; special tokens written in it (chat markup) are parsed as such."""
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Tokens of `text`; special tokens written in it (chat markup) are parsed as such unless
+        `parse_special` is False (a caller's own text: see `chat_prompt`)."""
         data = text.encode()
         capacity = len(data) + 8
         buffer = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, True)
+        count = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, parse_special)
         if count < 0:
             capacity = -count
             buffer = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, True)
+            count = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special,
+                                             parse_special)
         return list(buffer[:count])
+
+    def special_texts(self) -> list[str]:
+        """The text of every control token (`<|im_start|>` ...), read from the vocabulary once."""
+        if self._special_texts is None:
+            self._special_texts = [
+                self.piece(token).decode(errors="replace") for token in range(llama_cpp.llama_vocab_n_tokens(self._vocab))
+                if llama_cpp.llama_vocab_get_attr(self._vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+            ]
+        return self._special_texts
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (special tokens rendered as their text)."""
@@ -198,10 +211,22 @@ class LlamaEngine:
         return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Render messages with the model's own chat template and tokenize the result."""
-        prompt = self._formatter(messages=messages).prompt
+        """Render messages with the model's own chat template and tokenize the result.
+
+        Chat markup typed inside a message stays text: only the template's own markup becomes
+        control tokens (see chat_markup.py).
+        """
         # The template writes BOS itself where the model wants it; don't add a second one.
-        return self.tokenize(prompt, add_special=False)
+        def markup(text: str) -> list[int]:
+            return self.tokenize(text, add_special=False)
+
+        def plain(text: str) -> list[int]:
+            return self.tokenize(text, add_special=False, parse_special=False)
+
+        def render(msgs: list[dict]) -> str:
+            return self._formatter(messages=msgs).prompt
+
+        return chat_tokens(render, messages, markup, plain, self.special_texts)
 
     # --- sequences ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AthanorError
+from .chat_markup import chat_tokens
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 MODEL_FILE = "model.onnx"
@@ -136,9 +137,18 @@ class OnnxEngine:
         return self._tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Render messages with the export's chat template and tokenize them."""
-        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenize(text, add_special=False)
+        """Render messages with the export's chat template and tokenize them; chat markup typed inside
+        a message stays text (see chat_markup.py)."""
+        def markup(text: str) -> list[int]:
+            return self.tokenize(text, add_special=False)
+
+        def plain(text: str) -> list[int]:
+            return self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+        def render(msgs: list[dict]) -> str:
+            return self._tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+        return chat_tokens(render, messages, markup, plain, lambda: self._tokenizer.all_special_tokens)
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (byte-level BPE and SentencePiece vocabularies)."""
