@@ -46,6 +46,8 @@ class ServerConfig(_Section):
     max_connections: int = Field(default=256, ge=1)
     """Connections open at once; one more gets 503 with Retry-After at once, unread. Lowered at start
     (with a warning) if the open-file limit (LimitNOFILE=) cannot hold this many."""
+    max_connections_per_user: int = Field(default=128, ge=1)
+    """Connections one uid may hold open at once: a flood from one local user leaves room for the rest."""
 
 
 class StudentConfig(_Section):

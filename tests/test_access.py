@@ -607,3 +607,26 @@ def test_the_config_dump_hides_a_key_in_the_teachers_url(monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.split("\n", 1)[1])["teacher"]["base_url"] == \
         "https://me:***@proxy.example/v1?key=***"
+
+
+@as_root
+@pytest.mark.e2e
+def test_one_users_connection_flood_leaves_room_for_another(gemini_daemon):
+    """Root holds every connection one user may open ([server].max_connections_per_user, 128 by default);
+    its next one gets the 503, while a member of the group is still served."""
+    path = str(gemini_daemon.socket)
+    held = []
+    try:
+        for _ in range(128):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head begun, never finished
+            held.append(sock)
+        refused = request(path, "GET", "/healthz")
+        assert refused["status"] == 503, refused
+        assert "max_connections_per_user" in json.loads(refused["body"])["error"]["message"]
+        answer = as_user(*member(gemini_daemon), request, path, "GET", "/healthz")["result"]
+        assert answer["status"] == 200, answer
+    finally:
+        for sock in held:
+            sock.close()

@@ -526,12 +526,11 @@ def test_a_connection_flood_gets_503_and_the_daemon_recovers(guarded):
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")
             holders.append(sock)
         time.sleep(0.2)  # all 16 accepted
-        started = time.monotonic()
         replies = []
         for _ in range(40):
-            # Garbage, which a read would answer with 400: the 503 shows it was not read.
+            # Garbage, which a read would answer with 400: the 503 shows it was not read. (All 40 come
+            # before the holders' 1 s header deadline frees a slot, or some would be 400s.)
             replies.append(exchange(guarded, b"\x00garbage\r\n\r\n", timeout=5))
-        flood_s = time.monotonic() - started
         for raw in replies:
             reply = parse(raw)
             assert reply.status == 503, raw
@@ -539,7 +538,6 @@ def test_a_connection_flood_gets_503_and_the_daemon_recovers(guarded):
             assert reply.headers["connection"] == "close"
             error = reply.json()["error"]
             assert error["code"] == "too_many_connections" and "max_connections" in error["message"]
-        assert flood_s < 3  # answered at once, not after the holders time out
     finally:
         for sock in holders:
             sock.close()
@@ -549,6 +547,8 @@ def test_a_connection_flood_gets_503_and_the_daemon_recovers(guarded):
             break
         time.sleep(0.05)
     assert_serves(guarded)
+    stats = parse(exchange(guarded, http("GET", "/v1/stats"))).json()["connections"]
+    assert stats["refused"] >= 40 and stats["max"] == 16 and 1 <= stats["open"] <= 16
 
 
 # --- out of file descriptors ---------------------------------------------------------------------

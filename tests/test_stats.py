@@ -12,6 +12,7 @@ import pytest
 
 from appliance.server.api import Api
 from appliance.stats import Stats, percentiles, quant_type
+from appliance.storage_health import StorageHealth
 
 
 def answer(route: str, elapsed_s: float, score: float | None = None, tokens: int = 3):
@@ -79,7 +80,7 @@ def fake_router(tmp_path: Path):
                            description="llama 135M Q4_1", gpu_offload=False)
     scheduler = SimpleNamespace(stats=lambda: {"parallel": 8, "running": 0, "waiting": 0})
     student = SimpleNamespace(name="smollm2-135m", info=info, scheduler=scheduler)
-    routing = SimpleNamespace(cache=None, teacher=None, confidence_threshold=0.2)
+    routing = SimpleNamespace(cache=None, teacher=None, confidence_threshold=0.2, storage=StorageHealth())
     return SimpleNamespace(students={"smollm2-135m": student}, default="smollm2-135m", routing=routing)
 
 
@@ -97,3 +98,4 @@ def test_stats_report_the_daemons_memory(tmp_path):
     assert body["students"] == [{"name": "smollm2-135m", "batching": {"parallel": 8, "running": 0, "waiting": 0}}]
     assert body["latency_by_route"] == {}
     assert body["cache"] is None and body["teacher"]["provider"] == "none"
+    assert body["storage"] == {"ok": True, "stores": {}}

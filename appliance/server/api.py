@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import psutil
 
@@ -69,6 +69,8 @@ class Api:
         self.router = router
         self.default_max_tokens = default_max_tokens
         self.stats = stats or Stats()
+        self.connections: Callable[[], dict[str, int]] | None = None
+        """The server's connection counts, when a server is attached (daemon.serve)."""
         self._routes = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("GET", "/v1/models"): self.models,
@@ -141,6 +143,7 @@ class Api:
         snapshot["confidence_threshold"] = routing.confidence_threshold
         snapshot["students"] = [{"name": s.name, "batching": s.scheduler.stats()} for s in self.router.students.values()]
         snapshot["storage"] = routing.storage.snapshot()
+        snapshot["connections"] = self.connections() if self.connections is not None else None
         snapshot["process"] = {"rss_bytes": psutil.Process().memory_info().rss}  # the dashboard's memory figure
         return json_response(200, snapshot)
 

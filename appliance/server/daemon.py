@@ -174,8 +174,10 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         header_timeout_s=config.server.header_timeout_s,
         idle_timeout_s=config.server.idle_timeout_s,
         max_connections=fit_connections_to_fd_limit(config.server.max_connections),
+        max_connections_per_user=config.server.max_connections_per_user,
     )
     server = HttpServer(AccessLog(AdminApi(api, reloader, os.getuid())), limits)
+    api.connections = server.connection_stats
     sock = inherited_socket()
     owned_path = None
     if sock is None:

@@ -58,6 +58,8 @@ class Limits:
     """How long a keep-alive connection may sit idle, and a client may leave its answer unread."""
     max_connections: int = 256
     """Open connections at once; one more gets 503 at once and is closed unread."""
+    max_connections_per_user: int = 128
+    """Open connections of one uid at once: one local user's flood leaves room for the others."""
 
 
 @dataclass
@@ -136,11 +138,18 @@ class HttpServer:
         self.refused = 0
         """Connections turned away with 503 because `max_connections` were open."""
         self._refused_logged_at = -1.0
-        self._busy = _busy_response(limits.max_connections)
+        self._busy = _busy_response(f"{limits.max_connections} are open, the limit ([server].max_connections)")
+        self._busy_user = _busy_response(f"you have {limits.max_connections_per_user} open, the limit for one user "
+                                         "([server].max_connections_per_user)")
+        self._per_uid: dict[int, int] = {}
 
     @property
     def active_requests(self) -> int:
         return self._active_requests
+
+    def connection_stats(self) -> dict[str, int]:
+        """Open connections, the limit, and how many were refused for it (for /v1/stats)."""
+        return {"open": len(self._connections), "max": self.limits.max_connections, "refused": self.refused}
 
     async def start(self, sock: socket.socket) -> None:
         _name_fd_exhaustion(asyncio.get_running_loop())
@@ -167,11 +176,16 @@ class HttpServer:
         task = asyncio.current_task()
         assert task is not None
         if len(self._connections) >= self.limits.max_connections:
-            await self._refuse(writer)
+            await self._refuse(writer, self._busy)
             return
+        peer = peer_credentials(writer.get_extra_info("socket"))
+        uid = peer.uid if peer is not None else -1
+        if self._per_uid.get(uid, 0) >= self.limits.max_connections_per_user:
+            await self._refuse(writer, self._busy_user)
+            return
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         self._connections.add(task)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
-        peer = peer_credentials(writer.get_extra_info("socket"))
         first = True
         try:
             while True:
@@ -213,18 +227,23 @@ class HttpServer:
         finally:
             await _close(writer)
             self._connections.discard(task)
+            left = self._per_uid.pop(uid) - 1
+            if left:
+                self._per_uid[uid] = left
 
-    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
-        """Over `max_connections`: a 503 without reading a byte of the request, then close."""
+    async def _refuse(self, writer: asyncio.StreamWriter, busy: bytes) -> None:
+        """Over a connection limit: a 503 without reading a byte of the request, then close."""
         writer.transport.pause_reading()
         self.refused += 1
         now = time.monotonic()
         if now - self._refused_logged_at >= 10.0:
             self._refused_logged_at = now
-            log.warning("%d connections open, the limit ([server].max_connections): refusing more with 503 "
-                        "(%d so far)", len(self._connections), self.refused)
+            log.warning("refusing connections with 503: %d open, limits %d in all and %d per user "
+                        "([server].max_connections, max_connections_per_user); %d refused so far",
+                        len(self._connections), self.limits.max_connections, self.limits.max_connections_per_user,
+                        self.refused)
         try:
-            writer.write(self._busy)
+            writer.write(busy)
         except (ConnectionError, OSError):
             pass
         await _close(writer)
@@ -405,11 +424,10 @@ class _Refused(Exception):
         self.status = status
 
 
-def _busy_response(limit: int) -> bytes:
-    """The whole 503 a connection over `limit` gets, built once."""
-    body = json.dumps(error_body(
-        f"too many connections: {limit} are open, the limit ([server].max_connections); retry in a second",
-        "server_overloaded", code="too_many_connections")).encode()
+def _busy_response(why: str) -> bytes:
+    """The whole 503 a connection over a limit gets, built once."""
+    body = json.dumps(error_body(f"too many connections: {why}; retry in a second",
+                                 "server_overloaded", code="too_many_connections")).encode()
     head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
     return head.encode() + body
