@@ -99,6 +99,7 @@ def test_kill_9_while_writing_loses_no_acknowledged_answer(tmp_path, gemini):
         stop.set()
         for thread in threads:
             thread.join(60)
+    print(f"{KILL_ROUNDS} kills, {len(acknowledged)} acknowledged answers")  # for -s runs and reports
     assert len(acknowledged) >= 4 * KILL_ROUNDS, "the clients barely got answers; the test proves nothing"
     assert all(answer["route"] == "teacher" for _, answer in acknowledged)
 
