@@ -83,3 +83,16 @@ def daemon(tmp_path_factory):
     process, socket_path = start_daemon(home, env={"ATHANOR_SERVER__MAX_QUEUE": "8", "ATHANOR_CACHE__ENABLED": "false"})
     yield socket_path
     stop_daemon(process)
+
+
+def gemini_env(fake, key_variable: str = "ATHANOR_TEST_GEMINI_KEY", **extra: str) -> dict[str, str]:
+    """A daemon's environment for a Gemini teacher served by `fake` (tests/fakes), its key in `key_variable`."""
+    return {
+        "ATHANOR_TEACHER__PROVIDER": "gemini",
+        "ATHANOR_TEACHER__MODEL": "gemini-2.5-flash",
+        "ATHANOR_TEACHER__BASE_URL": fake.url,
+        "ATHANOR_TEACHER__API_KEY_ENV": key_variable,
+        key_variable: fake.api_key,
+        "ATHANOR_TEACHER__TIMEOUT_S": "5",
+        **extra,
+    }

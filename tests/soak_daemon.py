@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .conftest import start_daemon, stop_daemon
+from .conftest import gemini_env, start_daemon, stop_daemon
 from .fakes import FakeGemini
 
 # SmolLM2-135M's 16-token answers to the soak's questions score 0.12-0.68 (10% quantile of token
@@ -17,16 +17,8 @@ SOAK_THRESHOLD = "0.2"
 
 @contextmanager
 def soak_daemon(home: Path, teacher: FakeGemini, max_queue: int = 32) -> Iterator[tuple]:
-    env = {
-        "ATHANOR_TEACHER__PROVIDER": "gemini",
-        "ATHANOR_TEACHER__BASE_URL": teacher.url,
-        "ATHANOR_TEACHER__API_KEY_ENV": "ATHANOR_SOAK_GEMINI_KEY",
-        "ATHANOR_SOAK_GEMINI_KEY": teacher.api_key,
-        "ATHANOR_TEACHER__DAILY_BUDGET_USD": "1000",
-        "ATHANOR_TEACHER__REQUESTS_PER_MINUTE": "100000",
-        "ATHANOR_ROUTING__CONFIDENCE_THRESHOLD": SOAK_THRESHOLD,
-        "ATHANOR_SERVER__MAX_QUEUE": str(max_queue),
-    }
+    env = gemini_env(teacher, ATHANOR_TEACHER__DAILY_BUDGET_USD="1000", ATHANOR_TEACHER__REQUESTS_PER_MINUTE="100000",
+                     ATHANOR_ROUTING__CONFIDENCE_THRESHOLD=SOAK_THRESHOLD, ATHANOR_SERVER__MAX_QUEUE=str(max_queue))
     process, path = start_daemon(home, env=env)
     try:
         yield process, path

@@ -19,7 +19,7 @@ import pytest
 
 from appliance.distill_log import read_records
 
-from .conftest import ROOT, start_daemon, stop_daemon, wait_for_socket
+from .conftest import ROOT, gemini_env, start_daemon, stop_daemon, wait_for_socket
 from .fakes import FakeGemini
 
 pytestmark = pytest.mark.e2e
@@ -28,16 +28,8 @@ KILL_ROUNDS = 4
 
 
 def teacher_env(fake: FakeGemini, **extra: str) -> dict[str, str]:
-    return {
-        "ATHANOR_TEACHER__PROVIDER": "gemini",
-        "ATHANOR_TEACHER__MODEL": "gemini-2.5-flash",
-        "ATHANOR_TEACHER__BASE_URL": fake.url,
-        "ATHANOR_TEACHER__API_KEY_ENV": "ATHANOR_TEST_GEMINI_KEY",
-        "ATHANOR_TEST_GEMINI_KEY": fake.api_key,
-        "ATHANOR_TEACHER__TIMEOUT_S": "5",
-        "ATHANOR_ROUTING__CONFIDENCE_THRESHOLD": "1.0",  # every miss goes to the teacher
-        **extra,
-    }
+    # Every cache miss goes on to the teacher, so every answer is written to the log and the cache.
+    return gemini_env(fake, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", **extra)
 
 
 def client(path: Path, timeout: float = 120) -> httpx.Client:

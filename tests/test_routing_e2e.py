@@ -9,7 +9,7 @@ import pytest
 
 from appliance.distill_log import read_records
 
-from .conftest import start_daemon, stop_daemon
+from .conftest import gemini_env, start_daemon, stop_daemon
 from .fakes import FakeGemini
 
 pytestmark = pytest.mark.e2e
@@ -17,18 +17,6 @@ pytestmark = pytest.mark.e2e
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 PARAPHRASE = [{"role": "user", "content": "What's the capital city of France?"}]
 ONE_WORD_CHANGE = [{"role": "user", "content": "What is the capital of Spain?"}]
-
-
-def teacher_env(fake: FakeGemini, **extra: str) -> dict[str, str]:
-    return {
-        "ATHANOR_TEACHER__PROVIDER": "gemini",
-        "ATHANOR_TEACHER__MODEL": "gemini-2.5-flash",
-        "ATHANOR_TEACHER__BASE_URL": fake.url,
-        "ATHANOR_TEACHER__API_KEY_ENV": "ATHANOR_TEST_GEMINI_KEY",
-        "ATHANOR_TEST_GEMINI_KEY": fake.api_key,
-        "ATHANOR_TEACHER__TIMEOUT_S": "5",
-        **extra,
-    }
 
 
 def client(path, namespace: str | None = None) -> httpx.Client:
@@ -55,7 +43,7 @@ def gemini():
 def hybrid(tmp_path_factory, gemini):
     """A daemon whose student is never sure enough (threshold 1.0): every miss goes to the teacher."""
     home = tmp_path_factory.mktemp("hybrid")
-    process, path = start_daemon(home, env=teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
+    process, path = start_daemon(home, env=gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
     yield home, path, process
     stop_daemon(process)
 
@@ -155,7 +143,7 @@ def test_stats_count_routes_and_money(hybrid):
 
 
 def test_cache_survives_a_restart(tmp_path, gemini):
-    env = teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0")
+    env = gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0")
     process, path = start_daemon(tmp_path / "restart", env=env)
     try:
         assert ask(path, CAPITAL)["route"] == "teacher"
@@ -169,7 +157,7 @@ def test_cache_survives_a_restart(tmp_path, gemini):
 
 
 def test_budget_exhausted_means_no_teacher_call(tmp_path, gemini):
-    env = teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", ATHANOR_TEACHER__DAILY_BUDGET_USD="0")
+    env = gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", ATHANOR_TEACHER__DAILY_BUDGET_USD="0")
     process, path = start_daemon(tmp_path / "broke", env=env)
     try:
         before = len(gemini.requests)
@@ -182,7 +170,7 @@ def test_budget_exhausted_means_no_teacher_call(tmp_path, gemini):
 
 
 def test_a_confident_student_answers_itself_and_is_cached(tmp_path, gemini):
-    env = teacher_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="0.0")
+    env = gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="0.0")
     process, path = start_daemon(tmp_path / "sure", env=env)
     try:
         before = len(gemini.requests)

@@ -10,7 +10,7 @@ Pure: rendering and the two tokenizers are passed in, so every engine can use th
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 Render = Callable[[list[dict]], str]
 Tokenize = Callable[[str], list[int]]
@@ -20,20 +20,20 @@ _MARK = "\ue000{}\ue001"
 
 
 def chat_tokens(render: Render, messages: list[dict], markup: Tokenize, plain: Tokenize,
-                specials: Callable[[], Iterable[str]]) -> list[int]:
+                specials: Sequence[str]) -> list[int]:
     """The prompt's tokens, with chat markup typed inside a message kept as text.
 
-    A chat without such text is rendered and tokenized as one string (what llama.cpp's server
-    does, so ordinary prompts are unchanged); otherwise `literal_chat_tokens`, or `neutralize`
-    where the template rewrites contents. `specials()` lists the control tokens' texts.
+    `specials` are the texts the markup tokenizer turns into special tokens. A chat that holds
+    none of them is rendered and tokenized as one string (what llama.cpp's server does, so
+    ordinary prompts are unchanged); otherwise `literal_chat_tokens`, or `neutralize` where the
+    template rewrites contents.
     """
     contents = [str(m.get("content") or "") for m in messages]
-    if not any(holds_markup(text, markup, plain) for text in contents):
+    if not any(special in text for text in contents for special in specials):
         return markup(render(messages))
     tokens = literal_chat_tokens(render, [{**m, "content": c} for m, c in zip(messages, contents)], markup, plain)
     if tokens is None:
-        texts = list(specials())
-        tokens = markup(render([{**m, "content": neutralize(c, texts)} for m, c in zip(messages, contents)]))
+        tokens = markup(render([{**m, "content": neutralize(c, specials)} for m, c in zip(messages, contents)]))
     return tokens
 
 
@@ -68,7 +68,3 @@ def neutralize(text: str, specials: Iterable[str]) -> str:
             text = text.replace(special, special[0] + "\u200b" + special[1:])
     return text
 
-
-def holds_markup(text: str, markup: Tokenize, plain: Tokenize) -> bool:
-    """True when `text` tokenizes differently with special tokens parsed: it contains control-token text."""
-    return markup(text) != plain(text)

@@ -107,6 +107,8 @@ class OnnxEngine:
 
         self._decoder = OnnxDecoder(folder, threads=n_threads)
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        # Every added token is matched in text before BPE runs: the texts chat markup is made of.
+        self._special_texts = [token.content for token in self._tokenizer.added_tokens_decoder.values()]
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
         self.n_ctx = min(n_ctx, int(config.get("max_position_embeddings") or n_ctx))
         self.n_vocab = int(config.get("vocab_size") or len(self._tokenizer))
@@ -148,7 +150,7 @@ class OnnxEngine:
         def render(msgs: list[dict]) -> str:
             return self._tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
-        return chat_tokens(render, messages, markup, plain, lambda: self._tokenizer.all_special_tokens)
+        return chat_tokens(render, messages, markup, plain, self._special_texts)
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (byte-level BPE and SentencePiece vocabularies)."""
