@@ -3,6 +3,14 @@
 from appliance.engine.batching import Feed, Placement, common_prefix, place_prompt, plan_step
 
 
+def test_a_prefix_shorter_than_min_reuse_is_not_kept():
+    contents = {0: [1, 2, 3, 4, 5], 1: [9, 9]}
+    assert place_prompt([0, 1], contents, [1, 2, 3, 4, 8], min_reuse=4) == Placement(slot=0, source=0, reuse=4)
+    assert place_prompt([0, 1], contents, [1, 2, 3, 4, 8], min_reuse=5) == Placement(slot=0, source=0, reuse=0)
+    # A copy from another sequence is held to the same bar.
+    assert place_prompt([1], contents, [1, 2, 3, 4, 8], min_copy=1, min_reuse=5).reuse == 0
+
+
 def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([], [1]) == 0

@@ -106,3 +106,19 @@ def test_a_removed_sequence_frees_its_place_for_the_next_prompt(engine):
     for seq in list(seqs):
         engine.remove(seq)
     assert engine.active == 0
+
+
+def test_min_prefix_reuse_recomputes_short_matches(student_path):
+    engine = LlamaEngine(student_path, "student", n_ctx=512, n_threads=2, parallel=2, min_prefix_reuse=10_000)
+    try:
+        system = "You are a meticulous assistant for a home server. " * 12
+        first = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Hi."}])
+        second = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Bye now."}])
+        params = SamplingParams(max_tokens=4, temperature=0)
+        engine.add(first, params)
+        engine.step()
+        engine.add(second, params)
+        assert engine.prompt_tokens_reused == 0
+        assert engine.prompt_tokens_computed == len(first) + len(second)
+    finally:
+        engine.close()

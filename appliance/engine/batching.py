@@ -31,7 +31,7 @@ class Placement:
 
 
 def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], prompt: Sequence[int],
-                 min_copy: int = 0) -> Placement:
+                 min_copy: int = 0, min_reuse: int = 1) -> Placement:
     """Choose a free slot for `prompt` and the sequence whose cached prefix it can reuse.
 
     Any sequence's cells can be copied (busy ones too: their prefix is not going to change), so
@@ -39,7 +39,8 @@ def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], pro
     only when it saves more than `min_copy` tokens over the slot's own prefix, because copying
     costs a pass over the slot's memory. The free slot itself is chosen to lose the least: its
     own matching prefix first, then the shortest content. The last prompt token is always fed
-    again, because its logits start the answer.
+    again, because its logits start the answer. A prefix shorter than `min_reuse` is not kept
+    (reuse 0: the slot is emptied and the prompt computed whole).
     """
     if not free:
         raise ValueError("no free slot")
@@ -51,6 +52,8 @@ def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], pro
         shared = min(limit, common_prefix(tokens, prompt))
         if shared > reuse and shared - own[slot] > min_copy:
             source, reuse = other, shared
+    if reuse < min_reuse:
+        return Placement(slot, slot, 0)
     return Placement(slot, source, reuse)
 
 

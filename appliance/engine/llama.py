@@ -93,6 +93,7 @@ class LlamaEngine:
         flash_attn: str = "auto",
         parallel: int = 1,
         prompts_first: bool = True,
+        min_prefix_reuse: int = 1,
     ) -> None:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -136,6 +137,7 @@ class LlamaEngine:
         self._kv: dict[int, list[int]] = {seq: [] for seq in range(parallel)}
         self._active: dict[int, _Sequence] = {}  # insertion order = admission order
         self.prompts_first = prompts_first
+        self.min_prefix_reuse = min_prefix_reuse
         self._last_prompts_only = False
         self.prompt_tokens_reused = 0
         """Prompt tokens whose KV cells came from an earlier request (own slot or a copy)."""
@@ -250,7 +252,7 @@ class LlamaEngine:
         free = [seq for seq in range(self.parallel) if seq not in self._active]
         if not free:
             raise EngineError("no free sequence; the scheduler admits at most `parallel` requests")
-        placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS)
+        placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS, min_reuse=self.min_prefix_reuse)
         seq, reuse = placement.slot, placement.reuse
         if placement.source == seq:
             if not llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1):
