@@ -69,10 +69,6 @@ class StudentConfig(_Section):
     prompts_first: bool = True
     """A step with new prompts feeds them alone (never twice in a row): a sooner first token for
     newcomers at the price of one step's pause for the answers being generated."""
-    min_prefix_reuse: int = Field(default=1, ge=1)
-    """Keep a cached prompt prefix only when at least this many tokens match; shorter matches are
-    recomputed. Kept cells make later batched steps slower in llama.cpp (F16: 37 -> 85 ms at 8
-    sequences, scripts/bench_prefix_reuse.py), so a large value can pay for short system prompts."""
     n_threads: int = Field(default=0, ge=0)
     """CPU threads for decoding; 0 means one per core. On a machine busy with other work, one per core
     but one: llama.cpp's threads meet at a spinning barrier after each operation, and a thread that

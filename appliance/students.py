@@ -66,5 +66,5 @@ def open_engine(cfg: StudentConfig, source: StudentSource):
     return LlamaEngine(
         source.path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads,
         n_gpu_layers=cfg.n_gpu_layers, flash_attn=cfg.flash_attn, parallel=cfg.parallel,
-        prompts_first=cfg.prompts_first, min_prefix_reuse=cfg.min_prefix_reuse,
+        prompts_first=cfg.prompts_first,
     )

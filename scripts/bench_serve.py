@@ -195,7 +195,6 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--flash-attn", choices=["on", "off"], default="on")
     parser.add_argument("--prompts-first", choices=["on", "off"], default="on", help="[student].prompts_first")
-    parser.add_argument("--min-prefix-reuse", type=int, default=1, help="[student].min_prefix_reuse")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "serve.json")
     args = parser.parse_args()
     model = args.model or embedded_student_path()
@@ -212,7 +211,6 @@ def main() -> None:
     rows = []
     os.environ["ATHANOR_STUDENT__PARALLEL"] = str(args.parallel)
     os.environ["ATHANOR_STUDENT__PROMPTS_FIRST"] = "true" if args.prompts_first == "on" else "false"
-    os.environ["ATHANOR_STUDENT__MIN_PREFIX_REUSE"] = str(args.min_prefix_reuse)
     os.environ["ATHANOR_SERVER__MAX_QUEUE"] = str(max(64, max(counts) * 2))
     with tempfile.TemporaryDirectory() as home:
         process, socket_path = start_daemon(Path(home), model, args.n_ctx, args.threads, args.flash_attn, "off")
@@ -229,7 +227,7 @@ def main() -> None:
     daemon_threads = args.threads or os.cpu_count() or 1
     summary = {"model": str(model), "device": device_name(), "threads": daemon_threads, "parallel": args.parallel,
                "max_tokens": args.max_tokens, "requests_per_client": args.requests, "flash_attn": args.flash_attn,
-               "prompts_first": args.prompts_first, "min_prefix_reuse": args.min_prefix_reuse,
+               "prompts_first": args.prompts_first,
                "raw": raw, "raw_by_threads": raws, "daemon": rows}
     table = Table(title=f"{model.name}: {summary['device']}, daemon {daemon_threads} thread(s), parallel "
                         f"{args.parallel}, {args.max_tokens}±16 tokens per answer")

@@ -1,14 +1,6 @@
 """The pure rules of continuous batching: where a prompt goes and what one decode step feeds."""
 
-from appliance.engine.batching import Feed, Placement, common_prefix, place_prompt, plan_step
-
-
-def test_a_prefix_shorter_than_min_reuse_is_not_kept():
-    contents = {0: [1, 2, 3, 4, 5], 1: [9, 9]}
-    assert place_prompt([0, 1], contents, [1, 2, 3, 4, 8], min_reuse=4) == Placement(slot=0, source=0, reuse=4)
-    assert place_prompt([0, 1], contents, [1, 2, 3, 4, 8], min_reuse=5) == Placement(slot=0, source=0, reuse=0)
-    # A copy from another sequence is held to the same bar.
-    assert place_prompt([1], contents, [1, 2, 3, 4, 8], min_copy=1, min_reuse=5).reuse == 0
+from appliance.engine.batching import Feed, Placement, common_prefix, in_stream_order, place_prompt, plan_step
 
 
 def test_common_prefix():
@@ -69,3 +61,25 @@ def test_a_prompts_only_step_leaves_the_generating_sequences_out():
     ]
     # Nothing to prefill: the generating sequences are fed as usual.
     assert len(plan_step({0: [7], 2: [8]}, positions, order=[0, 2], budget=512, prompts_only=True)) == 2
+
+
+def test_feeds_go_in_sequence_order_with_gaps_bridged_by_one_token_fillers():
+    feeds = [Feed(3, (9,), 40, True), Feed(0, (7,), 20, True), Feed(1, (8,), 30, True)]
+    fillers = {2: (5, 11), 4: (6, 0)}  # 4 lies outside the fed range: no filler for it
+    assert in_stream_order(feeds, fillers, room=8) == [
+        Feed(0, (7,), 20, True), Feed(1, (8,), 30, True), Feed(2, (5,), 11, False, filler=True),
+        Feed(3, (9,), 40, True),
+    ]
+
+
+def test_a_gap_without_a_filler_or_without_room_stays_a_gap():
+    feeds = [Feed(0, (7,), 20, True), Feed(3, (9,), 40, True)]
+    assert [f.seq for f in in_stream_order(feeds, {1: (5, 3)}, room=8)] == [0, 1, 3]  # 2's stream is full
+    assert [f.seq for f in in_stream_order(feeds, {1: (5, 3), 2: (5, 3)}, room=1)] == [0, 1, 3]
+    assert [f.seq for f in in_stream_order(feeds, {1: (5, 3), 2: (5, 3)}, room=0)] == [0, 3]
+
+
+def test_prompt_chunks_are_not_bridged():
+    # A one-token filler would cut every sequence's share of the first micro-batch to one token.
+    feeds = [Feed(2, (1, 2, 3), 0, True), Feed(0, (4, 5), 0, True)]
+    assert in_stream_order(feeds, {1: (5, 3)}, room=8) == [Feed(0, (4, 5), 0, True), Feed(2, (1, 2, 3), 0, True)]

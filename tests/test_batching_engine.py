@@ -1,5 +1,6 @@
 """Continuous batching on the real llama.cpp engine: the same answers as one sequence alone, fewer steps."""
 
+import llama_cpp
 import pytest
 
 from appliance.engine.llama import LlamaEngine
@@ -108,17 +109,55 @@ def test_a_removed_sequence_frees_its_place_for_the_next_prompt(engine):
     assert engine.active == 0
 
 
-def test_min_prefix_reuse_recomputes_short_matches(student_path):
-    engine = LlamaEngine(student_path, "student", n_ctx=512, n_threads=2, parallel=2, min_prefix_reuse=10_000)
+class GraphPasses:
+    """Counts the nodes llama.cpp computes, through its abort callback (checked once per graph node):
+    a decode that llama.cpp splits into two micro-batches computes the graph twice."""
+
+    def __init__(self, engine):
+        self.nodes = 0
+        self._callback = llama_cpp.ggml_abort_callback(self._count)
+        llama_cpp.llama_set_abort_callback(engine._ctx, self._callback, None)
+
+    def _count(self, _data):
+        self.nodes += 1
+        return False
+
+    def step(self, engine):
+        before = self.nodes
+        results = engine.step()
+        return self.nodes - before, results
+
+
+def test_sequences_with_a_gap_between_their_ids_still_decode_in_one_pass(student_path):
+    engine = LlamaEngine(student_path, "student", n_ctx=256, n_threads=2, parallel=4, flash_attn="on")
     try:
-        system = "You are a meticulous assistant for a home server. " * 12
-        first = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Hi."}])
-        second = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Bye now."}])
-        params = SamplingParams(max_tokens=4, temperature=0)
-        engine.add(first, params)
-        engine.step()
-        engine.add(second, params)
-        assert engine.prompt_tokens_reused == 0
-        assert engine.prompt_tokens_computed == len(first) + len(second)
+        passes = GraphPasses(engine)
+        params = SamplingParams(max_tokens=24, temperature=0)
+        prompts = [engine.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS[:4]]
+        reference = {i: [t for t, _ in alone(engine, prompts[i], params)] for i in (0, 3)}
+        seqs = [engine.add(p, params) for p in prompts]
+        tokens = {seq: [] for seq in seqs}
+        for _ in range(2):  # the prefill, then four generating sequences side by side
+            one_pass, results = passes.step(engine)
+            for result in results:
+                tokens[result.seq].append(result.event.token_id)
+        engine.remove(seqs[1])
+        engine.remove(seqs[2])  # a gap between sequences 0 and 3, the idle ones holding their cells
+        while engine.active:
+            nodes, results = passes.step(engine)
+            assert nodes == one_pass
+            for result in results:
+                tokens[result.seq].append(result.event.token_id)
+        assert tokens[seqs[0]] == reference[0] and tokens[seqs[3]] == reference[3]
+        # The fillers that bridged the gap left nothing in the idle sequences' cells: a prompt
+        # that reuses one of them still decodes as it does alone.
+        reused = engine.prompt_tokens_reused
+        again = [t for t, _ in alone(engine, prompts[1], params)]
+        assert engine.prompt_tokens_reused - reused == len(prompts[1]) - 1
+        engine_fresh = LlamaEngine(student_path, "fresh", n_ctx=256, n_threads=2, parallel=1, flash_attn="on")
+        try:
+            assert again == [t for t, _ in alone(engine_fresh, prompts[1], params)]
+        finally:
+            engine_fresh.close()
     finally:
         engine.close()

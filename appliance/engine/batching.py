@@ -31,7 +31,7 @@ class Placement:
 
 
 def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], prompt: Sequence[int],
-                 min_copy: int = 0, min_reuse: int = 1) -> Placement:
+                 min_copy: int = 0) -> Placement:
     """Choose a free slot for `prompt` and the sequence whose cached prefix it can reuse.
 
     Any sequence's cells can be copied (busy ones too: their prefix is not going to change), so
@@ -39,8 +39,7 @@ def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], pro
     only when it saves more than `min_copy` tokens over the slot's own prefix, because copying
     costs a pass over the slot's memory. The free slot itself is chosen to lose the least: its
     own matching prefix first, then the shortest content. The last prompt token is always fed
-    again, because its logits start the answer. A prefix shorter than `min_reuse` is not kept
-    (reuse 0: the slot is emptied and the prompt computed whole).
+    again, because its logits start the answer.
     """
     if not free:
         raise ValueError("no free slot")
@@ -52,19 +51,22 @@ def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], pro
         shared = min(limit, common_prefix(tokens, prompt))
         if shared > reuse and shared - own[slot] > min_copy:
             source, reuse = other, shared
-    if reuse < min_reuse:
-        return Placement(slot, slot, 0)
     return Placement(slot, source, reuse)
 
 
 @dataclass(frozen=True)
 class Feed:
-    """One sequence's share of a decode step: tokens at positions start.., logits wanted for the last one."""
+    """One sequence's share of a decode step: tokens at positions start.., logits wanted for the last one.
+
+    A `filler` feed only bridges a gap between sequence ids (see `in_stream_order`); its cell is
+    removed after the step.
+    """
 
     seq: int
     tokens: tuple[int, ...]
     start: int
     wants_logits: bool
+    filler: bool = False
 
 
 def plan_step(pending: Mapping[int, Sequence[int]], positions: Mapping[int, int], order: Sequence[int],
@@ -92,3 +94,24 @@ def plan_step(pending: Mapping[int, Sequence[int]], positions: Mapping[int, int]
         feeds.append(Feed(seq, tokens, positions[seq], len(tokens) == len(pending[seq])))
         left -= len(tokens)
     return feeds
+
+
+def in_stream_order(feeds: Sequence[Feed], fillers: Mapping[int, tuple[int, int]], room: int) -> list[Feed]:
+    """The step's feeds as llama.cpp can take them in one micro-batch: sorted by sequence id, gaps bridged.
+
+    With one KV stream per sequence, llama.cpp splits a batch into micro-batches of consecutive
+    sequence ids only, each of which is a full pass over the weights: sequences 3, 0, 1 fed in
+    that order cost three passes, and 0, 1, 3 cost two. So feeds go in id order and, when the
+    step's shortest feed is one token (a generating step, where all sequences share the first
+    micro-batch), every sequence in a gap gets a one-token filler from `fillers` (seq -> (token,
+    position)), which costs one token's compute instead of a pass, as long as `room` tokens are
+    left in the batch. A gap `fillers` does not offer (a full stream) or there is no room for
+    leaves the split in place.
+    """
+    ordered = sorted(feeds, key=lambda f: f.seq)
+    if not ordered or min(len(f.tokens) for f in ordered) != 1:
+        return ordered
+    fed = {f.seq for f in ordered}
+    gaps = [seq for seq in range(ordered[0].seq + 1, ordered[-1].seq) if seq not in fed and seq in fillers]
+    bridged = [Feed(seq, (fillers[seq][0],), fillers[seq][1], False, filler=True) for seq in gaps[:max(0, room)]]
+    return sorted(ordered + bridged, key=lambda f: f.seq)

@@ -2,8 +2,8 @@
 
 The high-level `llama_cpp.Llama` decodes one sequence and only returns log-probabilities with
 `logits_all=True`, which keeps a logits row for every position of the context. Here one context
-holds up to `parallel` sequences in a unified KV cache; each step feeds all of them in one
-`llama_decode`, reads only the logits rows it asked for (`llama_get_logits_ith`), samples each
+holds up to `parallel` sequences, each in its own KV stream; each step feeds all of them in one
+`llama_decode` (in sequence-id order, so llama.cpp computes them in one pass: see `in_stream_order`), reads only the logits rows it asked for (`llama_get_logits_ith`), samples each
 sequence with its own llama.cpp sampler chain and computes the chosen token's log-probability
 from that row. Prompt prefixes already in the cache (the previous request's, or another
 client's system prompt) are shared instead of recomputed. All calls on one engine must come
@@ -24,7 +24,7 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import AthanorError
-from .batching import Feed, place_prompt, plan_step
+from .batching import Feed, in_stream_order, place_prompt, plan_step
 from .chat_markup import chat_tokens
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
@@ -93,7 +93,6 @@ class LlamaEngine:
         flash_attn: str = "auto",
         parallel: int = 1,
         prompts_first: bool = True,
-        min_prefix_reuse: int = 1,
     ) -> None:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -137,7 +136,6 @@ class LlamaEngine:
         self._kv: dict[int, list[int]] = {seq: [] for seq in range(parallel)}
         self._active: dict[int, _Sequence] = {}  # insertion order = admission order
         self.prompts_first = prompts_first
-        self.min_prefix_reuse = min_prefix_reuse
         self._last_prompts_only = False
         self.prompt_tokens_reused = 0
         """Prompt tokens whose KV cells came from an earlier request (own slot or a copy)."""
@@ -252,7 +250,7 @@ class LlamaEngine:
         free = [seq for seq in range(self.parallel) if seq not in self._active]
         if not free:
             raise EngineError("no free sequence; the scheduler admits at most `parallel` requests")
-        placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS, min_reuse=self.min_prefix_reuse)
+        placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS)
         seq, reuse = placement.slot, placement.reuse
         if placement.source == seq:
             if not llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1):
@@ -285,20 +283,24 @@ class LlamaEngine:
             return []
         pending = {seq: s.pending for seq, s in self._active.items()}
         prompts_only = self.prompts_first and not self._last_prompts_only
-        feeds = plan_step(pending, {seq: len(self._kv[seq]) for seq in self._active}, list(self._active),
-                          self._n_batch, prompts_only)
-        self._last_prompts_only = prompts_only and all(len(pending[f.seq]) > 1 for f in feeds)
+        planned = plan_step(pending, {seq: len(self._kv[seq]) for seq in self._active}, list(self._active),
+                            self._n_batch, prompts_only)
+        self._last_prompts_only = prompts_only and all(len(pending[f.seq]) > 1 for f in planned)
+        room = self._n_batch - sum(len(f.tokens) for f in planned)
+        feeds = in_stream_order(planned, self._fillers(), room)
         status = self._decode(feeds)
+        self._drop_fillers(feeds)
         if status == 1:  # no room in the KV pool: drop the idle sequences' cached prefixes, try again
             for seq in range(self.parallel):
                 if seq not in self._active and self._kv[seq]:
                     llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
                     self._kv[seq] = []
+            feeds = in_stream_order(planned, {}, 0)
             status = self._decode(feeds)
         if status != 0:
             error = EngineError(f"llama_decode failed with status {status} (KV cache full or invalid batch)")
             results = []
-            for feed in feeds:
+            for feed in planned:
                 llama_cpp.llama_memory_seq_rm(self._memory, feed.seq, -1, -1)
                 self._kv[feed.seq] = []
                 self.remove(feed.seq)
@@ -308,6 +310,8 @@ class LlamaEngine:
         index = 0
         for feed in feeds:
             index += len(feed.tokens)
+            if feed.filler:
+                continue
             sequence = self._active[feed.seq]
             self._kv[feed.seq].extend(feed.tokens)
             del sequence.pending[: len(feed.tokens)]
@@ -317,6 +321,19 @@ class LlamaEngine:
                 if result.finish is not None:
                     self.remove(feed.seq)
         return results
+
+    def _fillers(self) -> dict[int, tuple[int, int]]:
+        """For each sequence with room for one more cell: a token to bridge a gap with, and its position."""
+        fillers = {}
+        for seq, tokens in self._kv.items():
+            if len(tokens) + 1 < self.n_ctx:
+                fillers[seq] = (tokens[-1] if tokens else 0, len(tokens))
+        return fillers
+
+    def _drop_fillers(self, feeds: list[Feed]) -> None:
+        for feed in feeds:
+            if feed.filler:
+                llama_cpp.llama_memory_seq_rm(self._memory, feed.seq, feed.start, -1)
 
     def _decode(self, feeds: list[Feed]) -> int:
         batch = self._batch
