@@ -70,7 +70,7 @@ def check_model(cfg: StudentConfig) -> Check:
         from .students import resolve_student
 
         try:
-            source = resolve_student(cfg)
+            source = resolve_student(cfg, paths.models_dir())
         except AthanorError as exc:
             return Check("model", "fail", str(exc), "re-run `athanor export` or set [student].path")
         if source.quant is None:

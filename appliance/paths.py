@@ -27,6 +27,12 @@ def state_dir() -> Path:
     return xdg / "athanor"
 
 
+def models_dir() -> Path:
+    """Folder for model files the appliance derives itself (the embedded default converted for
+    batching); `ATHANOR_MODELS_DIR` lets several homes share one (the tests do)."""
+    return _env_path("ATHANOR_MODELS_DIR") or state_dir() / "models"
+
+
 def runtime_dir() -> Path:
     """Folder for the socket: systemd's RuntimeDirectory, else the user's runtime dir."""
     home = _env_path("ATHANOR_HOME")

@@ -12,6 +12,7 @@ from typing import Literal
 
 from export.manifest import MANIFEST_NAME, choose_artifact, read_manifest, verify_artifact
 
+from . import paths
 from .config import StudentConfig
 from .defaults import embedded_student_path
 from .errors import AthanorError
@@ -37,9 +38,49 @@ def _split_quant(quant: str | None) -> tuple[str | None, str | None]:
     return None, quant
 
 
-def resolve_student(cfg: StudentConfig) -> StudentSource:
-    """The model `cfg.path` points at; manifests are checked against their checksums first."""
-    path = cfg.path or embedded_student_path()
+# How the embedded default (shipped as Q4_1) may be served; the first is the default.
+EMBEDDED_QUANTS = ("q8_0", "q4_1", "f16", "q4_0")
+_SHIPPED_QUANT = "q4_1"
+
+
+def embedded_copy_name(shipped: Path, fingerprint: str, quant: str) -> str:
+    """File name of the embedded default converted to `quant`; the shipped file's fingerprint in it
+    makes a package upgrade convert again instead of serving a stale copy."""
+    stem = shipped.name.removesuffix(".gguf").removesuffix(f".{_SHIPPED_QUANT.upper()}")
+    return f"{stem}.{fingerprint[:12]}.{quant}.gguf"
+
+
+def serve_embedded(quant: str | None, models_dir: Path) -> Path:
+    """The embedded default as `quant` (default q8_0): the shipped file itself for q4_1, else a copy
+    converted once into `models_dir` by llama.cpp's quantizer and reused afterwards."""
+    quant = (quant or EMBEDDED_QUANTS[0]).lower()
+    if quant not in EMBEDDED_QUANTS:
+        raise AthanorError(f"[student].quant = {quant!r} does not apply to the embedded default; choose "
+                           f"{', '.join(EMBEDDED_QUANTS)}, or set [student].path to an export to serve its types")
+    shipped = embedded_student_path()
+    if quant == _SHIPPED_QUANT:
+        return shipped
+    copy = models_dir / embedded_copy_name(shipped, file_fingerprint(shipped), quant)
+    if not copy.is_file():
+        from export.errors import ExportError
+        from export.quantize import quantize
+
+        try:
+            quantize(shipped, copy, quant, requantize=True)
+        except (ExportError, OSError) as exc:
+            raise AthanorError(f"could not convert the embedded student to {quant} in {models_dir}: {exc}; "
+                               f"free space there, or set [student].quant = \"{_SHIPPED_QUANT}\" to serve it "
+                               "as shipped") from exc
+    return copy
+
+
+def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> StudentSource:
+    """The model `cfg.path` points at (manifests are checked against their checksums first), or the
+    embedded default as `cfg.quant`, converted into `models_dir` when needed."""
+    if cfg.path is None:
+        path = serve_embedded(cfg.quant, models_dir or paths.models_dir())
+        return StudentSource("gguf", path, file_fingerprint(path), (cfg.quant or EMBEDDED_QUANTS[0]).lower())
+    path = cfg.path
     if path.is_dir() and (path / ONNX_MODEL).is_file():
         return StudentSource("onnx", path, file_fingerprint(path / ONNX_MODEL))
     if path.name == MANIFEST_NAME or (path.is_dir() and (path / MANIFEST_NAME).is_file()):

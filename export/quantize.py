@@ -21,6 +21,8 @@ _FTYPES = {
     "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
 }
 GGUF_TYPES = ("f16", *_FTYPES)
+# Only as the target of re-quantizing an already quantized file (the embedded default).
+_REQUANT_ONLY = {"f16": "LLAMA_FTYPE_MOSTLY_F16"}
 
 
 def check_gguf_types(types: list[str]) -> list[str]:
@@ -32,22 +34,23 @@ def check_gguf_types(types: list[str]) -> list[str]:
     return normalised
 
 
-def quantize(source: Path, out: Path, quant: str, threads: int = 0) -> Path:
-    """Write `source` (f16 GGUF) quantized to `quant` at `out`.
+def quantize(source: Path, out: Path, quant: str, threads: int = 0, requantize: bool = False) -> Path:
+    """Write `source` (f16 GGUF, or any GGUF with `requantize`) quantized to `quant` at `out`.
 
     Tensors whose rows do not fit a k-quant's 256-wide blocks are given a compatible type by
     llama.cpp itself (it logs the fallback), so tiny models quantize too.
     """
     import llama_cpp
 
-    name = _FTYPES.get(quant)
+    name = {**_FTYPES, **(_REQUANT_ONLY if requantize else {})}.get(quant)
     if name is None:
         raise ExportError(f"cannot quantize to {quant!r}; choose from {', '.join(_FTYPES)}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, name)
+    params.allow_requantize = requantize
     params.nthread = threads or os.cpu_count() or 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")  # two daemons may convert at once
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params)
     if status != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)

@@ -144,6 +144,7 @@ def summarise(wall: float, results: list[list[Request]], clients: int) -> dict:
         "per_client_tokens_per_s": statistics.median(per_client),
         "ttft_ms_p50": percentile(ttfts, 0.5),
         "ttft_ms_p95": percentile(ttfts, 0.95),
+        "ttft_ms_by_client": [[round(r.ttft_s * 1000, 1) for r in client] for client in results],
     }
 
 

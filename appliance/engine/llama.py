@@ -48,7 +48,7 @@ _FLASH_ATTN = {
 
 # A shared prefix is copied from another sequence only when that saves more than this many
 # tokens of prefill: the copy moves the whole KV stream of n_ctx cells.
-_MIN_COPY_TOKENS = 32
+_MIN_COPY_TOKENS = 8
 
 
 class EngineError(AthanorError):

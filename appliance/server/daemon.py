@@ -44,7 +44,7 @@ def load_students(config: AthanorConfig) -> dict[str, Student]:
     students: dict[str, Student] = {}
     try:
         for cfg in (config.student, *config.students):
-            source = resolve_student(cfg)
+            source = resolve_student(cfg, paths.models_dir())
             engine = open_engine(cfg, source)
             scheduler = Scheduler(engine, config.server.max_queue, cfg.name)
             students[cfg.name] = Student(cfg.name, engine, scheduler, version=source.version)
