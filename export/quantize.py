@@ -55,6 +55,6 @@ def quantize(source: Path, out: Path, quant: str, threads: int = 0, requantize: 
     if status != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         raise ExportError(f"llama.cpp could not quantize {source} to {quant} (status {status}); "
-                          "check that the f16 file is complete and the disk has room")
+                          f"check that {source.name} is a complete GGUF file and that the disk has room")
     partial.replace(out)
     return out

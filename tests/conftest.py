@@ -25,11 +25,16 @@ _models_dir: Path | None = None
 
 def shared_models_dir() -> Path:
     """One folder for the whole run where the embedded default is converted to Q8_0 once (0.7 s and
-    145 MB) instead of once per test home."""
+    145 MB) instead of once per test home; converted up front and readable by all, so daemons that
+    tests run as other users or in a namespace of their own find it too."""
     global _models_dir
     if _models_dir is None:
+        from appliance.students import serve_embedded
+
         _models_dir = Path(tempfile.mkdtemp(prefix="athanor-models-"))
         atexit.register(shutil.rmtree, _models_dir, True)
+        _models_dir.chmod(0o755)
+        serve_embedded(None, _models_dir).chmod(0o644)
     return _models_dir
 
 

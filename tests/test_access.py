@@ -40,7 +40,7 @@ from appliance.teacher import make_teacher
 from appliance.teacher.base import TeacherError, TeacherParams
 from appliance.teacher.keys import redact
 
-from .conftest import ROOT, stop_daemon, wait_for_socket
+from .conftest import ROOT, shared_models_dir, stop_daemon, wait_for_socket
 from .fakes import Fault, FakeGemini, FakeOpenAI
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
@@ -139,7 +139,7 @@ def reachable_home() -> Iterator[Path]:
 def running(home: Path, env: dict[str, str]) -> Iterator[Daemon]:
     """`athanor serve --verbose` on `home`, its stdout and stderr in a file beside it (read at any time)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATHANOR_")}
-    full_env.update({"ATHANOR_HOME": str(home), **env})
+    full_env.update({"ATHANOR_HOME": str(home), "ATHANOR_MODELS_DIR": str(shared_models_dir()), **env})
     log = home.parent / "daemon.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--verbose"], cwd=ROOT,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, start_daemon, stop_daemon, wait_for_socket
+from tests.conftest import ROOT, shared_models_dir, start_daemon, stop_daemon, wait_for_socket
 
 pytestmark = pytest.mark.e2e
 
@@ -562,7 +562,7 @@ def test_running_out_of_file_descriptors_does_not_stop_the_accept_loop(tmp_path)
     home.mkdir()
     socket_path = home / "run" / "athanor.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATHANOR_")}
-    env.update({"ATHANOR_HOME": str(home), **GUARDED, "ATHANOR_SERVER__MAX_CONNECTIONS": "256"})
+    env.update({"ATHANOR_HOME": str(home), "ATHANOR_MODELS_DIR": str(shared_models_dir()), **GUARDED, "ATHANOR_SERVER__MAX_CONNECTIONS": "256"})
 
     def limit_files():
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))

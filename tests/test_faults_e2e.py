@@ -19,7 +19,7 @@ import pytest
 
 from appliance.distill_log import read_records
 
-from .conftest import ROOT, gemini_env, start_daemon, stop_daemon, wait_for_socket
+from .conftest import ROOT, gemini_env, shared_models_dir, start_daemon, stop_daemon, wait_for_socket
 from .fakes import FakeGemini
 
 pytestmark = pytest.mark.e2e
@@ -195,7 +195,7 @@ def test_a_full_disk_costs_no_answer_and_shows_in_health(tmp_path, gemini):
     state = home / "state"
     state.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATHANOR_")}
-    env.update({"ATHANOR_HOME": str(home), **teacher_env(gemini)})
+    env.update({"ATHANOR_HOME": str(home), "ATHANOR_MODELS_DIR": str(shared_models_dir()), **teacher_env(gemini)})
     script = f'mount -t tmpfs -o size=4m tmpfs "{state}" && exec "$0" -m appliance.cli serve'
     with (tmp_path / "daemon.log").open("w") as log:
         process = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,

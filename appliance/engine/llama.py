@@ -3,9 +3,10 @@
 The high-level `llama_cpp.Llama` decodes one sequence and only returns log-probabilities with
 `logits_all=True`, which keeps a logits row for every position of the context. Here one context
 holds up to `parallel` sequences, each in its own KV stream; each step feeds all of them in one
-`llama_decode` (in sequence-id order, so llama.cpp computes them in one pass: see `in_stream_order`), reads only the logits rows it asked for (`llama_get_logits_ith`), samples each
-sequence with its own llama.cpp sampler chain and computes the chosen token's log-probability
-from that row. Prompt prefixes already in the cache (the previous request's, or another
+`llama_decode` (in sequence-id order, so that llama.cpp computes them in one pass: see
+`in_stream_order`), reads only the logits rows it asked for (`llama_get_logits_ith`), samples
+each sequence with its own llama.cpp sampler chain and computes the chosen token's
+log-probability from that row. Prompt prefixes already in the cache (the previous request's, or another
 client's system prompt) are shared instead of recomputed. All calls on one engine must come
 from one thread (the scheduler's worker): llama.cpp contexts are not thread-safe.
 """
@@ -47,7 +48,8 @@ _FLASH_ATTN = {
 
 
 # A shared prefix is copied from another sequence only when that saves more than this many
-# tokens of prefill: the copy moves the whole KV stream of n_ctx cells.
+# tokens of prefill: the copy moves the whole KV stream of n_ctx cells (measured on 2 CPU cores,
+# SmolLM2-135M: ~8 ms for a copy, ~2.4 ms per prompt token).
 _MIN_COPY_TOKENS = 8
 
 
