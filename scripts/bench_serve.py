@@ -213,7 +213,7 @@ def main() -> None:
     # The daemon's own default: the embedded student converted to Q8_0 (see [student].quant).
     model = args.model or serve_embedded(None, ROOT / "bench-out" / "models")
     counts = [int(c) for c in args.clients.split(",")]
-    console = Console()
+    console = Console(width=160)
 
     baseline_prompts = _prompt_tokens(model, questions(0, max(4, args.requests)))
     raws = {}

@@ -1,6 +1,14 @@
 """The pure rules of continuous batching: where a prompt goes and what one decode step feeds."""
 
-from appliance.engine.batching import Feed, Placement, common_prefix, in_stream_order, place_prompt, plan_step
+from appliance.engine.batching import (
+    Feed,
+    Placement,
+    common_prefix,
+    in_stream_order,
+    interruptible,
+    place_prompt,
+    plan_step,
+)
 
 
 def test_common_prefix():
@@ -83,3 +91,10 @@ def test_prompt_chunks_are_not_bridged():
     # A one-token filler would cut every sequence's share of the first micro-batch to one token.
     feeds = [Feed(2, (1, 2, 3), 0, True), Feed(0, (4, 5), 0, True)]
     assert in_stream_order(feeds, {1: (5, 3)}, room=8) == [Feed(0, (4, 5), 0, True), Feed(2, (1, 2, 3), 0, True)]
+
+
+def test_only_a_step_of_generated_tokens_in_one_micro_batch_may_be_cut_short():
+    assert interruptible([Feed(2, (7,), 9, True), Feed(3, (8,), 4, True), Feed(4, (1,), 0, False, filler=True)])
+    assert not interruptible([Feed(0, (7,), 9, True), Feed(1, (8, 9), 4, True)])  # a prompt chunk
+    assert not interruptible([Feed(0, (7,), 9, True), Feed(2, (8,), 4, True)])  # two micro-batches
+    assert not interruptible([])

@@ -161,3 +161,36 @@ def test_sequences_with_a_gap_between_their_ids_still_decode_in_one_pass(student
             engine_fresh.close()
     finally:
         engine.close()
+
+
+def test_an_interrupted_step_leaves_the_answers_exactly_as_they_were(engine, student_path):
+    params = SamplingParams(max_tokens=12, temperature=0, top_logprobs=2)
+    # Questions this engine has not seen, so the first step is a real prefill.
+    prompts = [engine.chat_prompt([{"role": "user", "content": f"In short: {q}"}]) for q in QUESTIONS[:2]]
+    fresh = LlamaEngine(student_path, "fresh", n_ctx=512, n_threads=2, parallel=1, flash_attn="on")
+    try:
+        reference = [alone(fresh, p, params) for p in prompts]
+    finally:
+        fresh.close()
+    seqs = [engine.add(p, params) for p in prompts]
+    outputs = {seq: [] for seq in seqs}
+    cut = engine.interrupted_steps
+
+    def record(results):
+        for result in results:
+            if result.event is not None:
+                outputs[result.seq].append((result.event.token_id, result.event.logprob))
+
+    engine.interrupt()
+    record(engine.step())  # a prefill is never cut
+    assert engine.interrupted_steps == cut and all(len(o) == 1 for o in outputs.values())
+    engine.interrupt()
+    assert engine.step() == [] and engine.interrupted_steps == cut + 1  # a generating step is
+    engine.interrupt()
+    record(engine.step())  # but never twice in a row: the answers always move on
+    assert engine.interrupted_steps == cut + 1 and all(len(o) == 2 for o in outputs.values())
+    while engine.active:
+        record(engine.step())
+    for seq, expected in zip(seqs, reference):
+        assert [t for t, _ in outputs[seq]] == [t for t, _ in expected]
+        assert [lp for _, lp in outputs[seq]] == pytest.approx([lp for _, lp in expected], abs=1e-3)

@@ -26,7 +26,11 @@ class CountingEngine:
         self.started: list[int] = []
         self.batch_sizes: list[int] = []
         self.removed: list[int] = []
+        self.interrupts = 0
         self._seqs: dict[int, list] = {}
+
+    def interrupt(self):
+        self.interrupts += 1
 
     @property
     def free(self) -> int:
@@ -233,3 +237,27 @@ def test_close_cancels_what_is_left_at_its_timeout():
     (_, endless_reason), queued = asyncio.run(scenario())
     assert endless_reason == "cancelled"
     assert queued == ([], "cancelled")
+
+
+def test_a_request_that_can_start_now_interrupts_the_step_in_progress():
+    async def scenario():
+        engine = CountingEngine(parallel=2)
+        engine.gate.clear()
+        scheduler = Scheduler(engine, max_queue=10)
+        first = scheduler.submit([100], params(3))
+        while not engine.started:
+            await asyncio.sleep(0.01)
+        interrupts_alone = engine.interrupts  # nothing was running: nothing to interrupt
+        while scheduler.busy == 0:
+            await asyncio.sleep(0.01)
+        second = scheduler.submit([200], params(3))  # a free sequence waits for it
+        with_room = engine.interrupts
+        third = scheduler.submit([300], params(3))  # no free sequence: it waits its turn anyway
+        engine.gate.set()
+        results = await asyncio.gather(*(collect(j) for j in (first, second, third)))
+        scheduler.close()
+        return interrupts_alone, with_room, engine.interrupts, results
+
+    alone, with_room, total, results = asyncio.run(scenario())
+    assert (alone, with_room, total) == (0, 1, 1)
+    assert [tokens for tokens, _ in results] == [[100, 101, 102], [200, 201, 202], [300, 301, 302]]

@@ -96,6 +96,14 @@ def plan_step(pending: Mapping[int, Sequence[int]], positions: Mapping[int, int]
     return feeds
 
 
+def interruptible(feeds: Sequence[Feed]) -> bool:
+    """Whether a step may be abandoned part-way: llama.cpp then removes the cells of the micro-batch
+    it was computing, so only a step that is one micro-batch (consecutive sequence ids) of single
+    generated tokens leaves the cache exactly as before it."""
+    seqs = [f.seq for f in feeds]
+    return bool(feeds) and all(len(f.tokens) == 1 for f in feeds) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
 def in_stream_order(feeds: Sequence[Feed], fillers: Mapping[int, tuple[int, int]], room: int) -> list[Feed]:
     """The step's feeds as llama.cpp can take them in one micro-batch: sorted by sequence id, gaps bridged.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,14 +26,31 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import AthanorError
-from .batching import Feed, in_stream_order, place_prompt, plan_step
+from .batching import Feed, in_stream_order, interruptible, place_prompt, plan_step
 from .chat_markup import chat_tokens
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
-# llama-cpp-python routes llama.cpp's own log through this logger; keep start-up quiet.
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+# llama.cpp's log, into Python's logging: errors only (start-up and every interrupted step write
+# notes). Installed here rather than relying on llama-cpp-python's, which maps ggml's log levels
+# one off (its "error" is ggml's warning).
+_GGML_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_llama_log = logging.getLogger("llama.cpp")
+_last_level = [logging.DEBUG]
+_interruptible = threading.local()
+"""Set on a thread while it runs a step that may be cut short: llama.cpp reports the cut as errors."""
+
+
+@llama_cpp.llama_log_callback
+def _forward_llama_log(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
+    if level != 5:  # 5 continues the previous message
+        _last_level[0] = _GGML_LOG_LEVELS.get(level, logging.DEBUG)
+    if _last_level[0] >= logging.ERROR and not getattr(_interruptible, "on", False):
+        _llama_log.error("%s", text.decode(errors="replace").rstrip())
+
+
+llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
 
 _FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -129,6 +147,18 @@ class LlamaEngine:
                 "lower [student].n_ctx or [student].parallel"
             )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        # A step of generating tokens can be cut short when a prompt arrives (`interrupt`). llama.cpp
+        # polls its abort callback at every graph node, from its own threads: a Python callback would
+        # take the GIL a thousand times a step, so the callback is libc's strlen over a two-byte flag
+        # (length 1, read as true, once the first byte is set), pointed at a flag that is never set
+        # during the steps that must not be cut.
+        self._abort_check = llama_cpp.ggml_abort_callback(ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value)
+        self._interrupt_flag = ctypes.create_string_buffer(2)
+        self._never_flag = ctypes.create_string_buffer(2)
+        self._armed = False
+        self._owed_step = False  # after a cut, the next generating step runs to the end
+        self.interrupted_steps = 0
+        """Decode steps abandoned part-way for a new prompt."""
         self._n_batch = ctx_params.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
@@ -268,6 +298,7 @@ class LlamaEngine:
         self.prompt_tokens_reused += reuse
         self.prompt_tokens_computed += len(prompt) - reuse
         self._active[seq] = _Sequence(params, self._sampler(params), list(prompt[reuse:]))
+        self._interrupt_flag[0] = 0  # whatever asked for an interruption is being served
         return seq
 
     def remove(self, seq: int) -> None:
@@ -290,8 +321,18 @@ class LlamaEngine:
         self._last_prompts_only = prompts_only and all(len(pending[f.seq]) > 1 for f in planned)
         room = self._n_batch - sum(len(f.tokens) for f in planned)
         feeds = in_stream_order(planned, self._fillers(), room)
+        generating = interruptible(feeds)
+        self._arm(generating and self.prompts_first and not self._owed_step)
         status = self._decode(feeds)
+        self._arm(False)
         self._drop_fillers(feeds)
+        if status == 2:  # cut short by `interrupt`: llama.cpp dropped the step's cells, nothing advanced
+            self.interrupted_steps += 1
+            self._interrupt_flag[0] = 0
+            self._owed_step = True  # so arrivals one after another cannot starve the answers
+            return []
+        if generating and status == 0:
+            self._owed_step = False
         if status == 1:  # no room in the KV pool: drop the idle sequences' cached prefixes, try again
             for seq in range(self.parallel):
                 if seq not in self._active and self._kv[seq]:
@@ -323,6 +364,19 @@ class LlamaEngine:
                 if result.finish is not None:
                     self.remove(feed.seq)
         return results
+
+    def interrupt(self) -> None:
+        """Ask the decode step in progress to stop if it only generates (safe from any thread): a new
+        prompt is waiting, and its first token should not wait for a step it is not part of. The
+        step's work is lost and redone after the prompt's; a step that prefills is never cut."""
+        self._interrupt_flag[0] = 1
+
+    def _arm(self, armed: bool) -> None:
+        _interruptible.on = armed
+        if armed != self._armed:
+            flag = self._interrupt_flag if armed else self._never_flag
+            llama_cpp.llama_set_abort_callback(self._ctx, self._abort_check, ctypes.addressof(flag))
+            self._armed = armed
 
     def _fillers(self) -> dict[int, tuple[int, int]]:
         """For each sequence with room for one more cell: a token to bridge a gap with, and its position."""

@@ -165,6 +165,7 @@ class Scheduler:
             "max_batch": self._max_batch,
             "prompt_tokens_reused": getattr(engine, "prompt_tokens_reused", None),
             "prompt_tokens_computed": getattr(engine, "prompt_tokens_computed", None),
+            "interrupted_steps": getattr(engine, "interrupted_steps", None),
         }
 
     def retry_after(self) -> int:
@@ -184,6 +185,9 @@ class Scheduler:
                 raise Overloaded(len(self._queue), self.retry_after())
             self._queue.append(job)
             self._cond.notify()
+            if self._n_running and len(self._queue) <= self.engine.free:
+                # It would be admitted at the next step boundary: bring that boundary forward.
+                getattr(self.engine, "interrupt", lambda: None)()
         return job
 
     def close(self, timeout: float = 10.0) -> None:
