@@ -32,22 +32,22 @@ from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogpr
 
 log = logging.getLogger(__name__)
 
-# llama.cpp's log, into Python's logging: errors only (start-up and every interrupted step write
-# notes). Installed here rather than relying on llama-cpp-python's, which maps ggml's log levels
-# one off (its "error" is ggml's warning).
-_GGML_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+# llama.cpp's own log, for `--verbose` only: what goes wrong reaches the user as an EngineError
+# that names the file and the fix. Installed here because llama-cpp-python's callback maps ggml's
+# levels one off and prints ggml's warnings as errors.
+_GGML_LOG_LEVELS = {1: "debug", 2: "info", 3: "warning", 4: "error"}
 _llama_log = logging.getLogger("llama.cpp")
-_last_level = [logging.DEBUG]
+_last_level = ["debug"]
 _interruptible = threading.local()
-"""Set on a thread while it runs a step that may be cut short: llama.cpp reports the cut as errors."""
+"""Set on a thread while it runs a step that may be cut short: llama.cpp reports a cut as a failure."""
 
 
 @llama_cpp.llama_log_callback
 def _forward_llama_log(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
     if level != 5:  # 5 continues the previous message
-        _last_level[0] = _GGML_LOG_LEVELS.get(level, logging.DEBUG)
-    if _last_level[0] >= logging.ERROR and not getattr(_interruptible, "on", False):
-        _llama_log.error("%s", text.decode(errors="replace").rstrip())
+        _last_level[0] = _GGML_LOG_LEVELS.get(level, "debug")
+    if _llama_log.isEnabledFor(logging.DEBUG) and not getattr(_interruptible, "on", False):
+        _llama_log.debug("%s: %s", _last_level[0], text.decode(errors="replace").rstrip())
 
 
 llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
