@@ -6,9 +6,10 @@ holds up to `parallel` sequences, each in its own KV stream; each step feeds all
 `llama_decode` (in sequence-id order, so that llama.cpp computes them in one pass: see
 `in_stream_order`), reads only the logits rows it asked for (`llama_get_logits_ith`), samples
 each sequence with its own llama.cpp sampler chain and computes the chosen token's
-log-probability from that row. Prompt prefixes already in the cache (the previous request's, or another
-client's system prompt) are shared instead of recomputed. All calls on one engine must come
-from one thread (the scheduler's worker): llama.cpp contexts are not thread-safe.
+log-probability from that row. Prompt prefixes already in the cache (the previous request's, or
+another client's system prompt) are shared instead of recomputed. All calls on one engine except
+`interrupt` must come from one thread (the scheduler's worker): llama.cpp contexts are not
+thread-safe.
 """
 
 from __future__ import annotations
