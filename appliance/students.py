@@ -78,8 +78,9 @@ def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> Stude
     """The model `cfg.path` points at (manifests are checked against their checksums first), or the
     embedded default as `cfg.quant`, converted into `models_dir` when needed."""
     if cfg.path is None:
-        path = serve_embedded(cfg.quant, models_dir or paths.models_dir())
-        return StudentSource("gguf", path, file_fingerprint(path), (cfg.quant or EMBEDDED_QUANTS[0]).lower())
+        quant = (cfg.quant or EMBEDDED_QUANTS[0]).lower()
+        path = serve_embedded(quant, models_dir or paths.models_dir())
+        return StudentSource("gguf", path, file_fingerprint(path), quant)
     path = cfg.path
     if path.is_dir() and (path / ONNX_MODEL).is_file():
         return StudentSource("onnx", path, file_fingerprint(path / ONNX_MODEL))
