@@ -112,6 +112,21 @@ async def warm_up(socket_path: Path) -> None:
         await ask(client, [{"role": "user", "content": "Say hello."}], 4)
 
 
+def batching_stats(socket_path: Path) -> dict:
+    """The daemon's own account of its decode steps (/v1/stats)."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://athanor") as client:
+        return client.get("/v1/stats").json()["students"][0]["batching"]
+
+
+def batching_delta(before: dict, after: dict) -> dict:
+    """What one phase added: decode steps, sequences per step, steps cut short, prompt tokens reused."""
+    counted = ("steps", "interrupted_steps", "prompt_tokens_reused", "prompt_tokens_computed")
+    delta = {key: (after[key] or 0) - (before[key] or 0) for key in counted}
+    stepped = (after["mean_batch"] or 0) * after["steps"] - (before["mean_batch"] or 0) * before["steps"]
+    delta["mean_batch"] = round(stepped / delta["steps"], 2) if delta["steps"] else None
+    return delta
+
+
 def raw_baseline(model: Path, prompts: list[list[int]], max_tokens: int, threads: int, n_ctx: int,
                  flash_attn: str) -> dict:
     """Raw llama-cpp-python, one stream at a time: the figure batching has to beat."""
@@ -232,8 +247,10 @@ def main() -> None:
             asyncio.run(warm_up(socket_path))
             for clients in counts:
                 console.print(f"{clients} concurrent client(s) ...")
+                before = batching_stats(socket_path)
                 wall, results = asyncio.run(phase(socket_path, clients, args.requests, args.max_tokens))
-                rows.append(summarise(wall, results, clients))
+                rows.append({**summarise(wall, results, clients),
+                             "batching": batching_delta(before, batching_stats(socket_path))})
         finally:
             process.terminate()
             process.wait(30)
