@@ -65,6 +65,9 @@ def serve_embedded(quant: str | None, models_dir: Path) -> Path:
         from export.errors import ExportError
         from export.quantize import quantize
 
+        from .engine import llama_log
+
+        llama_log.install()
         try:
             quantize(shipped, copy, quant, requantize=True)
         except (ExportError, OSError) as exc:

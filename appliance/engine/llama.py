@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,31 +26,14 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import AthanorError
+from . import llama_log
 from .batching import Feed, in_stream_order, interruptible, place_prompt, plan_step
 from .chat_markup import chat_tokens
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
-# llama.cpp's own log, for `--verbose` only: what goes wrong reaches the user as an EngineError
-# that names the file and the fix. Installed here because llama-cpp-python's callback maps ggml's
-# levels one off and prints ggml's warnings as errors.
-_GGML_LOG_LEVELS = {1: "debug", 2: "info", 3: "warning", 4: "error"}
-_llama_log = logging.getLogger("llama.cpp")
-_last_level = ["debug"]
-_interruptible = threading.local()
-"""Set on a thread while it runs a step that may be cut short: llama.cpp reports a cut as a failure."""
-
-
-@llama_cpp.llama_log_callback
-def _forward_llama_log(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
-    if level != 5:  # 5 continues the previous message
-        _last_level[0] = _GGML_LOG_LEVELS.get(level, "debug")
-    if _llama_log.isEnabledFor(logging.DEBUG) and not getattr(_interruptible, "on", False):
-        _llama_log.debug("%s: %s", _last_level[0], text.decode(errors="replace").rstrip())
-
-
-llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+llama_log.install()
 
 _FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -373,7 +355,7 @@ class LlamaEngine:
         self._interrupt_flag[0] = 1
 
     def _arm(self, armed: bool) -> None:
-        _interruptible.on = armed
+        llama_log.quiet(armed)
         if armed != self._armed:
             flag = self._interrupt_flag if armed else self._never_flag
             llama_cpp.llama_set_abort_callback(self._ctx, self._abort_check, ctypes.addressof(flag))
