@@ -88,7 +88,17 @@ def check_model(cfg: StudentConfig) -> Check:
     if actual != expected:
         return Check("model", "fail", f"{path} does not match the sha256 in {source} (corrupt or replaced)",
                      "re-run `athanor export`, or restore the file from a backup")
-    return Check("model", "ok", f"{path} ({size}), sha256 matches {source}")
+    served = ""
+    if cfg.path is None:  # the embedded default is served as a copy converted for batching
+        from .students import embedded_served_path
+
+        try:
+            copy = embedded_served_path(cfg.quant, paths.models_dir())
+        except AthanorError as exc:
+            return Check("model", "fail", str(exc), 'set [student].quant = "q8_0" (or "q4_1": as shipped)')
+        if copy != path:
+            served = f"; served as {copy}" + ("" if copy.is_file() else " (converted at the first start, ~1 s)")
+    return Check("model", "ok", f"{path} ({size}), sha256 matches {source}{served}")
 
 
 def _embedded_student() -> Path:

@@ -50,9 +50,9 @@ def embedded_copy_name(shipped: Path, fingerprint: str, quant: str) -> str:
     return f"{stem}.{fingerprint[:12]}.{quant}.gguf"
 
 
-def serve_embedded(quant: str | None, models_dir: Path) -> Path:
-    """The embedded default as `quant` (default q8_0): the shipped file itself for q4_1, else a copy
-    converted once into `models_dir` by llama.cpp's quantizer and reused afterwards."""
+def embedded_served_path(quant: str | None, models_dir: Path) -> Path:
+    """Where the embedded default as `quant` (default q8_0) is served from: the shipped file for
+    q4_1, else its copy in `models_dir` (which may not be made yet)."""
     quant = (quant or EMBEDDED_QUANTS[0]).lower()
     if quant not in EMBEDDED_QUANTS:
         raise AthanorError(f"[student].quant = {quant!r} does not apply to the embedded default; choose "
@@ -60,7 +60,15 @@ def serve_embedded(quant: str | None, models_dir: Path) -> Path:
     shipped = embedded_student_path()
     if quant == _SHIPPED_QUANT:
         return shipped
-    copy = models_dir / embedded_copy_name(shipped, file_fingerprint(shipped), quant)
+    return models_dir / embedded_copy_name(shipped, file_fingerprint(shipped), quant)
+
+
+def serve_embedded(quant: str | None, models_dir: Path) -> Path:
+    """The embedded default as `quant` (default q8_0): the shipped file itself for q4_1, else a copy
+    converted once into `models_dir` by llama.cpp's quantizer and reused afterwards."""
+    copy = embedded_served_path(quant, models_dir)
+    quant = (quant or EMBEDDED_QUANTS[0]).lower()
+    shipped = embedded_student_path()
     if not copy.is_file():
         from export.errors import ExportError
         from export.quantize import quantize
