@@ -50,13 +50,20 @@ def embedded_copy_name(shipped: Path, fingerprint: str, quant: str) -> str:
     return f"{stem}.{fingerprint[:12]}.{quant}.gguf"
 
 
-def embedded_served_path(quant: str | None, models_dir: Path) -> Path:
-    """Where the embedded default as `quant` (default q8_0) is served from: the shipped file for
-    q4_1, else its copy in `models_dir` (which may not be made yet)."""
+def embedded_quant(quant: str | None) -> str:
+    """`[student].quant` as it applies to the embedded default: lower case, q8_0 when empty; raises
+    naming the choices for one the default cannot take."""
     quant = (quant or EMBEDDED_QUANTS[0]).lower()
     if quant not in EMBEDDED_QUANTS:
         raise AthanorError(f"[student].quant = {quant!r} does not apply to the embedded default; choose "
                            f"{', '.join(EMBEDDED_QUANTS)}, or set [student].path to an export to serve its types")
+    return quant
+
+
+def embedded_served_path(quant: str | None, models_dir: Path) -> Path:
+    """Where the embedded default as `quant` (default q8_0) is served from: the shipped file for
+    q4_1, else its copy in `models_dir` (which may not be made yet)."""
+    quant = embedded_quant(quant)
     shipped = embedded_student_path()
     if quant == _SHIPPED_QUANT:
         return shipped
@@ -66,8 +73,8 @@ def embedded_served_path(quant: str | None, models_dir: Path) -> Path:
 def serve_embedded(quant: str | None, models_dir: Path) -> Path:
     """The embedded default as `quant` (default q8_0): the shipped file itself for q4_1, else a copy
     converted once into `models_dir` by llama.cpp's quantizer and reused afterwards."""
+    quant = embedded_quant(quant)
     copy = embedded_served_path(quant, models_dir)
-    quant = (quant or EMBEDDED_QUANTS[0]).lower()
     shipped = embedded_student_path()
     if not copy.is_file():
         from export.errors import ExportError
@@ -89,7 +96,7 @@ def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> Stude
     """The model `cfg.path` points at (manifests are checked against their checksums first), or the
     embedded default as `cfg.quant`, converted into `models_dir` when needed."""
     if cfg.path is None:
-        quant = (cfg.quant or EMBEDDED_QUANTS[0]).lower()
+        quant = embedded_quant(cfg.quant)
         path = serve_embedded(quant, models_dir or paths.models_dir())
         return StudentSource("gguf", path, file_fingerprint(path), quant)
     path = cfg.path
