@@ -90,12 +90,12 @@ def check_model(cfg: StudentConfig) -> Check:
                      "re-run `athanor export`, or restore the file from a backup")
     served = ""
     if cfg.path is None:  # the embedded default is served as a copy converted for batching
-        from .students import embedded_served_path
+        from .students import embedded_quant, embedded_served_path
 
         try:
-            copy = embedded_served_path(cfg.quant, paths.models_dir())
+            copy = embedded_served_path(embedded_quant(cfg.quant, cfg.parallel), paths.models_dir())
         except AthanorError as exc:
-            return Check("model", "fail", str(exc), 'set [student].quant = "q8_0" (or "q4_1": as shipped)')
+            return Check("model", "fail", str(exc), 'set [student].quant = "f16" (or "q4_1": as shipped)')
         if copy != path:
             served = f"; served as {copy}" + ("" if copy.is_file() else " (converted at the first start, ~1 s)")
     return Check("model", "ok", f"{path} ({size}), sha256 matches {source}{served}")

@@ -38,8 +38,8 @@ def _split_quant(quant: str | None) -> tuple[str | None, str | None]:
     return None, quant
 
 
-# How the embedded default (shipped as Q4_1) may be served; the first is the default.
-EMBEDDED_QUANTS = ("q8_0", "q4_1", "f16", "q4_0")
+# How the embedded default (shipped as Q4_1) may be served.
+EMBEDDED_QUANTS = ("f16", "q8_0", "q4_1", "q4_0")
 _SHIPPED_QUANT = "q4_1"
 
 
@@ -50,30 +50,32 @@ def embedded_copy_name(shipped: Path, fingerprint: str, quant: str) -> str:
     return f"{stem}.{fingerprint[:12]}.{quant}.gguf"
 
 
-def embedded_quant(quant: str | None) -> str:
-    """`[student].quant` as it applies to the embedded default: lower case, q8_0 when empty; raises
-    naming the choices for one the default cannot take."""
-    quant = (quant or EMBEDDED_QUANTS[0]).lower()
+def embedded_quant(quant: str | None, parallel: int) -> str:
+    """`[student].quant` as it applies to the embedded default, lower case; raises naming the choices
+    for one the default cannot take. Empty picks by `parallel`: llama.cpp's CPU kernels compute one
+    sequence fastest in Q8_0 but several at once fastest in F16 (see StudentConfig.quant), so f16
+    when requests are batched, q8_0 when they are not."""
+    quant = (quant or ("f16" if parallel > 1 else "q8_0")).lower()
     if quant not in EMBEDDED_QUANTS:
         raise AthanorError(f"[student].quant = {quant!r} does not apply to the embedded default; choose "
                            f"{', '.join(EMBEDDED_QUANTS)}, or set [student].path to an export to serve its types")
     return quant
 
 
-def embedded_served_path(quant: str | None, models_dir: Path) -> Path:
-    """Where the embedded default as `quant` (default q8_0) is served from: the shipped file for
-    q4_1, else its copy in `models_dir` (which may not be made yet)."""
-    quant = embedded_quant(quant)
+def embedded_served_path(quant: str, models_dir: Path) -> Path:
+    """Where the embedded default as `quant` is served from: the shipped file for q4_1, else its copy
+    in `models_dir` (which may not be made yet)."""
+    quant = embedded_quant(quant, 1)
     shipped = embedded_student_path()
     if quant == _SHIPPED_QUANT:
         return shipped
     return models_dir / embedded_copy_name(shipped, file_fingerprint(shipped), quant)
 
 
-def serve_embedded(quant: str | None, models_dir: Path) -> Path:
-    """The embedded default as `quant` (default q8_0): the shipped file itself for q4_1, else a copy
-    converted once into `models_dir` by llama.cpp's quantizer and reused afterwards."""
-    quant = embedded_quant(quant)
+def serve_embedded(quant: str, models_dir: Path) -> Path:
+    """The embedded default as `quant`: the shipped file itself for q4_1, else a copy converted once
+    into `models_dir` by llama.cpp's quantizer and reused afterwards."""
+    quant = embedded_quant(quant, 1)
     copy = embedded_served_path(quant, models_dir)
     shipped = embedded_student_path()
     if not copy.is_file():
@@ -96,7 +98,7 @@ def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> Stude
     """The model `cfg.path` points at (manifests are checked against their checksums first), or the
     embedded default as `cfg.quant`, converted into `models_dir` when needed."""
     if cfg.path is None:
-        quant = embedded_quant(cfg.quant)
+        quant = embedded_quant(cfg.quant, cfg.parallel)
         path = serve_embedded(quant, models_dir or paths.models_dir())
         return StudentSource("gguf", path, file_fingerprint(path), quant)
     path = cfg.path

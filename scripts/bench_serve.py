@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from appliance.students import serve_embedded  # noqa: E402
+from appliance.students import embedded_quant, serve_embedded  # noqa: E402
 from bench_daemon import _prompt_tokens, start_daemon  # noqa: E402
 
 TOPICS = [
@@ -218,6 +218,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,2,4,8,16")
     parser.add_argument("--requests", type=int, default=3, help="questions each client asks, one after another")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--quant", default=None, help="copy of the embedded default to serve (f16, q8_0, q4_1, "
+                        "q4_0; default: the daemon's choice for --parallel)")
     parser.add_argument("--parallel", type=int, default=8, help="[student].parallel of the daemon")
     parser.add_argument("--threads", type=int, default=0, help="daemon's [student].n_threads (0: its default)")
     parser.add_argument("--n-ctx", type=int, default=1024)
@@ -225,8 +227,9 @@ def main() -> None:
     parser.add_argument("--prompts-first", choices=["on", "off"], default="on", help="[student].prompts_first")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "serve.json")
     args = parser.parse_args()
-    # The daemon's own default: the embedded student converted to Q8_0 (see [student].quant).
-    model = args.model or serve_embedded(None, ROOT / "bench-out" / "models")
+    # The daemon's own default for this `parallel`: the embedded student converted to F16 when
+    # requests are batched, Q8_0 when not (see [student].quant); --quant picks another copy.
+    model = args.model or serve_embedded(embedded_quant(args.quant, args.parallel), ROOT / "bench-out" / "models")
     counts = [int(c) for c in args.clients.split(",")]
     console = Console(width=160)
 

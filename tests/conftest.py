@@ -24,9 +24,10 @@ _models_dir: Path | None = None
 
 
 def shared_models_dir() -> Path:
-    """One folder for the whole run where the embedded default is converted to Q8_0 once (0.7 s and
-    145 MB) instead of once per test home; converted up front and readable by all, so daemons that
-    tests run as other users or in a namespace of their own find it too."""
+    """One folder for the whole run where the embedded default is converted once (to F16, served
+    when requests are batched, and Q8_0, served with parallel = 1: ~1 s each) instead of once per
+    test home; converted up front and readable by all, so daemons that tests run as other users or
+    in a namespace of their own find it too."""
     global _models_dir
     if _models_dir is None:
         from appliance.students import serve_embedded
@@ -34,7 +35,8 @@ def shared_models_dir() -> Path:
         _models_dir = Path(tempfile.mkdtemp(prefix="athanor-models-"))
         atexit.register(shutil.rmtree, _models_dir, True)
         _models_dir.chmod(0o755)
-        serve_embedded(None, _models_dir).chmod(0o644)
+        for quant in ("f16", "q8_0"):
+            serve_embedded(quant, _models_dir).chmod(0o644)
     return _models_dir
 
 

@@ -123,13 +123,14 @@ def test_the_embedded_model_is_checked_against_its_package_record(tmp_path, monk
     check = check_model(StudentConfig())
     assert check.status == "ok" and "RECORD" in check.message
     # It says where the daemon serves it from, and that the copy is still to be made.
-    assert f"served as {tmp_path}/" in check.message and ".q8_0.gguf (converted at the first start" in check.message
+    assert f"served as {tmp_path}/" in check.message and ".f16.gguf (converted at the first start" in check.message
+    assert ".q8_0.gguf (converted" in check_model(StudentConfig(parallel=1)).message
     assert "served as" not in check_model(StudentConfig(quant="q4_1")).message
 
 
 def test_a_quant_the_embedded_model_cannot_take_fails():
     check = check_model(StudentConfig(quant="q5_k_m"))
-    assert check.status == "fail" and "q8_0, q4_1" in check.message and "[student].quant" in check.fix
+    assert check.status == "fail" and "f16, q8_0, q4_1" in check.message and "[student].quant" in check.fix
 
 
 # --- socket -----------------------------------------------------------------------------------------

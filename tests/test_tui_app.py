@@ -475,7 +475,7 @@ def test_real_daemon_shows_its_student_and_a_routed_answer(daemon):
         async with app.run_test(size=(80, 24)) as pilot:
             await settle(app)
             assert app.connected, text(app, "status")
-            assert "Q8_0" in text(app, "students")  # the embedded SmolLM2-135M, converted to Q8_0
+            assert "F16" in text(app, "students")  # the embedded SmolLM2-135M, converted to F16 for batching
             assert "daemon rss" in text(app, "students") and "daemon rss –" not in text(app, "students")
             with AthanorClient(daemon) as client:
                 await asyncio.to_thread(client.chat, [{"role": "user", "content": "Say hi."}], max_tokens=4)
