@@ -114,13 +114,21 @@ def test_gguf_greedy_output_equals_the_merged_model(tiny_export, merged, quant):
 @pytest.mark.parametrize("quant", ["fp32", "int8"])
 def test_onnx_greedy_output_equals_the_merged_model(tiny_export, merged, quant):
     out, _ = tiny_export
-    _, _, answers = merged
+    _, tokenizer, answers = merged
     source = resolve_student(StudentConfig(path=out, quant=f"onnx:{quant}"))
     assert source.format == "onnx"
     engine = OnnxEngine(source.path, "tiny-onnx", n_ctx=256)
     try:
-        for question, _ in LESSONS:
-            assert _engine_answer(engine, question) == answers[question]
+        for question, lesson in LESSONS:
+            expected = answers[question]
+            got = _engine_answer(engine, question)
+            if quant == "int8":
+                # Past the taught answer the tiny model's next tokens are near ties, which int8 rounding
+                # breaks differently on each CPU's kernels (seen: AVX-512 VNNI); the lesson must hold.
+                taught = len(tokenizer(lesson, add_special_tokens=False)["input_ids"])
+                assert tokenizer.decode(expected[:taught]) == lesson
+                expected, got = expected[:taught], got[:taught]
+            assert got == expected
     finally:
         engine.close()
 
