@@ -112,6 +112,36 @@ def test_concurrent_jobs_share_decode_steps_and_late_arrivals_join_between_steps
     assert len(engine.batch_sizes) < 6 + 6 + 2  # fewer steps than decoding them one after another
 
 
+def test_a_step_wakes_the_event_loop_once_for_all_its_clients():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wakes = []
+        original = loop.call_soon_threadsafe
+
+        def counted(callback, *args, **kwargs):
+            if threading.current_thread().name.startswith("engine-"):
+                wakes.append(len(engine.batch_sizes))  # the step it follows
+            return original(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counted
+        engine = CountingEngine(parallel=4)
+        engine.gate.clear()
+        scheduler = Scheduler(engine, max_queue=10)
+        jobs = [scheduler.submit([1000 * k], params(5)) for k in range(1, 5)]
+        while len(engine.started) < 4:
+            await asyncio.sleep(0.01)
+        engine.gate.set()
+        results = await asyncio.gather(*(collect(j) for j in jobs))
+        scheduler.close()
+        return engine, wakes, results
+
+    engine, wakes, results = asyncio.run(scenario())
+    assert [tokens for tokens, _ in results] == [list(range(1000 * k, 1000 * k + 5)) for k in range(1, 5)]
+    assert engine.batch_sizes[:5] == [4] * 5
+    assert len(wakes) == len(set(wakes))  # at most one wake-up per step for the four streams
+    assert len(wakes) <= 5
+
+
 def test_no_more_than_parallel_sequences_run_and_the_rest_wait_their_turn():
     async def scenario():
         engine = CountingEngine(parallel=2)

@@ -93,16 +93,18 @@ class Job:
         self._cancel.set()
 
     def _push(self, item: object) -> None:
+        if self._append(item):
+            _wake([self])
+
+    def _append(self, item: object) -> bool:
+        """Buffer `item`; True when the event loop must be woken for it (see `_wake`)."""
         final = isinstance(item, (_Done, _Failed))
         with self._lock:
             self._buffer.append(item)
             if self._wake_pending or not (self.stream or final):
-                return
+                return False
             self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:  # the loop has closed: nobody is listening any more
-            self.cancel()
+            return True
 
     def _take(self) -> list[object]:
         with self._lock:
@@ -122,6 +124,25 @@ class Job:
                 if isinstance(item, _Failed):
                     raise item.error
                 yield item  # type: ignore[misc]
+
+
+def _wake(jobs: list[Job]) -> None:
+    """Wake the event loop once for all of `jobs` (each wake-up is a write to the loop's self-pipe,
+    made by the worker between two decode steps: one per step, not one per client)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+    for job in jobs:
+        by_loop.setdefault(job._loop, []).append(job)
+    for loop, woken in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_ready, woken)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            for job in woken:
+                job.cancel()
+
+
+def _set_ready(jobs: list[Job]) -> None:
+    for job in jobs:
+        job._ready.set()
 
 
 class Scheduler:
@@ -256,22 +277,29 @@ class Scheduler:
             for seq in list(self._running):
                 self._end(seq, _Failed(exc))
             return
+        woken: list[Job] = []
         for result in results:
             job = self._running.get(result.seq)
             if job is None:
                 continue
             if result.error is not None:
-                self._end(result.seq, _Failed(result.error))
+                self._end(result.seq, _Failed(result.error), woken)
                 continue
-            if result.event is not None:
-                job._push(result.event)
+            if result.event is not None and job._append(result.event):
+                woken.append(job)
             if result.finish is not None:
-                self._end(result.seq, _Done(result.finish))
+                self._end(result.seq, _Done(result.finish), woken)
+        if woken:
+            _wake(woken)
 
-    def _end(self, seq: int, outcome: "_Done | _Failed") -> None:
+    def _end(self, seq: int, outcome: "_Done | _Failed", woken: list[Job] | None = None) -> None:
+        """End a running job; with `woken`, its wake-up joins the step's one (see `_wake`)."""
         job = self._running.pop(seq)
         self.engine.remove(seq)  # a no-op for a sequence the engine already ended
-        job._push(outcome)
+        if woken is None:
+            job._push(outcome)
+        elif job._append(outcome):
+            woken.append(job)
         if job.started_at is not None:
             self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - job.started_at)
 
