@@ -60,7 +60,7 @@ class StudentConfig(_Section):
     or q4_0, converted once under the state folder (~1 s); empty means f16 when `parallel` > 1 and
     q8_0 when it is 1. On 2 x86 cores a decode step of 1 / 2 / 8 sequences took 5.9 / 14.0 / 23.1 ms
     in Q8_0 and 8.0 / 10.7 / 19.6 ms in F16: Q8_0 is the faster single stream, F16 the faster batch
-    (llama.cpp's batched Q8_0 kernel gains little from sharing weight reads; Q4_1 has none).
+    (llama.cpp's batched Q8_0 and Q4_1 kernels gain little from sharing weight reads there).
     F16 runs the shipped weights as they are; next-token distributions of the others against it
     (mean KL, top-1 agreement): Q4_1 0.003 / 97%, Q8_0 0.004 / 96%, Q4_0 0.34 / 71% (the fastest,
     but re-rounding to 4 bits changes answers)."""

@@ -50,7 +50,8 @@ _FLASH_ATTN = {
 
 # A shared prefix is copied from another sequence only when that saves more than this many
 # tokens of prefill: the copy moves the whole KV stream of n_ctx cells (measured on 2 CPU cores,
-# SmolLM2-135M: ~8 ms for a copy; a prompt token ~2.4 ms in F16, ~3.6 ms in Q8_0).
+# SmolLM2-135M F16: 2-4 ms for a copy at n_ctx 1024-2048, 2-8 ms on an older CPU; a prompt token
+# 1-2.4 ms).
 _MIN_COPY_TOKENS = 8
 
 
