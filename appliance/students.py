@@ -55,7 +55,11 @@ def embedded_quant(quant: str | None, parallel: int) -> str:
     for one the default cannot take. Empty picks by `parallel`: llama.cpp's CPU kernels compute one
     sequence fastest in Q8_0 but several at once fastest in F16 (see StudentConfig.quant), so f16
     when requests are batched, q8_0 when they are not."""
-    quant = (quant or ("f16" if parallel > 1 else "q8_0")).lower()
+    return _embedded_choice(quant or ("f16" if parallel > 1 else "q8_0"))
+
+
+def _embedded_choice(quant: str) -> str:
+    quant = quant.lower()
     if quant not in EMBEDDED_QUANTS:
         raise AthanorError(f"[student].quant = {quant!r} does not apply to the embedded default; choose "
                            f"{', '.join(EMBEDDED_QUANTS)}, or set [student].path to an export to serve its types")
@@ -65,7 +69,7 @@ def embedded_quant(quant: str | None, parallel: int) -> str:
 def embedded_served_path(quant: str, models_dir: Path) -> Path:
     """Where the embedded default as `quant` is served from: the shipped file for q4_1, else its copy
     in `models_dir` (which may not be made yet)."""
-    quant = embedded_quant(quant, 1)
+    quant = _embedded_choice(quant)
     shipped = embedded_student_path()
     if quant == _SHIPPED_QUANT:
         return shipped
@@ -75,7 +79,7 @@ def embedded_served_path(quant: str, models_dir: Path) -> Path:
 def serve_embedded(quant: str, models_dir: Path) -> Path:
     """The embedded default as `quant`: the shipped file itself for q4_1, else a copy converted once
     into `models_dir` by llama.cpp's quantizer and reused afterwards."""
-    quant = embedded_quant(quant, 1)
+    quant = _embedded_choice(quant)
     copy = embedded_served_path(quant, models_dir)
     shipped = embedded_student_path()
     if not copy.is_file():
