@@ -4,6 +4,7 @@ from appliance.engine.batching import (
     Feed,
     Placement,
     common_prefix,
+    copy_by_state,
     in_stream_order,
     interruptible,
     place_prompt,
@@ -43,6 +44,11 @@ def test_a_short_shared_prefix_is_not_worth_a_copy():
     contents = {0: [1, 2, 3, 4, 5], 1: [1]}
     placement = place_prompt([1], contents, [1, 2, 3, 4, 9], min_copy=32)
     assert placement == Placement(slot=1, source=1, reuse=1)
+
+
+def test_a_prefix_is_copied_cell_by_cell_only_while_it_fills_at_most_a_quarter_of_the_stream():
+    assert copy_by_state(40, 2048) and copy_by_state(512, 2048)
+    assert not copy_by_state(513, 2048) and not copy_by_state(140, 512)
 
 
 def test_generating_sequences_are_fed_before_prompt_chunks_within_the_budget():

@@ -78,6 +78,17 @@ def test_a_shared_system_prompt_is_reused_not_recomputed(engine):
     first = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Hi."}])
     second = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": "Bye now."}])
     params = SamplingParams(max_tokens=4, temperature=0)
+    state_copies = engine.state_copies
+    outputs = copy_and_answer(engine, first, second, params)
+    # 130+ cells of a 512-cell stream: llama.cpp copies the whole stream.
+    assert engine.state_copies == state_copies
+    # The copied cells give the same answer as computing the prompt from scratch.
+    assert outputs == [t for t, _ in alone(engine, second, params)]
+
+
+def copy_and_answer(engine, first, second, params):
+    """Start `first`, then admit `second`, which starts the same way: its prefix must be copied from
+    the first's sequence, not computed. Returns the second's answer."""
     seq = engine.add(first, params)
     engine.step()  # the first prompt is in the cache now, and its sequence is still answering
     reused, computed = engine.prompt_tokens_reused, engine.prompt_tokens_computed
@@ -90,9 +101,24 @@ def test_a_shared_system_prompt_is_reused_not_recomputed(engine):
         for result in engine.step():
             if result.event:
                 outputs[result.seq].append(result.event.token_id)
-    # The copied cells give the same answer as computing the prompt from scratch.
-    engine_alone = [t for t, _ in alone(engine, second, params)]
-    assert outputs[other] == engine_alone
+    return outputs[other]
+
+
+def test_a_short_prefix_in_a_long_stream_is_copied_cell_by_cell_with_the_same_answer(student_path):
+    system = "You are a meticulous assistant for a home server. " * 12
+    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": text}]
+               for text in ("Hi.", "Bye now.")]
+    params = SamplingParams(max_tokens=8, temperature=0)
+    big = LlamaEngine(student_path, "student", n_ctx=2048, n_threads=2, parallel=2, flash_attn="on")
+    fresh = LlamaEngine(student_path, "student", n_ctx=2048, n_threads=2, parallel=1, flash_attn="on")
+    try:
+        first, second = (big.chat_prompt(p) for p in prompts)
+        answer = copy_and_answer(big, first, second, params)
+        assert big.state_copies == 1  # ~140 cells of 2048: only the cells in use were moved
+        assert answer == [t for t, _ in alone(fresh, second, params)]  # a cache that never saw `first`
+    finally:
+        big.close()
+        fresh.close()
 
 
 def test_a_removed_sequence_frees_its_place_for_the_next_prompt(engine):

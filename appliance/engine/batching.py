@@ -54,6 +54,15 @@ def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], pro
     return Placement(slot, source, reuse)
 
 
+def copy_by_state(cells: int, n_ctx: int) -> bool:
+    """Whether to copy a sequence's `cells` KV cells into another stream through llama.cpp's sequence
+    state (which moves only the cells in use) rather than `seq_cp` (which moves the whole stream of
+    `n_ctx` cells, in one fast copy). Measured on 2 CPU cores, SmolLM2-135M F16: 40 cells by state
+    0.8-1.1 ms; a stream by seq_cp 1.9 / 3.4 / 11.5 ms at n_ctx 1024 / 2048 / 8192; per cell the
+    state copy is about 5x slower, so it wins up to a quarter of the stream."""
+    return cells * 4 <= n_ctx
+
+
 @dataclass(frozen=True)
 class Feed:
     """One sequence's share of a decode step: tokens at positions start.., logits wanted for the last one.

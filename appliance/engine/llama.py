@@ -27,7 +27,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import AthanorError
 from . import llama_log
-from .batching import Feed, in_stream_order, interruptible, place_prompt, plan_step
+from .batching import Feed, copy_by_state, in_stream_order, interruptible, place_prompt, plan_step
 from .chat_markup import chat_tokens
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
@@ -156,6 +156,9 @@ class LlamaEngine:
         self.prompt_tokens_reused = 0
         """Prompt tokens whose KV cells came from an earlier request (own slot or a copy)."""
         self.prompt_tokens_computed = 0
+        self.state_copies = 0
+        """Shared prefixes copied through the sequence state (the cells in use), not the whole stream."""
+        self._state_buffer = (ctypes.c_uint8 * 0)()
         self._piece_cache: dict[int, bytes] = {}
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self._model, desc, len(desc))
@@ -273,10 +276,12 @@ class LlamaEngine:
                 reuse = 0
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
         else:
-            # Across KV streams llama.cpp copies whole buffers only (a partial range aborts the
+            # Across KV streams llama.cpp copies whole sequences only (a partial range aborts the
             # process): copy all of the source, then cut what does not match.
             llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
-            llama_cpp.llama_memory_seq_cp(self._memory, placement.source, seq, -1, -1)
+            if not (copy_by_state(len(self._kv[placement.source]), self.n_ctx)
+                    and self._copy_by_state(placement.source, seq)):
+                llama_cpp.llama_memory_seq_cp(self._memory, placement.source, seq, -1, -1)
             llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1)
         self._kv[seq] = list(prompt[:reuse])
         self.prompt_tokens_reused += reuse
@@ -284,6 +289,19 @@ class LlamaEngine:
         self._active[seq] = _Sequence(params, self._sampler(params), list(prompt[reuse:]))
         self._interrupt_flag[0] = 0  # whatever asked for an interruption is being served
         return seq
+
+    def _copy_by_state(self, source: int, seq: int) -> bool:
+        """Copy `source`'s KV cells into `seq`'s empty stream through llama.cpp's sequence state; False
+        (and `seq` left empty) when llama.cpp refuses, for the caller to copy the whole stream instead."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, source)
+        if len(self._state_buffer) < size:
+            self._state_buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, self._state_buffer, size, source)
+        if written and llama_cpp.llama_state_seq_set_data(self._ctx, self._state_buffer, written, seq) == written:
+            self.state_copies += 1
+            return True
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        return False
 
     def remove(self, seq: int) -> None:
         """End a sequence (finished or abandoned); its KV cells stay for prefix reuse."""
