@@ -49,9 +49,8 @@ _FLASH_ATTN = {
 
 
 # A shared prefix is copied from another sequence only when that saves more than this many
-# tokens of prefill: the copy moves the whole KV stream of n_ctx cells (measured on 2 CPU cores,
-# SmolLM2-135M F16: 2-4 ms for a copy at n_ctx 1024-2048, 2-8 ms on an older CPU; a prompt token
-# 1-2.4 ms).
+# tokens of prefill (measured on 2 CPU cores, SmolLM2-135M F16: a copy ~1 ms for a short prefix,
+# up to a whole stream's 2-12 ms, see `copy_by_state`; a prompt token 1-2.4 ms).
 _MIN_COPY_TOKENS = 8
 
 
