@@ -103,11 +103,15 @@ class CacheConfig(_Section):
     path: Path | None = None
     """SQLite file of the cache; default `<state>/cache.sqlite3`."""
     embedder: Path | None = None
-    """sentence-transformers model folder; empty means the embedded all-MiniLM-L6-v2."""
-    threshold: float = Field(default=0.85, gt=0.0, le=1.0)
-    """Cosine similarity a neighbour needs before it is even considered a hit."""
+    """A sentence-transformers model folder; empty means the embedded multilingual encoder (USE v3)."""
+    threshold: float = Field(default=0.65, gt=0.0, le=1.0)
+    """Cosine similarity a neighbour needs before it is verified (chosen by scripts/bench_cache.py)."""
     verify: bool = True
-    """Also require numbers, negations and key content words to agree (similarity alone gives false hits)."""
+    """Also require numbers, negation, tense, roles and the differing words to agree."""
+    free_zipf: float = Field(default=5.0, ge=0.0)
+    """Words at least this common (wordfreq Zipf scale) may be added or dropped between two questions."""
+    span_similarity: float = Field(default=0.90, gt=0.0, le=1.0)
+    """Cosine the embedder must give two differing spans for them to count as the same thing."""
     ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     """Entries older than this are not served and are purged."""
     max_entries: int = Field(default=100_000, ge=1)

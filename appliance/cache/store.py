@@ -29,7 +29,8 @@ from .. import paths
 from ..config import CacheConfig
 from ..errors import ConfigError
 from ..storage_health import StorageHealth
-from .verify import check_match
+from . import segment
+from .verify import SpanPair, VerifyParams, check_match
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ class _Embedder(Protocol):
     name: str
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    def unknown_share(self, text: str) -> float: ...
+
+
+# A question whose embedder tokens are more than this share unknown pieces is not understood by it.
+_MAX_UNKNOWN_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,9 @@ class SemanticCache:
         self._count = 0
         self._hits = 0
         self._misses = 0
+        self._uncovered = 0
+        self._rejected = 0
+        self._params = VerifyParams(free_zipf=cfg.free_zipf, span_similarity=cfg.span_similarity)
         self._closed = False
         self.salvaged = 0
         """Rows recovered from a corrupt file on open (0 when the file was fine)."""
@@ -226,11 +236,20 @@ class SemanticCache:
             return
         with _transaction(db):
             if stored:
-                # Vectors from another model live in another space: comparing them would be noise.
-                dropped = db.execute("DELETE FROM entries").rowcount
-                log.warning("cache embedder changed from %s to %s: dropped %d entries",
-                            stored.get("embedder"), current["embedder"], dropped)
+                # Vectors from another model live in another space: every question is embedded again
+                # with the new one, so no answer is lost when the embedder changes.
+                moved = self._reembed(db)
+                log.warning("cache embedder changed from %s to %s: %d entries embedded again",
+                            stored.get("embedder"), current["embedder"], moved)
             db.executemany("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", current.items())
+
+    def _reembed(self, db: sqlite3.Connection) -> int:
+        rows = db.execute("SELECT id, prompt FROM entries ORDER BY id").fetchall()
+        for chunk in _chunks(rows, 256):
+            vectors = np.ascontiguousarray(self._embedder.embed([prompt for _, prompt in chunk]), dtype=np.float32)
+            db.executemany("UPDATE entries SET embedding = ? WHERE id = ?",
+                           [(vector.tobytes(), entry_id) for (entry_id, _), vector in zip(chunk, vectors)])
+        return len(rows)
 
     def _purge_expired_on_open(self, db: sqlite3.Connection) -> None:
         with _transaction(db):
@@ -388,7 +407,17 @@ class SemanticCache:
     # --- serving ------------------------------------------------------------------------------------
 
     def lookup(self, key: CacheKey, prompt: str) -> CacheHit | None:
-        """The best stored answer for `prompt` under `key`, or None. Database errors count as a miss."""
+        """The best stored answer for `prompt` under `key`, or None. Database errors count as a miss.
+
+        A question the cache cannot read (a script its checks do not cover, or mostly pieces unknown to
+        the embedder) is always a miss, counted as `uncovered`.
+        """
+        if self.uncovered_reason(prompt):
+            with self._lock:
+                self._check_open()
+                self._uncovered += 1
+                self._misses += 1
+            return None
         with self._lock:
             self._check_open()
             index = self._indexes.get(key.namespace)
@@ -431,8 +460,9 @@ class SemanticCache:
                 if model_version != key.model_version or params_key != key.params_key or created_at < cutoff:
                     continue
                 if self._cfg.verify:
-                    check = check_match(prompt, cached_prompt)
+                    check = check_match(prompt, cached_prompt, self._span_similarity, self._params)
                     if not check.ok:
+                        self._rejected += 1
                         log.debug("cache: rejected neighbour %d (%.3f): %s", entry_id, similarity, check.reason)
                         continue
                 self._record_hit(entry_id, now)
@@ -441,6 +471,21 @@ class SemanticCache:
             if len(candidates) < k or k >= index.ntotal or k >= _MAX_SEARCH_K:
                 return None
             k = min(k * 4, _MAX_SEARCH_K, index.ntotal)
+
+    def _span_similarity(self, spans: Sequence[SpanPair]) -> list[float]:
+        texts = sorted({text for pair in spans for text in pair})
+        vectors = dict(zip(texts, self._embedder.embed(texts)))
+        return [float(vectors[left] @ vectors[right]) for left, right in spans]
+
+    def uncovered_reason(self, prompt: str) -> str:
+        """Why the cache cannot judge `prompt` (never served from it, never stored), or "" when it can."""
+        cover = segment.coverage(prompt)
+        if not cover.covered:
+            return cover.reason
+        share = self._embedder.unknown_share(prompt)
+        if share > _MAX_UNKNOWN_SHARE:
+            return f"{share:.0%} of the question is unknown to the embedder {self._embedder.name}"
+        return ""
 
     def _rows(self, ids: list[int]) -> dict[int, tuple[Any, ...]]:
         placeholders = ",".join("?" * len(ids))
@@ -618,6 +663,8 @@ class SemanticCache:
                 "namespaces": namespaces,
                 "hits": self._hits,
                 "misses": self._misses,
+                "uncovered": self._uncovered,
+                "rejected_neighbours": self._rejected,
                 "lifetime_hits": int(stored_hits) + pending,
                 "bytes_on_disk": size,
                 "index_vectors": sum(index.ntotal for index in self._indexes.values()),

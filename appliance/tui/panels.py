@@ -244,7 +244,8 @@ def students(models: Sequence[Any] | None, stats: Any, width: int = 22, lines: i
     cache = pick(stats, "cache")
     if isinstance(cache, dict):
         rows.append(Text.assemble(("cache ", "dim"), fmt_count(number(cache, "entries")), (" · ", "dim"),
-                                  fmt_bytes(number(cache, "bytes_on_disk"))))
+                                  fmt_bytes(number(cache, "bytes_on_disk")), (" · unread ", "dim"),
+                                  fmt_count(number(cache, "uncovered"))))
     else:
         rows.append(Text("cache off" if stats and "cache" in stats else "cache –", style="dim"))
     rows.append(Text.assemble(("daemon rss ", "dim"), fmt_bytes(number(stats, "process", "rss_bytes"))))
