@@ -1,8 +1,10 @@
-"""Load the base in full precision, apply the LoRA adapter and merge it into the weights.
+"""Apply the LoRA adapter to the base in full precision and merge it into the weights.
 
-The base is a Hugging Face model folder or a GGUF file. A GGUF base is dequantized to float32
-by transformers: the adapter is always merged into full-precision weights, never into a
-quantized base (that would bake the quantization error of the base into every later build).
+The base is a Hugging Face model folder or a GGUF file, loaded (model and tokenizer) by the loader
+training and evaluation use, `appliance.distill.models`, so a GGUF base's special tokens and
+end-of-generation set are llama.cpp's in every stage. A GGUF base is dequantized to float32 by
+transformers: the adapter is always merged into full-precision weights, never into a quantized base
+(that would bake the quantization error of the base into every later build).
 """
 
 from __future__ import annotations
@@ -71,50 +73,6 @@ def read_training_info(adapter: Path) -> TrainingInfo:
     base = data.get("base") or data.get("base_model")
     dataset = data.get("dataset_sha256") or data.get("dataset_hash")
     return TrainingInfo(str(base) if base else None, str(dataset) if dataset else None)
-
-
-def gguf_special_tokens(path: Path) -> dict[str, int]:
-    """bos/eos/pad/unk token ids a GGUF file declares."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    ids = {}
-    for kind in ("bos", "eos", "padding", "unknown"):
-        field = reader.fields.get(f"tokenizer.ggml.{kind}_token_id")
-        if field is not None:
-            ids[kind] = int(field.contents())
-    return ids
-
-
-def load_tokenizer(base: BaseRef):
-    """The base's tokenizer; for a GGUF base its special tokens are set from the file's own metadata
-    (transformers' GGUF conversion gets the end-of-sequence token wrong for some models, e.g. SmolLM2)."""
-    from transformers import AutoTokenizer
-
-    if not base.is_gguf:
-        return AutoTokenizer.from_pretrained(base.folder)
-    tokenizer = AutoTokenizer.from_pretrained(base.folder, gguf_file=base.gguf_file)
-    ids = gguf_special_tokens(base.path)
-    names = {"bos": "bos_token", "eos": "eos_token", "padding": "pad_token", "unknown": "unk_token"}
-    for kind, token_id in ids.items():
-        setattr(tokenizer, names[kind], tokenizer.convert_ids_to_tokens(token_id))
-    return tokenizer
-
-
-def load_base(base: BaseRef):
-    """The base model in float32, on the CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    kwargs = {"gguf_file": base.gguf_file} if base.is_gguf else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, NotImplementedError) as exc:
-        raise ExportError(f"transformers cannot load the base {base.path}: {exc}") from None
-    if not model.config.architectures:
-        # A GGUF base leaves this empty; the converters and optimum need it.
-        model.config.architectures = [type(model).__name__]
-    return model.eval()
 
 
 def merge_adapter(model, adapter: Path):

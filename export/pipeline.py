@@ -143,7 +143,10 @@ def _prompt_tokens(tokenizer, prompts: list[str]) -> tuple[list[str], list[list[
 
 
 def _stop_tokens(model, tokenizer) -> set[int]:
-    stop = set()
+    from appliance.distill.models import end_of_generation
+
+    # llama.cpp's end-of-generation set (a GGUF base's own), so the reference stops where the daemon does.
+    stop = set(end_of_generation(tokenizer))
     for source in (model.config, getattr(model, "generation_config", None)):
         value = getattr(source, "eos_token_id", None) if source is not None else None
         stop.update(value if isinstance(value, list) else [value] if value is not None else [])
@@ -182,7 +185,9 @@ def run_export(options: ExportOptions, console: Console | None = None) -> mf.Man
     """Build, verify, gate and publish every requested artifact; returns the manifest written."""
     import torch
 
-    from .merge import load_base, load_tokenizer, merge_adapter, save_merged
+    from appliance.distill.models import load_model, load_tokenizer
+
+    from .merge import merge_adapter, save_merged
     from .runners import TorchRunner, reference
 
     console = console or Console(stderr=True)
@@ -195,8 +200,8 @@ def run_export(options: ExportOptions, console: Console | None = None) -> mf.Man
     work.mkdir(parents=True)
     with _Steps(console, plan.progress_total()) as progress:
         progress.begin("merging the adapter")
-        model = merge_adapter(load_base(plan.base), plan.adapter)
-        tokenizer = load_tokenizer(plan.base)
+        model = merge_adapter(load_model(plan.base.path), plan.adapter)
+        tokenizer = load_tokenizer(plan.base.path, need_chat_template=False)
         merged_dir = save_merged(model, tokenizer, work / "merged")
         progress.done(f"merged {plan.adapter.name} into {plan.base.path.name}")
 

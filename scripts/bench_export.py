@@ -39,12 +39,13 @@ def train_adapter(base: Path, out: Path, steps: int) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from export.merge import load_base, load_tokenizer, resolve_base
+    from appliance.distill.models import load_model, load_tokenizer
+    from export.merge import resolve_base
 
     ref = resolve_base(base)
-    tokenizer = load_tokenizer(ref)
-    model = get_peft_model(load_base(ref), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                      target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))
+    tokenizer = load_tokenizer(ref.path, need_chat_template=False)
+    model = get_peft_model(load_model(ref.path), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                           target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     batches = []
     for question, answer in LESSONS:

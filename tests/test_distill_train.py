@@ -53,6 +53,18 @@ def test_build_example_cuts_the_prompt_before_the_answer(tiny):
     assert tokenizer.decode([t for t in labels if t != IGNORE]).startswith("positive<|im_end|>")
 
 
+def test_build_example_fallback_ends_the_turn_with_the_templates_end_of_turn(tiny):
+    tokenizer = load_tokenizer(tiny)
+    # A template that rewrites the system turn once an answer follows (so the prompt is no prefix of the
+    # full chat), on a tokenizer whose eos is not the turn's end (as Llama 3's <|end_of_text|> is not <|eot_id|>).
+    tokenizer.chat_template = ("<|im_start|>system\n{{ 'Answer.' if messages[-1]['role'] == 'assistant' else 'Ask.' }}"
+                               "<|im_end|>\n" + tokenizer.chat_template)
+    tokenizer.eos_token = "<pad>"
+    record = Record(prompt="Review: The soup was bland.\nSentiment?", answer="negative")
+    ids, labels = build_example(tokenizer, record)
+    assert tokenizer.decode([t for t in labels if t != IGNORE]) == "negative<|im_end|>"
+
+
 def test_kd_loss_mixes_kl_at_temperature_with_cross_entropy():
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)

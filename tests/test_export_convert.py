@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.distill.models import load_tokenizer
 from export.errors import ExportError
-from export.merge import load_tokenizer, resolve_base, save_merged
+from export.merge import save_merged
 from export.pipeline import ExportOptions, run_export
 from tests.tiny_student import LESSONS, byte_level_tokenizer, tiny_llama
 
@@ -29,7 +30,7 @@ def test_a_tokenizer_the_converter_misreads_is_refused_not_crashed(tiny_adapter,
     gguf_base, adapter = tiny_adapter
     # transformers' GGUF-born tokenizer.json looks like SentencePiece to the converter; llama.cpp would
     # abort the process on the result, so the export must stop with advice instead.
-    hf_base = save_merged(tiny_llama(), load_tokenizer(resolve_base(gguf_base)), tmp_path / "hf-base")
+    hf_base = save_merged(tiny_llama(), load_tokenizer(gguf_base), tmp_path / "hf-base")
     with pytest.raises(ExportError, match="pass that .gguf file as --base"):
         run_export(ExportOptions(adapter=adapter, base=hf_base, out=tmp_path / "export", gguf=["f16"],
                                  prompts=[LESSONS[0][0]], max_new_tokens=4))

@@ -60,11 +60,10 @@ def train_adapter(base: Path, out: Path, steps: int = 30) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from export.merge import load_base, load_tokenizer, resolve_base
+    from appliance.distill.models import load_model, load_tokenizer
 
-    ref = resolve_base(base)
-    model = load_base(ref)
-    tokenizer = load_tokenizer(ref)
+    model = load_model(base)
+    tokenizer = load_tokenizer(base)
     torch.manual_seed(0)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"], lora_dropout=0.0)

@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 from ..confidence import confidence
 from ..teacher import Teacher, TeacherError, TeacherParams
 from .judge import grade
-from .metrics import (AGREE_AT, CategoryScore, CurvePoint, ItemResult, recommend_threshold, rule_for,
-                      rule_score, summarize, threshold_curve, token_f1)
+from .metrics import (AGREE_AT, LABEL, CategoryScore, CurvePoint, ItemResult, label_set, off_label,
+                      recommend_threshold, rule_for, rule_score, summarize, threshold_curve, token_f1)
 from .records import Record
 from .students import Runner
 
@@ -44,6 +44,8 @@ class Evaluation:
     judge: str
     """Who scored open answers: a judge model's name, or "token-f1" when none was available."""
     answers: list[dict[str, Any]] = field(default_factory=list)
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    """The allowed answers of each label-task category (see `metrics.label_set`)."""
 
     @property
     def agreement(self) -> float:
@@ -58,6 +60,7 @@ class Evaluation:
             "target_quality": self.target_quality,
             "curve": [asdict(p) for p in self.curve],
             "judge": self.judge,
+            "labels": self.labels,
             "answers": self.answers,
         }
 
@@ -66,8 +69,9 @@ class _Scorer:
     def __init__(self, judge: Teacher | None) -> None:
         self.judge = judge
 
-    async def __call__(self, rule: str, prompt: str, reference: str, answer: str) -> float:
-        by_rule = rule_score(rule, reference, answer)
+    async def __call__(self, rule: str, prompt: str, reference: str, answer: str,
+                       labels: frozenset[str] | None = None) -> float:
+        by_rule = rule_score(rule, reference, answer, labels)
         if by_rule is not None:
             return by_rule
         if self.judge is not None:
@@ -102,27 +106,35 @@ async def evaluate(
     score = _Scorer(judge)
     items: list[ItemResult] = []
     answers: list[dict[str, Any]] = []
+    references: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        references.setdefault((record.category, record.format), []).append(record.expected or record.answer)
+    labels = {key: label_set(refs, key[1]) for key, refs in references.items()}
     for record in records:
         local = await asyncio.to_thread(student.answer, record.messages(), settings.max_tokens)
         sure = confidence(list(local.logprobs), settings.confidence_quantile).score
         teacher_text, cost = await _teacher_answer(teacher, record, settings.max_tokens)
         reference = record.expected or record.answer
-        rule = rule_for(reference, record.format)
-        student_quality = await score(rule, record.prompt, reference, local.text)
-        teacher_quality = 1.0 if teacher_text == reference else await score(rule, record.prompt, reference, teacher_text)
-        agreement = await score(rule, record.prompt, teacher_text, local.text)
-        item = ItemResult(record.category, student_quality, teacher_quality, agreement >= AGREE_AT, sure, cost)
+        allowed = labels[record.category, record.format]
+        rule = LABEL if allowed else rule_for(reference, record.format)
+        student_quality = await score(rule, record.prompt, reference, local.text, allowed)
+        teacher_quality = (1.0 if teacher_text == reference
+                           else await score(rule, record.prompt, reference, teacher_text, allowed))
+        agreement = await score(rule, record.prompt, teacher_text, local.text, allowed)
+        strayed = allowed is not None and off_label(local.text, allowed)
+        item = ItemResult(record.category, student_quality, teacher_quality, agreement >= AGREE_AT, sure, cost, strayed)
         items.append(item)
         answers.append({"prompt": record.prompt, "category": record.category, "reference": reference,
                         "teacher": teacher_text, "student": local.text, "confidence": round(sure, 6),
                         "student_quality": student_quality, "teacher_quality": teacher_quality,
-                        "agreed": item.agreed})
+                        "agreed": item.agreed, "off_label": strayed})
         on_item(item)
     per, overall = summarize(items, settings.gap_points)
     curve = threshold_curve(items)
     judge_name = getattr(judge, "name", None) or "token-f1"
     return Evaluation(items, per, overall, curve, recommend_threshold(curve, settings.target_quality),
-                      settings.target_quality, judge_name, answers)
+                      settings.target_quality, judge_name, answers,
+                      {category: sorted(allowed) for (category, _), allowed in labels.items() if allowed})
 
 
 def write_outputs(evaluation: Evaluation, out_dir: Path) -> tuple[Path, Path]:

@@ -14,10 +14,12 @@ from typing import Sequence
 from .filters import parse_json_answer
 from .reasoning import split_reasoning
 
-EXACT, JSON, JUDGE = "exact", "json", "judge"
+EXACT, JSON, JUDGE, LABEL = "exact", "json", "judge", "label"
 SHORT_ANSWER_WORDS = 5
 """References this short are checked by exact match; longer ones need a judge."""
 AGREE_AT = 0.5
+MAX_LABELS = 8
+"""A category whose references take at most this many values, each seen twice on average, is a label task."""
 
 
 def normalize(text: str) -> str:
@@ -46,8 +48,34 @@ def token_f1(reference: str, answer: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def rule_score(rule: str, reference: str, answer: str) -> float | None:
-    """0-1 by rule; None for the judge rule (the caller asks the judge, or falls back to `token_f1`)."""
+def label_set(references: Sequence[str], fmt: str = "text") -> frozenset[str] | None:
+    """The allowed answers of a category whose references come from a small set of short one-line labels
+    ("positive"/"negative"), else None. Labels must repeat, so a handful of distinct short facts
+    ("Paris", "Rome") is not mistaken for a label set."""
+    labels = frozenset(r.strip() for r in references)
+    if fmt == "json" or not labels or len(labels) > MAX_LABELS or len(references) < 2 * len(labels):
+        return None
+    if any(not label or "\n" in label or len(label.split()) > SHORT_ANSWER_WORDS for label in labels):
+        return None
+    return labels
+
+
+def off_label(answer: str, labels: frozenset[str]) -> bool:
+    """An answer that, stripped (and past any reasoning block), is none of the allowed labels: a
+    consumer parsing the label gets nothing usable from it, e.g. "positive\npositive"."""
+    return split_reasoning(answer)[1].strip() not in labels
+
+
+def rule_score(rule: str, reference: str, answer: str, labels: frozenset[str] | None = None) -> float | None:
+    """0-1 by rule; None for the judge rule (the caller asks the judge, or falls back to `token_f1`).
+
+    The label rule needs `labels`: an answer is right only when it is one of them, exactly, and
+    matches the reference; normalising alone would let "positive\npositive" pass as "positive positive".
+    """
+    if rule == LABEL:
+        if labels is None:
+            raise ValueError("the label rule needs the category's labels")
+        return 0.0 if off_label(answer, labels) else float(normalize(reference) == normalize(answer))
     if rule == EXACT:
         return float(normalize(reference) == normalize(answer))
     if rule == JSON:
@@ -68,6 +96,8 @@ class ItemResult:
     agreed: bool
     confidence: float
     teacher_cost_usd: float
+    off_label: bool = False
+    """The student's answer was none of the category's labels (label tasks only); scored wrong."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,8 @@ class CategoryScore:
     gap_points: float
     flagged: bool
     agreement: float
+    off_label: int = 0
+    """Student answers that were none of the category's labels (each also counted wrong)."""
 
 
 def _score(category: str, items: Sequence[ItemResult], gap_points: float) -> CategoryScore:
@@ -90,7 +122,7 @@ def _score(category: str, items: Sequence[ItemResult], gap_points: float) -> Cat
     return CategoryScore(
         category=category, n=n, student=student, teacher=teacher,
         retention=student / teacher if teacher > 0 else None, gap_points=gap, flagged=gap > gap_points,
-        agreement=sum(i.agreed for i in items) / n,
+        agreement=sum(i.agreed for i in items) / n, off_label=sum(i.off_label for i in items),
     )
 
 

@@ -17,13 +17,21 @@ def _pct(value: float | None) -> str:
 def print_evaluation(evaluation: Evaluation, console: Console) -> None:
     """Per-category quality and retention, then the cost-quality table and the recommended threshold."""
     table = Table(title="student against teacher (held-out)")
-    for column in ("category", "n", "student %", "teacher %", "retention %", "gap (points)", "agreement %", ""):
+    for column in ("category", "n", "student %", "teacher %", "retention %", "gap (points)", "agreement %",
+                   "off-label", ""):
         table.add_column(column, justify="right" if column not in ("category", "") else "left")
     for score in [*evaluation.categories, evaluation.overall]:
         table.add_row(score.category, str(score.n), _pct(score.student), _pct(score.teacher), _pct(score.retention),
-                      f"{score.gap_points:.1f}", _pct(score.agreement), "[red]FLAG[/red]" if score.flagged else "",
-                      style="bold" if score.category == "overall" else None)
+                      f"{score.gap_points:.1f}", _pct(score.agreement), str(score.off_label),
+                      "[red]FLAG[/red]" if score.flagged else "", style="bold" if score.category == "overall" else None)
     console.print(table)
+    for score in evaluation.categories:
+        if score.off_label:
+            # Counted wrong already; said apart because the fix differs (the student does not stop, or
+            # pads its label) from a wrong label.
+            allowed = ", ".join(repr(label) for label in evaluation.labels.get(score.category, []))
+            console.print(f"[yellow]{score.category}: {score.off_label} of {score.n} student answers were none "
+                          f"of the labels {allowed}[/]")
     curve = evaluation.curve
     step = max(1, len(curve) // CURVE_ROWS)
     shown = set(curve[::step]) | ({curve[-1]} if curve else set())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import DistillError
-from .models import device, is_adapter, load_model, load_tokenizer
+from .models import device, end_of_generation, is_adapter, load_model, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ class HFRunner:
             self._tokenizer = load_tokenizer(path)
             self._model = load_model(path, self._device)
         self._model.eval()
+        # Stop where llama.cpp would: at any end-of-generation token (SmolLM2's `<|im_end|>` is not
+        # the eos transformers reads from its GGUF), so the answer scored is the one the daemon serves.
+        self._stop = end_of_generation(self._tokenizer)
         self._torch = torch
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int) -> LocalAnswer:
@@ -80,15 +83,15 @@ class HFRunner:
             out = self._model.generate(
                 prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_tokens, do_sample=False,
                 output_scores=True, return_dict_in_generate=True, pad_token_id=self._tokenizer.pad_token_id,
-                eos_token_id=self._tokenizer.eos_token_id,
+                eos_token_id=sorted(self._stop),
             )
         new = out.sequences[0, prompt.shape[1]:].tolist()
-        logprobs = []
-        for score, token in zip(out.scores, new):
-            if token == self._tokenizer.eos_token_id:
-                break  # llama.cpp reports no end token either; keep the two runners' numbers alike
-            logprobs.append(float(torch.log_softmax(score[0].float(), -1)[token]))
-        text = self._tokenizer.decode(new, skip_special_tokens=True)
+        # The answer ends before the stop token: llama.cpp reports no end token either, and a special
+        # token that is not a stop (e.g. `<|im_start|>`) stays visible, as the daemon would send it.
+        end = next((i for i, token in enumerate(new) if token in self._stop), len(new))
+        new = new[:end]
+        logprobs = [float(torch.log_softmax(score[0].float(), -1)[token]) for score, token in zip(out.scores, new)]
+        text = self._tokenizer.decode(new, skip_special_tokens=False)
         return LocalAnswer(text.strip(), tuple(logprobs))
 
     def close(self) -> None:

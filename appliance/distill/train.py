@@ -19,7 +19,7 @@ from ..config import DistillConfig
 from . import DistillError
 from . import checkpoints
 from .models import device as pick_device
-from .models import load_model, load_tokenizer
+from .models import end_of_turn, load_model, load_tokenizer
 from .reasoning import join_reasoning
 from .records import Record
 
@@ -76,8 +76,10 @@ def build_example(tokenizer: Any, record: Record, max_len: int = 512,
     prompt = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     full = _ids(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": target}], tokenize=True))
     if full[: len(prompt)] != prompt:
-        # Some templates rewrite earlier turns once an answer follows; fall back to prompt + answer + end.
-        end = tokenizer.eos_token or ""
+        # Some templates rewrite earlier turns once an answer follows; fall back to prompt + answer + end of
+        # turn. The end is the template's own (`<|im_end|>`, `<|eot_id|>`), not the eos, which may be
+        # another token (`<|end_of_text|>`) that the served chat never ends a turn with.
+        end = end_of_turn(tokenizer)
         full = prompt + tokenizer(target + end, add_special_tokens=False)["input_ids"]
     answer = full[len(prompt):]
     overflow = len(full) - max_len
