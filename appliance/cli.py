@@ -169,6 +169,65 @@ def reload(ctx: click.Context, socket: Path | None) -> None:
     click.echo(outcome["message"])
 
 
+@main.group()
+def cache() -> None:
+    """Look into the semantic cache; forget or clear entries (the daemon's user or root)."""
+
+
+@cache.command("stats")
+@_socket_option
+@click.pass_context
+def cache_stats(ctx: click.Context, socket: Path | None) -> None:
+    """Entries, hits, misses, uncovered questions, size on disk."""
+    with AthanorClient(_config(ctx, socket).server.socket) as client:
+        click.echo(json.dumps(client.cache("stats"), indent=1, ensure_ascii=False))
+
+
+@cache.command("why")
+@click.argument("question")
+@click.option("-k", "k", type=click.IntRange(1, 50), default=5, show_default=True, help="Neighbours to show.")
+@click.option("--namespace", default=None, help="Another namespace (the daemon's user or root only).")
+@_socket_option
+@click.pass_context
+def cache_why(ctx: click.Context, question: str, k: int, namespace: str | None, socket: Path | None) -> None:
+    """The nearest cached questions, their similarity, and whether each would be served and why not."""
+    with AthanorClient(_config(ctx, socket).server.socket) as client:
+        result = client.cache("why", question=question, k=k, namespace=namespace)
+    if result.get("uncovered"):
+        click.echo(f"never served from the cache: {result['uncovered']}")
+    if not result["neighbours"]:
+        click.echo(f"nothing cached in namespace {result['namespace']}")
+    for n in result["neighbours"]:
+        mark = click.style("HIT ", fg="green") if n["would_hit"] else click.style("miss", fg="red")
+        click.echo(f"{mark} #{n['entry_id']} {n['similarity']:.3f} {n['question']!r}  ({n['reason']})")
+
+
+@cache.command("forget")
+@click.option("--id", "entry_id", type=int, default=None, help="One entry, by the id `why` shows.")
+@click.option("--namespace", default=None, help="A whole namespace (a uid, or uid/name).")
+@click.option("--question", default=None, help="Every entry cached for exactly this question.")
+@_socket_option
+@click.pass_context
+def cache_forget(ctx: click.Context, entry_id: int | None, namespace: str | None, question: str | None,
+                 socket: Path | None) -> None:
+    """Delete cached answers (the daemon's user or root)."""
+    if entry_id is None and namespace is None and question is None:
+        raise click.UsageError("name what to forget: --id, --namespace or --question")
+    with AthanorClient(_config(ctx, socket).server.socket) as client:
+        removed = client.cache("forget", id=entry_id, namespace=namespace, question=question)["removed"]
+    click.echo(f"forgot {removed} entries")
+
+
+@cache.command("clear")
+@click.confirmation_option(prompt="Delete every cached answer?")
+@_socket_option
+@click.pass_context
+def cache_clear(ctx: click.Context, socket: Path | None) -> None:
+    """Delete every cached answer (the daemon's user or root)."""
+    with AthanorClient(_config(ctx, socket).server.socket) as client:
+        click.echo(f"cleared {client.cache('clear')['removed']} entries")
+
+
 @main.command()
 @click.pass_context
 def doctor(ctx: click.Context) -> None:

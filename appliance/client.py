@@ -65,6 +65,13 @@ class AthanorClient:
         """Have the daemon re-read its config and swap in the new students (its own user or root only)."""
         return self._request("POST", "/v1/admin/reload")
 
+    def cache(self, action: str, **body: Any) -> dict:
+        """`stats`, `why`, `forget` or `clear` on the daemon's semantic cache."""
+        if action == "stats":
+            return self._request("GET", "/v1/cache/stats")
+        path = "/v1/cache/why" if action == "why" else f"/v1/admin/cache/{action}"
+        return self._request("POST", path, json={k: v for k, v in body.items() if v is not None})
+
     def chat(self, messages: list[dict], **params: Any) -> dict:
         return self._request("POST", "/v1/chat/completions", json={"messages": messages, **params, "stream": False})
 

@@ -112,6 +112,10 @@ class CacheConfig(_Section):
     """Words at least this common (wordfreq Zipf scale) may be added or dropped between two questions."""
     span_similarity: float = Field(default=0.90, gt=0.0, le=1.0)
     """Cosine the embedder must give two differing spans for them to count as the same thing."""
+    ann_min_entries: int = Field(default=100_000, ge=1_000)
+    """A namespace with this many entries is searched with an approximate (IVF) index, not exactly."""
+    ann_nprobe: int = Field(default=32, ge=1)
+    """IVF lists searched per lookup: more is slower and closer to exact."""
     ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     """Entries older than this are not served and are purged."""
     max_entries: int = Field(default=100_000, ge=1)
@@ -125,6 +129,16 @@ class RoutingConfig(_Section):
     `athanor evaluate` measures the right value for a trained student."""
     confidence_quantile: float = Field(default=0.1, gt=0.0, lt=1.0)
     """Confidence is this low quantile of the answer's token probabilities."""
+    router: str = "default"
+    """"default": the shipped router fitted on the embedded student (scripts/bench_route.py); "off": keep
+    answers whose confidence reaches confidence_threshold; or a router file `athanor evaluate` wrote."""
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, value: str) -> str:
+        if value not in ("default", "off") and not Path(value).is_file():
+            raise ValueError(f"no router file at {value}; use \"default\", \"off\" or a file bench_route.py wrote")
+        return value
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -183,8 +197,9 @@ class DistillConfig(_Section):
     """Teacher temperature while harvesting."""
     language: str = Field(default="auto", min_length=2)
     """Language answers must be in: `auto` (the prompt's), `any` (no check), or a code such as `en`."""
-    dedup_threshold: float = Field(default=0.95, gt=0.0, le=1.0)
-    """Prompts at least this cosine-similar to a kept one are dropped as near-duplicates."""
+    dedup_threshold: float = Field(default=0.65, gt=0.0, le=1.0)
+    """Prompts at least this cosine-similar to a kept one, and that the cache would serve for it, are dropped
+    as near-duplicates."""
     heldout_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Share of each category kept out of training for `athanor evaluate`."""
     seed: int = 0

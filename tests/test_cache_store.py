@@ -370,3 +370,96 @@ def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path, embedder) -> None:
         assert cache._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert cache._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert sqlite3.connect(tmp_path / "cache.sqlite3").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_teacher_answer_survives_the_students_retirement(tmp_path, embedder) -> None:
+    from dataclasses import replace
+
+    from appliance.cache.store import TEACHER_VERSION
+
+    v1 = CacheKey("1000", "student-v1", "temp=0", also_serves=(TEACHER_VERSION,))
+    with open_cache(tmp_path, embedder) as cache:
+        cache.put(replace(v1, model_version=TEACHER_VERSION, also_serves=()), "What is the capital of Peru?", "Lima.")
+        cache.put(v1, "How many legs does a spider have?", "Eight.")
+        assert cache.retire_model_version("student-v1") == 1
+        v2 = replace(v1, model_version="student-v2")
+        assert cache.lookup(v2, "What is the capital of Peru?").answer == "Lima."
+        assert cache.lookup(v2, "How many legs does a spider have?") is None
+        # Without the teacher's version among those it serves, a key sees only its own student's answers.
+        assert cache.lookup(CacheKey("1000", "student-v2", "temp=0"), "What is the capital of Peru?") is None
+
+
+def test_why_shows_the_neighbours_and_the_verdicts(tmp_path, embedder) -> None:
+    with open_cache(tmp_path, embedder) as cache:
+        cat = cache.put(KEY, "猫可以吃巧克力吗？", "不可以。")
+        cache.put(KEY, "How tall is Mount Everest?", "8,849 m.")
+        near = cache.why(KEY.namespace, "狗可以吃巧克力吗？", k=2)
+        assert near[0].entry_id == cat and not near[0].would_hit and "猫" in near[0].reason
+        same = cache.why(KEY.namespace, "猫可以吃巧克力吗", k=1)
+        assert same[0].would_hit
+        assert cache.why("another-namespace", "猫可以吃巧克力吗") == []
+
+
+def test_forget_by_id_namespace_or_question_and_clear(tmp_path, embedder) -> None:
+    with open_cache(tmp_path, embedder) as cache:
+        first = cache.put(KEY, "What is the capital of Peru?", "Lima.")
+        cache.put(KEY, "How tall is Mount Everest?", "8,849 m.")
+        cache.put(CacheKey("1000/work", "student-v1", "temp=0"), "What is a mutex?", "A lock.")
+        cache.put(CacheKey("2000", "student-v1", "temp=0"), "What is a mutex?", "A lock.")
+        assert cache.forget(entry_id=first) == 1
+        assert cache.lookup(KEY, "What is the capital of Peru?") is None
+        assert cache.forget(question="What is a mutex?", namespace="2000") == 1
+        assert cache.forget(namespace="1000") == 2  # its sub-namespaces too
+        assert cache.stats()["entries"] == 0
+        cache.put(KEY, "What is the capital of Peru?", "Lima.")
+        assert cache.clear() == 1 and cache.lookup(KEY, "What is the capital of Peru?") is None
+        with pytest.raises(ValueError):
+            cache.forget()
+
+
+def test_the_cache_endpoints_let_only_the_owner_change_the_cache(tmp_path, embedder) -> None:
+    import asyncio
+
+    from appliance.server.cache_api import CacheApi
+    from appliance.server.http import HttpRequest, Peer
+
+    async def inner(request):
+        raise AssertionError("the cache paths must not reach the OpenAI API")
+
+    def call(api, method, path, body, uid):
+        request = HttpRequest(method, path, {}, json.dumps(body).encode(), Peer(1, uid, uid), "r1")
+        response = asyncio.run(api(request))
+        return response.status, json.loads(response.body)
+
+    with open_cache(tmp_path, embedder) as cache:
+        cache.put(CacheKey("1234", "student-v1", "temp=0"), "What is the capital of Peru?", "Lima.")
+        api = CacheApi(inner, lambda: cache, owner_uid=999)
+        status, body = call(api, "POST", "/v1/cache/why", {"question": "What's the capital of Peru?"}, uid=1234)
+        assert status == 200 and body["namespace"] == "1234" and body["neighbours"][0]["would_hit"]
+        status, _ = call(api, "POST", "/v1/cache/why", {"question": "x", "namespace": "999"}, uid=1234)
+        assert status == 403
+        status, body = call(api, "POST", "/v1/admin/cache/clear", {}, uid=1234)
+        assert status == 403 and body["error"]["code"] == "forbidden"
+        assert call(api, "POST", "/v1/admin/cache/forget", {}, uid=999)[0] == 400
+        assert call(api, "POST", "/v1/admin/cache/forget", {"id": "one"}, uid=999)[0] == 400
+        assert call(api, "GET", "/v1/admin/cache/clear", {}, uid=999)[0] == 405
+        assert call(api, "POST", "/v1/admin/cache/clear", {}, uid=999) == (200, {"removed": 1})
+        assert call(api, "GET", "/v1/cache/stats", {}, uid=1234)[1]["entries"] == 0
+
+
+def test_a_large_namespace_is_searched_approximately_and_still_finds_its_answers(tmp_path, embedder) -> None:
+    import faiss
+
+    rng = np.random.default_rng(1)
+    filler = rng.standard_normal((3000, embedder.dim)).astype(np.float32)
+    with open_cache(tmp_path, embedder, ann_min_entries=2000) as cache:
+        cache.bulk_insert(KEY, [f"q{i}" for i in range(3000)], [f"a{i}" for i in range(3000)], filler)
+        assert isinstance(cache._indexes[KEY.namespace], faiss.IndexIVFFlat)
+        cache.put(KEY, "猫可以吃巧克力吗？", "不可以。")
+        assert cache.lookup(KEY, "猫可以吃巧克力吗").answer == "不可以。"
+        assert cache.lookup(KEY, "狗可以吃巧克力吗？") is None
+        assert cache.forget(question="猫可以吃巧克力吗？") == 1
+        assert cache.lookup(KEY, "猫可以吃巧克力吗") is None
+    with open_cache(tmp_path, embedder, ann_min_entries=2000) as cache:  # rebuilt on open as IVF too
+        assert isinstance(cache._indexes[KEY.namespace], faiss.IndexIVFFlat)
+        assert cache.stats()["index_vectors"] == 3000

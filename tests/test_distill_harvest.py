@@ -124,12 +124,12 @@ def test_finalize_drops_with_reasons_and_splits_by_category(monkeypatch, tmp_pat
     work = [PromptItem(p, format="json" if "JSON" in p else "text", category="odd") for p in answers]
     work += [PromptItem(f"Name the planet number {i} from the sun in a short sentence.", category=f"c{i % 2}")
              for i in range(1, 9)]
-    # MiniLM barely tells numbers apart (the planets are 0.88-0.96 alike); "please" makes a 0.993 twin.
+    # Embeddings barely tell the planets' numbers apart; the cache's verifier does, and "please" makes a twin.
     work += [PromptItem("Name the planet number 1 from the sun in a short sentence, please.", category="c1")]
     monkeypatch.setenv("ATHANOR_TEST_GEMINI_KEY", KEY)
     with FakeGemini(api_key=KEY, answer=lambda p: answers.get(p, f"The answer to that is planet {p[-30:]}")) as fake:
         harvest(work, fake, tmp_path, HarvestSettings(max_tokens=64))
-    report = asyncio.run(finalize(tmp_path, HarvestSettings(heldout_fraction=0.25, dedup_threshold=0.98), embedder))
+    report = asyncio.run(finalize(tmp_path, HarvestSettings(heldout_fraction=0.25), embedder))
     dropped = {json.loads(line)["record"]["prompt"]: json.loads(line)["reason"]
                for line in (tmp_path / "dropped.jsonl").read_text().splitlines()}
     assert dropped["Say nothing"] == "empty"
@@ -203,10 +203,10 @@ def test_near_duplicates_are_compared_within_one_persona(embedder):
     records = [
         Record(prompt="How much RAM does a home server need?", answer="a", role=role),
         Record(prompt="How much RAM does a home server need?", answer="b", role="You are a careful legal analyst."),
-        Record(prompt="How much RAM does a home server need, roughly?", answer="c", role=role),
+        Record(prompt="how much RAM does a home server need", answer="c", role=role),
         Record(prompt="Which file system suits a NAS?", answer="d", role=role),  # the persona alone is no match
     ]
-    kept, dropped = dedup_records(records, embedder, 0.95)
+    kept, dropped = dedup_records(records, embedder, 0.65)
     assert [r.answer for r in kept] == ["a", "b", "d"]
     assert [(d.answer, of.answer) for d, of, _ in dropped] == [("c", "a")]
 

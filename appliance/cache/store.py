@@ -30,7 +30,7 @@ from ..config import CacheConfig
 from ..errors import ConfigError
 from ..storage_health import StorageHealth
 from . import segment
-from .verify import SpanPair, VerifyParams, check_match
+from .verify import MatchCheck, SpanPair, VerifyParams, check_match
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class _Embedder(Protocol):
     def unknown_share(self, text: str) -> float: ...
 
 
+# The version under which teacher answers are stored: no student's, so no retrain retires them.
+TEACHER_VERSION = "teacher"
+
 # A question whose embedder tokens are more than this share unknown pieces is not understood by it.
 _MAX_UNKNOWN_SHARE = 0.2
 
@@ -69,6 +72,22 @@ class CacheKey:
     namespace: str
     model_version: str
     params_key: str
+    also_serves: tuple[str, ...] = ()
+    """Other versions whose entries a lookup may serve: the teacher's answers do not depend on the
+    student, so they survive a retrain (TEACHER_VERSION)."""
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A stored entry near a question, and whether the verifier would serve it (`athanor cache why`)."""
+
+    entry_id: int
+    question: str
+    answer: str
+    similarity: float
+    model_version: str
+    would_hit: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -181,7 +200,7 @@ class SemanticCache:
         self._clock = clock
         self._dim = int(embedder.dim)
         self._lock = threading.Lock()
-        self._indexes: dict[str, faiss.IndexIDMap2] = {}
+        self._indexes: dict[str, faiss.Index] = {}
         self._stale: dict[str, set[int]] = {}  # deleted in SQLite, still in FAISS until compacted
         self._pending_hits: dict[int, tuple[int, float]] = {}
         self._last_flush = clock()
@@ -279,6 +298,8 @@ class SemanticCache:
                     self._index_for(namespace).add_with_ids(vectors, ids)
                     count += len(good)
                 start = end
+        for namespace in list(self._indexes):
+            self._maybe_approximate(namespace)
         if bad:
             log.warning("cache: dropping %d entries whose vectors have the wrong size", len(bad))
             with _transaction(db):
@@ -373,11 +394,38 @@ class SemanticCache:
 
     # --- FAISS helpers (caller holds the lock) ------------------------------------------------------
 
-    def _index_for(self, namespace: str) -> faiss.IndexIDMap2:
+    def _index_for(self, namespace: str) -> faiss.Index:
         index = self._indexes.get(namespace)
         if index is None:
             index = self._indexes[namespace] = faiss.IndexIDMap2(faiss.IndexFlatIP(self._dim))
         return index
+
+    def _maybe_approximate(self, namespace: str) -> None:
+        """Past `[cache].ann_min_entries`, a namespace's exact index becomes an inverted-file one.
+
+        An exact search reads every vector (1M x 512 floats is 2 GB per lookup); IVF reads the
+        `ann_nprobe` lists nearest the query. Its recall against exact search is measured by
+        scripts/bench_cache_e2e.py. Centroids come from the vectors at hand; later additions go to
+        their nearest list.
+        """
+        index = self._indexes.get(namespace)
+        if not isinstance(index, faiss.IndexIDMap2) or index.ntotal < self._cfg.ann_min_entries:
+            return
+        started = time.monotonic()
+        n = index.ntotal
+        vectors = faiss.downcast_index(index.index).reconstruct_n(0, n)
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        lists = int(min(8192, max(64, 4 * np.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(self._dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self._dim, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, size=min(n, 40 * lists), replace=False)
+        ivf.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+        ivf.add_with_ids(vectors, ids)
+        ivf.nprobe = self._cfg.ann_nprobe
+        self._indexes[namespace] = ivf
+        self._stale.pop(namespace, None)
+        log.info("cache: namespace %s has %d entries; built an IVF index of %d lists in %.1f s",
+                 namespace, n, lists, time.monotonic() - started)
 
     def _forget(self, removed: list[tuple[int, str]]) -> None:
         # Removing from a flat index shifts every vector after it (O(n)); ids whose SQLite row is gone
@@ -457,7 +505,8 @@ class SemanticCache:
                 if row is None:
                     continue  # evicted or expired; its vector waits for compaction
                 model_version, params_key, cached_prompt, answer, meta, created_at = row
-                if model_version != key.model_version or params_key != key.params_key or created_at < cutoff:
+                if (model_version != key.model_version and model_version not in key.also_serves) \
+                        or params_key != key.params_key or created_at < cutoff:
                     continue
                 if self._cfg.verify:
                     check = check_match(prompt, cached_prompt, self._span_similarity, self._params)
@@ -545,6 +594,7 @@ class SemanticCache:
             self._index_for(key.namespace).add_with_ids(vector.reshape(1, -1), np.array([entry_id], dtype=np.int64))
             self._count += 1 - len(removed)
             self._forget(removed)
+            self._maybe_approximate(key.namespace)
             return entry_id
 
     def _report(self, failure: BaseException | None) -> None:
@@ -592,6 +642,7 @@ class SemanticCache:
             self._index_for(key.namespace).add_with_ids(vectors, ids)
             self._count += keep - len(removed)
             self._forget(removed)
+            self._maybe_approximate(key.namespace)
             return ids.tolist()
 
     def _purge_expired(self, now: float) -> list[tuple[int, str]]:
@@ -620,11 +671,31 @@ class SemanticCache:
 
     def retire_model_version(self, version: str) -> int:
         """Delete every entry a retired student produced; returns how many."""
+        return self._forget_where("model_version = ?", (version,))
+
+    def forget(self, *, entry_id: int | None = None, namespace: str | None = None,
+               question: str | None = None) -> int:
+        """Delete one entry, a whole namespace, or every entry whose question is `question` (within
+        `namespace` when given); returns how many."""
+        if entry_id is not None:
+            return self._forget_where("id = ?", (entry_id,))
+        if question is not None:
+            if namespace is None:
+                return self._forget_where("prompt = ?", (question,))
+            return self._forget_where("prompt = ? AND namespace = ?", (question, namespace))
+        if namespace is not None:
+            return self._forget_where("namespace = ? OR namespace LIKE ?", (namespace, namespace + "/%"))
+        raise ValueError("forget needs an entry id, a namespace or a question")
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many."""
+        return self._forget_where("1", ())
+
+    def _forget_where(self, condition: str, args: tuple[Any, ...]) -> int:
         with self._lock:
             self._check_open()
             with _transaction(self._db):
-                rows = self._db.execute("SELECT id, namespace FROM entries WHERE model_version = ?",
-                                        (version,)).fetchall()
+                rows = self._db.execute(f"SELECT id, namespace FROM entries WHERE {condition}", args).fetchall()
                 self._delete_ids([r[0] for r in rows])
             by_namespace: dict[str, list[int]] = {}
             for entry_id, namespace in rows:
@@ -636,6 +707,37 @@ class SemanticCache:
                     self._stale.get(namespace, set()).difference_update(ids)
             self._count -= len(rows)
             return len(rows)
+
+    def why(self, namespace: str, prompt: str, k: int = 5) -> list[Neighbour]:
+        """The `k` nearest entries to `prompt` in `namespace`, each with the verifier's verdict: what
+        would hit, and why the others would not."""
+        uncovered = self.uncovered_reason(prompt)
+        with self._lock:
+            self._check_open()
+            index = self._indexes.get(namespace)
+            if index is None or index.ntotal == 0:
+                return []
+        vector = self._embed(prompt)
+        with self._lock:
+            similarities, ids = index.search(vector.reshape(1, -1), min(k, index.ntotal))
+            found = [(int(i), float(sim)) for sim, i in zip(similarities[0], ids[0]) if i >= 0]
+            rows = self._rows([i for i, _ in found]) if found else {}
+        out = []
+        for entry_id, similarity in found:
+            row = rows.get(entry_id)
+            if row is None:
+                continue
+            model_version, _, cached_prompt, answer, _, _ = row
+            if uncovered:
+                verdict = MatchCheck(False, uncovered)
+            elif similarity < self._cfg.threshold:
+                verdict = MatchCheck(False, f"similarity {similarity:.3f} is under [cache].threshold "
+                                            f"{self._cfg.threshold}")
+            else:
+                verdict = check_match(prompt, cached_prompt, self._span_similarity, self._params)
+            out.append(Neighbour(entry_id, cached_prompt, answer, similarity, model_version, verdict.ok,
+                                 verdict.reason))
+        return out
 
     def delete_namespace(self, namespace: str) -> int:
         """Delete every entry of one namespace; returns how many."""

@@ -1,4 +1,6 @@
-"""Near-duplicate prompts, found by embedding similarity (the embedded all-MiniLM-L6-v2 and FAISS).
+"""Near-duplicate prompts: neighbours by embedding similarity (the cache's embedder and FAISS), each
+confirmed by the cache's own check that two questions ask the same thing (`cache.verify`), so that
+"planet number 1" and "planet number 2" stay two questions however close they embed.
 
 Duplicates waste teacher money, overweight one question in training, and leak held-out
 questions into the training set; the first of each group is kept, in dataset order.
@@ -7,7 +9,7 @@ questions into the training set; the first of each group is kept, in dataset ord
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -27,8 +29,10 @@ class Duplicate:
     similarity: float
 
 
-def near_duplicates(vectors: np.ndarray, threshold: float) -> list[Duplicate]:
-    """Items whose unit vector is at least `threshold` cosine-similar to an earlier kept item."""
+def near_duplicates(vectors: np.ndarray, threshold: float,
+                    same: Callable[[int, int], bool] = lambda i, j: True, k: int = 32) -> list[Duplicate]:
+    """Items whose unit vector is at least `threshold` cosine-similar to one of the `k` nearest earlier
+    kept items for which `same(item, kept item)` confirms it."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -39,9 +43,11 @@ def near_duplicates(vectors: np.ndarray, threshold: float) -> list[Duplicate]:
     found: list[Duplicate] = []
     for position, vector in enumerate(vectors):
         if kept:
-            scores, rows = index.search(vector[None, :], 1)
-            if scores[0, 0] >= threshold:
-                found.append(Duplicate(position, kept[int(rows[0, 0])], float(scores[0, 0])))
+            scores, rows = index.search(vector[None, :], min(k, len(kept)))
+            match = next(((kept[int(r)], float(s)) for s, r in zip(scores[0], rows[0])
+                          if r >= 0 and s >= threshold and same(position, kept[int(r)])), None)
+            if match is not None:
+                found.append(Duplicate(position, match[0], match[1]))
                 continue
         index.add(vector[None, :])
         kept.append(position)
@@ -64,13 +70,23 @@ def dedup_records(
     """
     if not records:
         return [], []
-    vectors = embedder.embed([prompt_text(r) for r in records])
+    from ..cache.verify import check_match
+
+    texts = [prompt_text(r) for r in records]
+    vectors = embedder.embed(texts)
+
+    def spans(pairs):
+        span_vectors = embedder.embed([t for pair in pairs for t in pair])
+        return [float(span_vectors[2 * i] @ span_vectors[2 * i + 1]) for i in range(len(pairs))]
     groups: dict[str, list[int]] = {}
     for position, record in enumerate(records):
         groups.setdefault(record.role or "", []).append(position)
     pairs: list[tuple[int, int, float]] = []
     for positions in groups.values():
-        for duplicate in near_duplicates(vectors[positions], threshold):
+        def same(i: int, j: int, positions: list[int] = positions) -> bool:
+            return check_match(texts[positions[i]], texts[positions[j]], spans).ok
+
+        for duplicate in near_duplicates(vectors[positions], threshold, same):
             pairs.append((positions[duplicate.index], positions[duplicate.of], duplicate.similarity))
     dropped_at = {index for index, _, _ in pairs}
     kept = [r for i, r in enumerate(records) if i not in dropped_at]

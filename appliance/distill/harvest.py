@@ -41,7 +41,7 @@ class HarvestSettings:
     temperature: float = 0.2
     reasoning: bool = False
     language: str = "auto"
-    dedup_threshold: float | None = 0.95
+    dedup_threshold: float | None = 0.65
     """None turns near-duplicate removal off."""
     heldout_fraction: float = 0.1
     seed: int = 0

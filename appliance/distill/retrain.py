@@ -42,7 +42,7 @@ def record_from_log(entry: dict[str, Any]) -> Record | None:
 
 
 def build_dataset(log: Path, heldout: Sequence[Record], extra: Sequence[Record], embedder: Embeds | None,
-                  language: str = "auto", dedup_threshold: float | None = 0.95) -> tuple[list[Record], dict[str, int]]:
+                  language: str = "auto", dedup_threshold: float | None = 0.65) -> tuple[list[Record], dict[str, int]]:
     """Training records from the log (plus `extra`), never a held-out question; and the drop counts."""
     dropped: dict[str, int] = {}
     held = {r.key for r in heldout}

@@ -25,6 +25,8 @@ from ..teacher import make_teacher
 from ..teacher.pricing import price_for
 from .access_log import AccessLog
 from .admin import AdminApi
+from .cache_api import CacheApi
+from ..routing.decide import load_policy
 from .api import Api
 from .http import HttpServer, Limits, fit_connections_to_fd_limit
 from .reload import Reloader
@@ -62,6 +64,7 @@ def build_routing(config: AthanorConfig) -> Routing:
     routing = Routing(
         confidence_threshold=config.routing.confidence_threshold,
         confidence_quantile=config.routing.confidence_quantile,
+        policy=load_policy(config.routing.router),
     )
     if config.cache.enabled:
         # One thread for embedding, and OpenMP threads that sleep instead of spinning when idle:
@@ -176,7 +179,8 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         max_connections=fit_connections_to_fd_limit(config.server.max_connections),
         max_connections_per_user=config.server.max_connections_per_user,
     )
-    server = HttpServer(AccessLog(AdminApi(api, reloader, os.getuid())), limits)
+    cache_api = CacheApi(api, lambda: router.routing.cache, os.getuid())
+    server = HttpServer(AccessLog(AdminApi(cache_api, reloader, os.getuid())), limits)
     api.connections = server.connection_stats
     sock = inherited_socket()
     owned_path = None
