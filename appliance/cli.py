@@ -78,7 +78,7 @@ def serve(ctx: click.Context, socket: Path | None, student_path: Path | None, ve
 
 
 @main.command()
-@click.argument("question")
+@click.argument("question", required=False)
 @_socket_option
 @click.option("--system", "system_prompt", default=None, help="System message.")
 @click.option("-m", "--model", default=None, help="Student to ask (default: the daemon's default).")
@@ -88,9 +88,20 @@ def serve(ctx: click.Context, socket: Path | None, student_path: Path | None, ve
 @click.option("--no-stream", is_flag=True, help="Wait for the whole answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full response object.")
 @click.pass_context
-def ask(ctx: click.Context, question: str, socket: Path | None, system_prompt: str | None, model: str | None,
+def ask(ctx: click.Context, question: str | None, socket: Path | None, system_prompt: str | None, model: str | None,
         max_tokens: int | None, temperature: float | None, seed: int | None, no_stream: bool, as_json: bool) -> None:
-    """Ask the daemon a question; the answer streams as it is generated."""
+    """Ask the daemon a QUESTION; the answer streams as it is generated.
+
+    Without QUESTION, or with `-`, the question is read from standard input (`athanor ask < q.txt`).
+    """
+    if question is None or question == "-":
+        stdin = sys.stdin
+        if stdin.isatty():
+            click.echo("athanor: reading the question from standard input (end it with Ctrl-D)", err=True)
+        question = stdin.read()
+        if not question.strip():
+            raise click.UsageError("no question: give one as an argument or on standard input")
+        question = question.strip()
     config = _config(ctx, socket)
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": question}
@@ -137,9 +148,16 @@ def models(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
 @_socket_option
 @click.pass_context
 def health(ctx: click.Context, socket: Path | None) -> None:
-    """Check that the daemon answers."""
+    """Check that the daemon answers: exit 0 when healthy, 1 when it reports itself degraded (a store it
+    cannot write: answers go on, see `storage`), 3 when it cannot be reached."""
     with AthanorClient(_config(ctx, socket).server.socket) as client:
-        click.echo(json.dumps(client.health()))
+        report = client.health()
+    click.echo(json.dumps(report))
+    if report.get("status") != "ok":
+        failing = [name for name, store in report.get("storage", {}).get("stores", {}).items() if store.get("failing")]
+        detail = f": cannot write {', '.join(failing)}" if failing else ""
+        click.echo(f"athanor: the daemon is {report.get('status', 'in an unknown state')}{detail}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -246,14 +264,15 @@ def doctor(ctx: click.Context) -> None:
 @main.command("config")
 @click.pass_context
 def show_config(ctx: click.Context) -> None:
-    """Print the effective configuration (file + environment), validated."""
+    """Print the effective configuration (file + environment), validated, as JSON on stdout."""
     from .teacher.keys import redact
 
     config = _config(ctx)
     data = config.model_dump(mode="json")
     if data["teacher"]["base_url"]:  # a proxy's URL may carry a key (`?key=`, `user:password@`)
         data["teacher"]["base_url"] = redact(data["teacher"]["base_url"])
-    click.echo(f"# from {config.source or 'defaults'}")
+    # stdout is JSON alone (`athanor config | jq .student`); where it came from goes to stderr.
+    click.echo(f"# from {config.source or 'defaults'}", err=True)
     click.echo(json.dumps(data, indent=2))
 
 

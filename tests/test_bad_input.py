@@ -305,13 +305,32 @@ BAD_INPUTS: list[Bad] = [
     Bad("top-logprobs-minus-1", ask(logprobs=True, top_logprobs=-1), 400, "top_logprobs"),
     Bad("top-logprobs-string", ask(logprobs=True, top_logprobs="5"), 400, "top_logprobs"),
     Bad("top-logprobs-without-logprobs", ask(top_logprobs=5), 400),
-    Bad("n-2", ask(n=2), 400, "n"),
+    Bad("n-2", ask(n=2), 400, "n", "unsupported_value"),
     Bad("n-0", ask(n=0), 400, "n"),
     Bad("n-string", ask(n="1"), 400, "n"),
     Bad("user-number", ask(user=5), 400, "user"),
+    Bad("frequency-penalty-3", ask(frequency_penalty=3), 400, "frequency_penalty"),
+    Bad("presence-penalty-string", ask(presence_penalty="some"), 400, "presence_penalty"),
+    Bad("logit-bias-word-key", ask(logit_bias={"hello": -100}), 400, "logit_bias"),
+    Bad("logit-bias-minus-1000", ask(logit_bias={"5": -1000}), 400, "logit_bias.5"),
+    # Token ids are the student's own: one past its vocabulary (SmolLM2's 49152) would index past the logits.
+    Bad("logit-bias-past-the-vocabulary", ask(logit_bias={"49152": -100}), 400, "logit_bias", "invalid_value",
+        words="outside the vocabulary"),
+    # --- fields not acted on: a 400 naming them, never silently ignored --------------------------
+    Bad("unknown-field", ask(foo={"bar": [1, 2]}), 400, "foo", "unknown_parameter", words="supported: model"),
+    Bad("tools", ask(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools",
+        "unsupported_parameter"),
+    Bad("tool-choice", ask(tool_choice="none"), 400, "tool_choice", "unsupported_parameter"),
+    Bad("functions", ask(functions=[{"name": "f"}]), 400, "functions", "unsupported_parameter"),
+    Bad("response-format-json-object", ask(response_format={"type": "json_object"}), 400, "response_format",
+        "unsupported_value", words="not supported yet"),
+    Bad("message-name", ask(messages=[{"role": "user", "content": "hi", "name": "alice"}]), 400, "messages.0.name",
+        "unsupported_parameter"),
     # --- odd but acceptable: served ---------------------------------------------------------------
-    # Unknown fields are ignored, as OpenAI-compatible servers do.
-    Bad("unknown-fields", ask(functions=[{"name": "f"}], frequency_penalty=3, foo={"bar": [1, 2]}), 200),
+    # Fields that cannot change the answer, and nulls, which carry nothing.
+    Bad("harmless-fields", ask(user="u", metadata={"a": "b"}, store=False, parallel_tool_calls=True, n=1,
+                               response_format={"type": "text"}, tools=None, tool_choice=None), 200),
+    Bad("penalties-and-logit-bias", ask(frequency_penalty=1.5, presence_penalty=-0.5, logit_bias={"0": -100}), 200),
     # obs-text (bytes >= 0x80) is legal in header values; they are read as latin-1.
     Bad("invalid-utf8-in-header-value", http("GET", "/healthz", headers=[("X-Anything", b"\xff\xfe\xc3")]), 200),
     Bad("junk-request-id", http("GET", "/healthz", headers=[("X-Request-Id", "a b\tc;" * 40)]), 200),

@@ -1,6 +1,7 @@
 """The llama.cpp engine on the embedded SmolLM2 student, checked against llama-cpp-python's own Llama."""
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -105,3 +106,76 @@ def test_a_broken_model_file_is_a_clear_error(tmp_path):
     with pytest.raises(EngineError, match="could not load a model"):
         LlamaEngine(broken, "broken")
 
+
+
+# --- logit_bias and penalties, through llama.cpp's sampler chain ------------------------------------
+
+REPEAT = [{"role": "user", "content": "Repeat the word 'apple' twenty times."}]
+
+
+def test_a_bias_of_minus_100_keeps_a_token_out_of_a_greedy_answer(engine):
+    prompt = engine.chat_prompt(QUESTION)
+    plain, _ = run(engine, prompt, temperature=0, max_tokens=12)
+    banned = {plain[0].token_id, plain[1].token_id}
+    biased, _ = run(engine, prompt, temperature=0, max_tokens=12, logit_bias=tuple((t, -100.0) for t in sorted(banned)))
+    assert biased and not banned & {t.token_id for t in biased}
+    # The log-probabilities reported stay the model's own, not the biased ones.
+    assert all(t.logprob <= 0 for t in biased)
+
+
+def test_a_ban_holds_when_sampling_too(engine):
+    prompt = engine.chat_prompt(QUESTION)
+    plain, _ = run(engine, prompt, temperature=0, max_tokens=4)
+    banned = plain[0].token_id
+    sampled, _ = run(engine, prompt, temperature=1.5, seed=7, max_tokens=12, logit_bias=((banned, -100.0),))
+    assert banned not in {t.token_id for t in sampled}
+
+
+def test_a_bias_of_plus_100_forces_a_token(engine):
+    prompt = engine.chat_prompt(QUESTION)
+    forced = engine.tokenize("Purple", add_special=False)[0]
+    tokens, _ = run(engine, prompt, temperature=0, max_tokens=2, logit_bias=((forced, 100.0),))
+    assert tokens[0].token_id == forced
+
+
+@pytest.mark.parametrize("penalty", ["frequency_penalty", "presence_penalty"])
+def test_penalties_stop_a_greedy_answer_repeating_itself(engine, penalty):
+    prompt = engine.chat_prompt(REPEAT)
+    plain, _ = run(engine, prompt, temperature=0, max_tokens=16)
+    word, repeats = Counter(t.token_id for t in plain).most_common(1)[0]
+    assert repeats >= 5  # "apple, apple, apple, ..." without a penalty
+    penalized, _ = run(engine, prompt, temperature=0, max_tokens=16, **{penalty: 2.0})
+    assert Counter(t.token_id for t in penalized)[word] < repeats
+    # A negative penalty (OpenAI allows -2..0) is applied too: it only encourages the repetition here.
+    encouraged, _ = run(engine, prompt, temperature=0, max_tokens=16, **{penalty: -2.0})
+    assert Counter(t.token_id for t in encouraged)[word] >= repeats
+
+
+def test_default_params_leave_the_answer_as_before(engine):
+    prompt = engine.chat_prompt(QUESTION)
+    plain, _ = run(engine, prompt, temperature=0, max_tokens=8)
+    zero, _ = run(engine, prompt, temperature=0, max_tokens=8, frequency_penalty=0.0, presence_penalty=0.0,
+                  logit_bias=((plain[0].token_id, 0.0),))
+    assert [t.token_id for t in zero] == [t.token_id for t in plain]
+
+
+def test_a_bias_on_a_token_past_the_vocabulary_is_refused(engine):
+    with pytest.raises(EngineError, match="outside the vocabulary"):
+        engine.add([1, 2, 3], SamplingParams(max_tokens=1, logit_bias=((engine.n_vocab, -100.0),)))
+    assert engine.active == 0
+
+
+def test_the_onnx_engine_applies_bias_and_penalties_the_same_way():
+    from appliance.engine.onnx import OnnxEngine, adjusted_logits
+
+    row = np.array([3.0, 2.0, 1.0, 0.0], dtype=np.float32)
+    plain = SamplingParams(max_tokens=1)
+    assert adjusted_logits(row, plain, {0: 3}) is row  # nothing asked: nothing copied, nothing changed
+    banned = adjusted_logits(row, SamplingParams(max_tokens=1, logit_bias=((0, -100.0), (3, 0.5))), {})
+    assert banned[0] == -np.inf and banned[3] == 0.5 and row[0] == 3.0
+    rng = np.random.default_rng(0)
+    assert OnnxEngine._choose(banned, SamplingParams(max_tokens=1, temperature=0), rng) == 1
+    assert all(OnnxEngine._choose(banned, SamplingParams(max_tokens=1, temperature=2.0), rng) != 0 for _ in range(200))
+    # OpenAI's formula: logit - count * frequency_penalty - (count > 0) * presence_penalty, generated tokens only.
+    both = SamplingParams(max_tokens=1, frequency_penalty=0.5, presence_penalty=0.25)
+    np.testing.assert_allclose(adjusted_logits(row, both, {0: 3, 2: 1}), [3.0 - 1.5 - 0.25, 2.0, 1.0 - 0.5 - 0.25, 0.0])

@@ -25,11 +25,29 @@ def test_a_minimal_request_gets_openai_defaults():
 
 def test_parameters_reach_sampling():
     request = parse_chat_request(body(max_tokens=5, temperature=0, top_p=0.5, seed=3, stop="x", logprobs=True,
-                                      top_logprobs=4, model="m"))
+                                      top_logprobs=4, model="m", frequency_penalty=0.5, presence_penalty=-1,
+                                      logit_bias={"50": -100, "7": 2.5}))
     chat = to_chat_request(request, default_max_tokens=77)
     assert chat.params.max_tokens == 5 and chat.max_tokens_given
     assert (chat.params.temperature, chat.params.top_p, chat.params.seed) == (0, 0.5, 3)
     assert chat.params.stop == ("x",) and chat.params.top_logprobs == 4 and chat.model == "m"
+    assert (chat.params.frequency_penalty, chat.params.presence_penalty) == (0.5, -1.0)
+    assert chat.params.logit_bias == ((7, 2.5), (50, -100.0))
+
+
+def test_penalties_and_bias_default_to_none_and_are_part_of_the_cache_key():
+    from dataclasses import replace
+
+    from appliance.router import params_key
+
+    params = to_chat_request(parse_chat_request(body()), 16).params
+    assert (params.frequency_penalty, params.presence_penalty, params.logit_bias) == (0.0, 0.0, ())
+    # Unset, they leave the key as it was before they existed: entries cached then still match.
+    assert params_key(params) == '{"t":1.0,"p":1.0,"max":16,"stop":[],"seed":null}'
+    keys = {params_key(params), params_key(replace(params, frequency_penalty=0.5)),
+            params_key(replace(params, presence_penalty=0.5)), params_key(replace(params, logit_bias=((5, -100.0),))),
+            params_key(replace(params, logit_bias=((6, -100.0),))), params_key(replace(params, logit_bias=((5, 1.0),)))}
+    assert len(keys) == 6
 
 
 def test_content_parts_and_developer_role_are_understood():
@@ -64,12 +82,27 @@ def test_top_logprobs_are_only_sent_when_logprobs_are_asked_for():
         (body(temperature=9), "temperature", "less than or equal to 2"),
         (body(temperature=-1), "temperature", "greater than or equal to 0"),
         (body(top_p=0), "top_p", "greater than 0"),
-        (body(n=3), "n", "less than or equal to 1"),
+        (body(n=3), "n", "only 1"),
         (body(stop=["a", "b", "c", "d", "e"]), None, "at most 4"),
         (body(top_logprobs=3), None, "needs logprobs"),
         (body(top_logprobs=50, logprobs=True), "top_logprobs", "less than or equal to 20"),
         (body(stream="yes"), "stream", "valid boolean"),
         (body(seed=2**70), "seed", "less than"),
+        (body(frequency_penalty=2.5), "frequency_penalty", "less than or equal to 2"),
+        (body(frequency_penalty="high"), "frequency_penalty", "valid number"),
+        (body(presence_penalty=-3), "presence_penalty", "greater than or equal to -2"),
+        (body(logit_bias={"5": -101}), "logit_bias.5", "greater than or equal to -100"),
+        (body(logit_bias={"5": 100.5}), "logit_bias.5", "less than or equal to 100"),
+        (body(logit_bias={"5": "ban"}), "logit_bias.5", "valid number"),
+        (body(logit_bias={"hello": -100}), "logit_bias", "not a token id"),
+        (body(logit_bias={"-1": -100}), "logit_bias", "not a token id"),
+        (body(logit_bias={"99999999999": 1}), "logit_bias", "not a token id"),
+        (body(logit_bias={str(i): 1 for i in range(1025)}), "logit_bias", "at most 1024"),
+        (body(logit_bias=[5]), "logit_bias", "valid dictionary"),
+        (body(response_format={"type": "xml"}), "response_format.type", "'text'"),
+        (body(stream_options={"include_usage": True, "extra": 1}), "stream_options.extra", "unknown parameter"),
+        (body(user=5), "user", "valid string"),
+        (body(metadata={"k": 5}), "metadata.k", "valid string"),
     ],
 )
 def test_bad_requests_are_400_with_the_parameter(raw, param, words):
@@ -80,8 +113,98 @@ def test_bad_requests_are_400_with_the_parameter(raw, param, words):
     assert words in raised.value.message
 
 
-def test_unknown_fields_are_ignored_for_compatibility():
-    assert parse_chat_request(body(frequency_penalty=0.1, some_future_field={"x": 1})).messages[0].role == "user"
+def refusal(**fields) -> ApiError:
+    with pytest.raises(ApiError) as raised:
+        parse_chat_request(body(**fields))
+    assert raised.value.status == 400
+    return raised.value
+
+
+@pytest.mark.parametrize("field", ["some_future_field", "temprature", "top_k", "min_p", "repeat_penalty"])
+def test_an_unknown_field_is_a_400_naming_it_and_what_is_supported(field):
+    error = refusal(**{field: 1})
+    assert error.param == field and error.code == "unknown_parameter"
+    assert error.message.startswith(f"{field}: unknown parameter")
+    assert "supported: model, messages" in error.message and "frequency_penalty" in error.message
+    assert error.body()["error"] == {"message": error.message, "type": "invalid_request_error", "param": field,
+                                     "code": "unknown_parameter"}
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("tools", [{"type": "function", "function": {"name": "f"}}], "tool calling"),
+    ("tool_choice", "auto", "tool calling"),
+    ("functions", [{"name": "f"}], "function calling"),
+    ("function_call", "auto", "function calling"),
+    ("audio", {"voice": "alloy", "format": "mp3"}, "text only"),
+    ("prediction", {"type": "content", "content": "x"}, "predicted outputs"),
+    ("web_search_options", {"search_context_size": "low"}, "web search"),
+    ("reasoning_effort", "high", "reasoning"),
+    ("verbosity", "low", "verbosity"),
+])
+def test_a_known_but_unsupported_field_is_a_400_saying_so(field, value, words):
+    error = refusal(**{field: value})
+    assert error.param == field and error.code == "unsupported_parameter"
+    assert f"{field}: not supported (" in error.message and words in error.message
+    assert "supported: model, messages" in error.message
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("n", 2, "only 1"),
+    ("n", 128, "only 1"),
+    ("response_format", {"type": "json_object"}, "'json_object' is not supported yet"),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+     "'json_schema' is not supported yet"),
+    ("store", True, "no retrievable copy"),
+    ("service_tier", "priority", "one tier"),
+    ("modalities", ["text", "audio"], '["text"]'),
+])
+def test_an_unsupported_value_is_a_400_saying_what_is_supported(field, value, words):
+    error = refusal(**{field: value})
+    assert error.param == field and error.code == "unsupported_value"
+    assert words in error.message
+
+
+def test_harmless_fields_and_supported_values_are_accepted():
+    request = parse_chat_request(body(
+        n=1, response_format={"type": "text"}, user="u-1", safety_identifier="s", metadata={"team": "a"}, store=False,
+        prompt_cache_key="k", parallel_tool_calls=False, service_tier="auto", modalities=["text"],
+        stream=True, stream_options={"include_usage": True, "include_obfuscation": False},
+    ))
+    assert request.n == 1 and request.stream_options.include_usage
+
+
+def test_a_null_or_empty_unsupported_field_carries_nothing_and_is_accepted():
+    # What clients serialize for "not set"; nothing would be dropped.
+    assert parse_chat_request(body(tools=None, tool_choice=None, functions=[], audio=None, store=None,
+                                   response_format=None, logit_bias=None))
+    # An assistant message echoed back whole from an OpenAI answer.
+    echoed = {"role": "assistant", "content": "hi", "refusal": None, "tool_calls": None, "function_call": None,
+              "audio": None, "annotations": []}
+    request = parse_chat_request(json.dumps({"messages": [*USER, echoed, *USER]}).encode())
+    assert request.chat()[1] == {"role": "assistant", "content": "hi"}
+
+
+@pytest.mark.parametrize("field, value, code, words", [
+    ("name", "alice", "unsupported_parameter", "participant name"),
+    ("tool_calls", [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+     "unsupported_parameter", "tool calling"),
+    ("tool_call_id", "1", "unsupported_parameter", "tool calling"),
+    ("refusal", "I cannot", "unsupported_parameter", "put the text in content"),
+    ("weight", 1, "unknown_parameter", "takes role and content"),
+])
+def test_a_message_field_not_acted_on_is_a_400_naming_it(field, value, code, words):
+    message = {"role": "user", "content": "hi", field: value}
+    with pytest.raises(ApiError) as raised:
+        parse_chat_request(json.dumps({"messages": [{"role": "system", "content": "s"}, message]}).encode())
+    assert raised.value.param == f"messages.1.{field}" and raised.value.code == code
+    assert words in raised.value.message
+
+
+def test_a_text_part_with_an_extra_field_is_a_400():
+    content = [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]
+    with pytest.raises(ApiError) as raised:
+        parse_chat_request(json.dumps({"messages": [{"role": "user", "content": content}]}).encode())
+    assert raised.value.param == "messages.0.content.0.cache_control" and raised.value.code == "unknown_parameter"
 
 
 json_values = st.recursive(
@@ -94,7 +217,11 @@ fields = st.fixed_dictionaries({}, optional={
                                                              "content": json_values}), max_size=3) | json_values,
     "max_tokens": json_values, "temperature": json_values, "top_p": json_values, "stop": json_values,
     "seed": json_values, "stream": json_values, "logprobs": json_values, "top_logprobs": json_values,
-    "model": json_values, "n": json_values,
+    "model": json_values, "n": json_values, "frequency_penalty": json_values, "presence_penalty": json_values,
+    "logit_bias": json_values | st.dictionaries(st.sampled_from(["0", "5", "x", "-1"]), json_values, max_size=3),
+    "response_format": json_values | st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "x"])}),
+    "tools": json_values, "user": json_values, "store": json_values, "service_tier": json_values,
+    "modalities": json_values, "unknown": json_values,
 })
 
 

@@ -180,8 +180,12 @@ class OnnxEngine:
             raise OnnxEngineError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
         if self._seq is not None:
             raise OnnxEngineError("no free sequence; the ONNX engine decodes one request at a time")
+        for token, _ in params.logit_bias:
+            if not 0 <= token < self.n_vocab:
+                raise OnnxEngineError(f"logit_bias names token {token}, outside the vocabulary of {self.n_vocab}")
         rng = np.random.default_rng(params.seed)
-        self._seq = {"params": params, "pending": list(prompt), "past": None, "length": 0, "produced": 0, "rng": rng}
+        self._seq = {"params": params, "pending": list(prompt), "past": None, "length": 0, "produced": 0, "rng": rng,
+                     "counts": {}}
         return 0
 
     def remove(self, seq: int) -> None:
@@ -199,7 +203,8 @@ class OnnxEngine:
         seq["length"] += len(seq["pending"])
         row = logits[-1]
         params: SamplingParams = seq["params"]
-        token = self._choose(row, params, seq["rng"])
+        token = self._choose(adjusted_logits(row, params, seq["counts"]), params, seq["rng"])
+        seq["counts"][token] = seq["counts"].get(token, 0) + 1
         if token in self._eog:
             self._seq = None
             return [StepResult(0, finish="stop")]
@@ -235,6 +240,22 @@ class OnnxEngine:
     def close(self) -> None:
         self._seq = None
         self._decoder = None
+
+
+def adjusted_logits(row: np.ndarray, params: SamplingParams, counts: dict[int, int]) -> np.ndarray:
+    """A logits row with `params`' logit_bias and penalties applied, as llama.cpp's sampler chain
+    applies them for the GGUF engine: bias (-100 bans), then for each token generated so far
+    `count * frequency_penalty + presence_penalty` off its logit. `row` itself is left as it is."""
+    if not params.logit_bias and not (params.penalized and counts):
+        return row
+    row = row.astype(np.float32, copy=True)
+    for token, bias in params.logit_bias:
+        row[token] = -np.inf if bias <= -100 else row[token] + bias
+    if params.penalized and counts:
+        tokens = np.fromiter(counts, dtype=np.int64, count=len(counts))
+        seen = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        row[tokens] -= seen * params.frequency_penalty + params.presence_penalty
+    return row
 
 
 def _read_json(path: Path) -> dict:

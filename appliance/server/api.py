@@ -57,6 +57,9 @@ def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int, namesp
         seed=body.seed,
         stop=body.stops,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
+        logit_bias=body.biases,
     )
     return ChatRequest(messages=body.chat(), params=params, model=body.model, max_tokens_given=limit is not None,
                        namespace=namespace, cache_read=cache_read, cache_write=cache_write)
@@ -153,6 +156,7 @@ class Api:
         body = parse_chat_request(request.body)
         cache_read, cache_write = cache_directives(request)
         chat = to_chat_request(body, self.default_max_tokens, namespace_for(request), cache_read, cache_write)
+        self._check_vocabulary(chat)
         try:
             run = await self.router.start(chat, stream=body.stream)
         except UnknownModel as exc:
@@ -183,6 +187,21 @@ class Api:
             completion_id, answer.model, completion.text, completion.finish_reason, completion.prompt_tokens,
             completion.completion_tokens, completion.tokens, body.logprobs, answer.provenance(),
         ))
+
+    def _check_vocabulary(self, chat: ChatRequest) -> None:
+        """logit_bias names the student's own token ids: one past its vocabulary is a 400 (an unknown
+        model is left to the router's 404)."""
+        if not chat.params.logit_bias:
+            return
+        try:
+            n_vocab = self.router.student(chat.model).info.n_vocab
+        except UnknownModel:
+            return
+        for token, _ in chat.params.logit_bias:
+            if token >= n_vocab:
+                raise ApiError(400, f"logit_bias: token id {token} is outside the vocabulary of "
+                                    f"{n_vocab} tokens of the student answering", param="logit_bias",
+                               code="invalid_value")
 
     async def _stream(
         self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool

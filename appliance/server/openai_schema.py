@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..engine.types import TokenEvent
 from .errors import ApiError
@@ -15,8 +16,9 @@ MAX_JSON_DEPTH = 32
 
 
 class _Strict(BaseModel):
-    # Unknown fields are ignored, as OpenAI-compatible servers do, so newer clients still work.
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # Nothing a client sends is ignored: a field the daemon does not act on is refused (see
+    # `refuse_unsupported`, which words the refusal; "forbid" is the backstop for nested objects).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Strict):
@@ -27,7 +29,6 @@ class TextPart(_Strict):
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -39,6 +40,17 @@ class ChatMessage(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    include_obfuscation: bool | None = None
+    """Accepted, no effect: OpenAI pads chunks against length side channels on a network; this is a local socket."""
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"]
+    """json_object and json_schema are refused by `refuse_unsupported` until they are implemented."""
+
+
+MAX_LOGIT_BIAS = 1024
+"""Entries one request's logit_bias may hold."""
 
 
 class ChatCompletionRequest(_Strict):
@@ -55,7 +67,32 @@ class ChatCompletionRequest(_Strict):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     n: int = Field(default=1, ge=1, le=1)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    response_format: ResponseFormat | None = None
+    # Accepted without effect on the answer (see HARMLESS).
     user: str | None = None
+    safety_identifier: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    prompt_cache_key: str | None = None
+    parallel_tool_calls: bool | None = None
+    service_tier: str | None = None
+    modalities: list[str] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        for key in value:
+            if not _TOKEN_ID.fullmatch(key):
+                raise ValueError(f"key {key!r} is not a token id; keys are the student's token ids as decimal "
+                                 'strings, such as {"1234": -100}')
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "ChatCompletionRequest":
@@ -78,9 +115,141 @@ class ChatCompletionRequest(_Strict):
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def biases(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs in token order."""
+        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
+
     def chat(self) -> list[dict[str, str]]:
         """Messages as the chat template wants them."""
         return [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in self.messages]
+
+
+_TOKEN_ID = re.compile(r"(0|[1-9][0-9]{0,8})")  # below 2**31: a llama_token
+
+# --- what is refused, and why -----------------------------------------------------------------------
+#
+# A request field quietly ignored is worse than a visible 400: the client believes it got what it
+# asked for. So every field is one of three kinds, and anything else is an unknown field (a 400 too;
+# it is most often a misspelt one, `temprature`).
+#
+# IMPLEMENTED: each acts as OpenAI documents it.
+IMPLEMENTED = (
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
+    "stream", "stream_options", "logprobs", "top_logprobs", "n", "frequency_penalty", "presence_penalty",
+    "logit_bias", "response_format",
+)
+# HARMLESS: accepted, validated for type, and not acted on, because acting on them would not change
+# the answer. Each with why:
+HARMLESS = {
+    "user": "an end-user id for the provider's abuse monitoring; Athanor knows its callers by uid "
+            "(SO_PEERCRED) and answers the same whoever is named",
+    "safety_identifier": "OpenAI's successor to `user`: the same reasoning",
+    "metadata": "tags for OpenAI's stored-completions dashboard; they do not reach the model",
+    "store": "false (or null) asks for nothing; true is refused: Athanor keeps no retrievable copy of a "
+             "completion (its semantic cache is not OpenAI's stored-completions API)",
+    "prompt_cache_key": "a routing hint for OpenAI's prompt cache; Athanor reuses shared prompt prefixes "
+                        "by itself, and the answer is the same with or without it",
+    "parallel_tool_calls": "governs tool calls only; tools are refused, so there is nothing for it to govern",
+    "service_tier": '"auto" or "default": the one tier there is; any other tier is refused',
+    "modalities": '["text"]: the one output there is; anything else (audio) is refused',
+}
+# Nested, accepted the same way: stream_options.include_obfuscation (padding against network side
+# channels; this is a local socket). Message fields of OpenAI's own answers that a client may echo
+# back in its history (`refusal`, `tool_calls`, `annotations`, ...) are accepted when null or empty,
+# as is any known-but-unsupported field: a null carries nothing, so nothing is dropped.
+#
+# UNSUPPORTED: known, refused, with what to do instead.
+UNSUPPORTED = {
+    "tools": "this daemon has no tool calling",
+    "tool_choice": "this daemon has no tool calling",
+    "functions": "this daemon has no function calling",
+    "function_call": "this daemon has no function calling",
+    "audio": "this daemon answers in text only",
+    "prediction": "predicted outputs are not implemented",
+    "web_search_options": "the student answers offline, without web search",
+    "reasoning_effort": "the student is not a reasoning model",
+    "verbosity": "ask for a short or long answer in the prompt, or set max_tokens",
+}
+_MESSAGE_FIELDS = ("role", "content")
+_MESSAGE_UNSUPPORTED = {
+    "name": "the student's chat template has no place for a participant name, so it could not reach the "
+            'model; write it into the content instead ("Alice: ...")',
+    "tool_calls": "this daemon has no tool calling",
+    "tool_call_id": "this daemon has no tool calling",
+    "function_call": "this daemon has no function calling",
+    "audio": "this daemon reads and writes text only",
+    "refusal": "put the text in content",
+    "annotations": "annotations are OpenAI's own output",
+}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
+def _supported_list() -> str:
+    return (f"supported: {', '.join(IMPLEMENTED)}; accepted without effect on the answer: "
+            f"{', '.join(HARMLESS)}")
+
+
+def _refused(param: str, message: str, code: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param, code=code)
+
+
+def refuse_unsupported(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the fields that carry nothing (a null `tools`), or an `ApiError` naming the first
+    field the daemon does not act on: unknown, known but unsupported, or a value not supported (n > 1,
+    `response_format: json_object`, ...)."""
+    cleaned: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in UNSUPPORTED:
+            if _empty(value):
+                continue
+            raise _refused(key, f"not supported ({UNSUPPORTED[key]}); {_supported_list()}", "unsupported_parameter")
+        if key not in IMPLEMENTED and key not in HARMLESS:
+            raise _refused(key, f"unknown parameter; {_supported_list()}", "unknown_parameter")
+        cleaned[key] = value
+    _refuse_values(cleaned)
+    messages = cleaned.get("messages")
+    if isinstance(messages, list):
+        cleaned["messages"] = [_clean_message(m, i) if isinstance(m, dict) else m for i, m in enumerate(messages)]
+    return cleaned
+
+
+def _refuse_values(data: dict[str, Any]) -> None:
+    n = data.get("n")
+    if type(n) is int and n > 1:
+        raise _refused("n", f"{n} choices per request are not supported, only 1; send {n} requests "
+                            "(with different seeds) instead", "unsupported_value")
+    response_format = data.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+        raise _refused("response_format", f"type {response_format['type']!r} is not supported yet, only "
+                       '{"type": "text"}; ask for JSON in the prompt and parse the answer', "unsupported_value")
+    if data.get("store") is True:
+        raise _refused("store", "true is not supported: Athanor keeps no retrievable copy of a completion; "
+                       "send false or leave it out", "unsupported_value")
+    tier = data.get("service_tier")
+    if isinstance(tier, str) and tier not in ("auto", "default"):
+        raise _refused("service_tier", f"{tier!r} is not supported: there is one tier, \"default\" (or \"auto\")",
+                       "unsupported_value")
+    modalities = data.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise _refused("modalities", 'only ["text"] is supported; this daemon answers in text', "unsupported_value")
+
+
+def _clean_message(message: dict[str, Any], index: int) -> dict[str, Any]:
+    cleaned = {}
+    for key, value in message.items():
+        param = f"messages.{index}.{key}"
+        if key in _MESSAGE_UNSUPPORTED:
+            if _empty(value):
+                continue
+            raise _refused(param, f"not supported ({_MESSAGE_UNSUPPORTED[key]})", "unsupported_parameter")
+        if key not in _MESSAGE_FIELDS:
+            raise _refused(param, "unknown message field; a message takes role and content", "unknown_parameter")
+        cleaned[key] = value
+    return cleaned
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -154,11 +323,12 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     data = parse_json_body(body)
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    data = refuse_unsupported(data)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        param, message = _describe(exc.errors(), data)
-        raise ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value") from None
+        param, message, code = _describe(exc.errors(), data)
+        raise ApiError(400, f"{param}: {message}" if param else message, param=param, code=code) from None
 
 
 def _data_path(error: Any, data: Any) -> tuple[Any, ...]:
@@ -178,19 +348,25 @@ def _data_path(error: Any, data: Any) -> tuple[Any, ...]:
     return tuple(path)
 
 
-def _describe(errors: list[Any], data: Any) -> tuple[str | None, str]:
-    """The parameter and message of the most specific error; a value no member of a union took
+def _describe(errors: list[Any], data: Any) -> tuple[str | None, str, str]:
+    """The parameter, message and code of the most specific error; a value no member of a union took
     gets each member's complaint ("a valid string; or a valid list")."""
     paths = [_data_path(error, data) for error in errors]
     deepest = max(paths, key=len)
     messages = []
+    code = "invalid_value"
     for error, path in zip(errors, paths):
         if path == deepest:
-            message = "required" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
+            if error["type"] == "missing":
+                message = "required"
+            elif error["type"] == "extra_forbidden":  # a nested field `refuse_unsupported` does not know
+                message, code = "unknown parameter, not supported here", "unknown_parameter"
+            else:
+                message = error["msg"].removeprefix("Value error, ")
             if message not in messages:
                 messages.append(message)
     param = ".".join(str(part) for part in deepest) or None
-    return param, "; or ".join(messages)
+    return param, "; or ".join(messages), code
 
 
 # --- answers --------------------------------------------------------------------------------

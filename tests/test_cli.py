@@ -1,0 +1,114 @@
+"""CLI habits, through click's CliRunner and a stand-in daemon on a real Unix socket: `config` prints
+JSON alone on stdout, `health` fails when the daemon is degraded, `ask` reads standard input."""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.cli import main
+
+HEALTHY = {"status": "ok", "storage": {"ok": True, "stores": {}}, "students": ["s"]}
+DEGRADED = {"status": "degraded", "students": ["s"], "storage": {"ok": False, "stores": {
+    "cache": {"writes": 3, "write_failures": 1, "failing": True, "last_error": "disk full"},
+    "distill_log": {"writes": 3, "write_failures": 0, "failing": False, "last_error": None}}}}
+
+
+class StandIn:
+    """Answers /healthz with `health` and chat completions with "ok", keeping the chat bodies it got."""
+
+    def __init__(self) -> None:
+        self.health = HEALTHY
+        self.chats: list[dict] = []
+
+
+def _handler(state: StandIn):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # a Unix socket has no client address to log
+            pass
+
+        def _send(self, body: bytes, content_type: str) -> None:
+            self.send_response(200)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._send(json.dumps(state.health).encode(), "application/json")
+
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            state.chats.append(request)
+            if request.get("stream"):
+                chunk = {"choices": [{"index": 0, "delta": {"content": "ok"}}], "route": "student"}
+                self._send(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode(), "text/event-stream")
+            else:
+                self._send(json.dumps({"choices": [{"message": {"content": "ok"}}]}).encode(), "application/json")
+
+    return Handler
+
+
+@pytest.fixture
+def daemon(tmp_path, monkeypatch):
+    state = StandIn()
+    path = tmp_path / "athanor.sock"
+    server = socketserver.ThreadingUnixStreamServer(str(path), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("ATHANOR_SERVER__SOCKET", str(path))
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_config_prints_json_alone_on_stdout():
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)  # what `athanor config | jq` reads
+    assert config["student"]["n_ctx"] > 0
+    assert result.stderr.startswith("# from ")
+
+
+def test_health_exits_0_when_ok_and_1_when_degraded(daemon):
+    ok = CliRunner().invoke(main, ["health"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["status"] == "ok" and not ok.stderr
+    daemon.health = DEGRADED
+    degraded = CliRunner().invoke(main, ["health"])
+    assert degraded.exit_code == 1
+    assert json.loads(degraded.stdout)["status"] == "degraded"  # the report is still printed
+    assert "degraded: cannot write cache" in degraded.stderr and "distill_log" not in degraded.stderr
+
+
+def test_health_without_a_daemon_exits_3(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATHANOR_SERVER__SOCKET", str(tmp_path / "none.sock"))
+    result = CliRunner().invoke(main, ["health"])
+    assert result.exit_code == 3 and "athanor serve" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["-"]])
+def test_ask_reads_the_question_from_standard_input(daemon, args):
+    result = CliRunner().invoke(main, ["ask", *args, "--max-tokens", "4"], input="What is 2+2?\nAnswer briefly.\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "ok\n"
+    assert daemon.chats[-1]["messages"] == [{"role": "user", "content": "What is 2+2?\nAnswer briefly."}]
+    assert daemon.chats[-1]["max_tokens"] == 4
+
+
+def test_ask_still_takes_the_question_as_an_argument(daemon):
+    result = CliRunner().invoke(main, ["ask", "hi there", "--no-stream"], input="not this")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "ok\n" and daemon.chats[-1]["messages"][-1]["content"] == "hi there"
+
+
+def test_ask_with_nothing_on_standard_input_is_a_usage_error(daemon):
+    result = CliRunner().invoke(main, ["ask"], input="  \n")
+    assert result.exit_code == 2 and "no question" in result.stderr
+    assert not daemon.chats
