@@ -21,6 +21,8 @@ class Confidence:
     mean_prob: float
     min_prob: float
     n_tokens: int
+    method: str = "quantile"
+    """"quantile": `score` is the quantile above; "router": `score` is a fitted router's P(right)."""
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}

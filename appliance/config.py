@@ -133,6 +133,10 @@ class RoutingConfig(_Section):
     """"default": the shipped router fitted on the embedded student (scripts/bench_route.py); "off": keep
     answers whose confidence reaches confidence_threshold; or a router file `athanor evaluate` wrote."""
 
+    hold_tokens: int = Field(default=8, ge=1, le=256)
+    """With a teacher, a streamed answer is held for this many tokens; then the early router either
+    escalates to the teacher at once or lets the student's answer stream live."""
+
     @field_validator("router")
     @classmethod
     def _router(cls, value: str) -> str:

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable, Literal
 
 from .cache import CacheKey, SemanticCache, normalize_prompt
-from .confidence import Confidence, confidence
+from .cache.store import TEACHER_VERSION
+from .confidence import Confidence
+from .routing.decide import decide
+from .routing.learned import LogisticRouter
 from .engine.llama import LlamaEngine
 from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
@@ -109,13 +112,32 @@ class Answer:
         return fields
 
 
+def last_user_text(messages: list[dict]) -> str:
+    """The question the router's signals read: the last user turn's text."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
 def params_key(params: SamplingParams) -> str:
-    """The generation settings that change an answer; a cache hit must match them all."""
-    return json.dumps(
-        {"t": round(params.temperature, 3), "p": round(params.top_p, 3), "max": params.max_tokens,
-         "stop": list(params.stop), "seed": params.seed},
-        separators=(",", ":"),
-    )
+    """The generation settings that change an answer; a cache hit must match them all.
+
+    Penalties and logit_bias join the key only when set, so the keys of entries cached without them
+    (all of them before these existed) stay the same.
+    """
+    key: dict = {"t": round(params.temperature, 3), "p": round(params.top_p, 3), "max": params.max_tokens,
+                 "stop": list(params.stop), "seed": params.seed}
+    if params.frequency_penalty:
+        key["fp"] = round(params.frequency_penalty, 3)
+    if params.presence_penalty:
+        key["pp"] = round(params.presence_penalty, 3)
+    if params.logit_bias:
+        key["bias"] = [[token, round(bias, 3)] for token, bias in params.logit_bias]
+    return json.dumps(key, separators=(",", ":"))
 
 
 @dataclass
@@ -124,6 +146,11 @@ class Routing:
 
     confidence_threshold: float = 0.2
     confidence_quantile: float = 0.1
+    policy: LogisticRouter | None = None
+    """A fitted router over the answer's signals; None routes by the quantile rule alone."""
+    early_policy: LogisticRouter | None = None
+    """A router over the first `hold_tokens` tokens: escalate at once, or stream the student live."""
+    hold_tokens: int = 8
     cache: SemanticCache | None = None
     teacher: Teacher | None = None
     distill_log: DistillLog | None = None
@@ -193,15 +220,17 @@ class Router:
         key = None
         prompt_text = ""
         if cache is not None:
-            key = CacheKey(request.namespace, student.version, params_key(params))
+            key = CacheKey(request.namespace, student.version, params_key(params), also_serves=(TEACHER_VERSION,))
             prompt_text = normalize_prompt(request.messages)
             if request.cache_read:
                 hit = await asyncio.to_thread(cache.lookup, key, prompt_text)
                 if hit is not None:
                     return CachedRun(self, student, prompt, hit)
-        # With a teacher the student's answer is held back until its confidence is known.
+        # With a teacher the student's answer is held back until its confidence is known: for the first
+        # tokens when an early router decides from them, else to its end.
         hold = self.routing.teacher is not None
-        job = student.scheduler.submit(prompt, params, stream=stream and not hold)
+        early = hold and self.routing.early_policy is not None
+        job = student.scheduler.submit(prompt, params, stream=stream and (not hold or early))
         return StudentRun(self, student, prompt, params, job, request, key, prompt_text, hold)
 
 
@@ -279,17 +308,54 @@ class StudentRun(Run):
         assembler = TextAssembler(self.params.stop)
         tokens: list[TokenEvent] = []
         held: list[Delta] = []
-        async for delta in self._student_deltas(assembler, tokens):
-            if self.hold:
+        question = last_user_text(self.request.messages)
+        early = routing.early_policy if self.hold else None
+        live = not self.hold  # deltas go out as they come
+        escalated = False
+        deltas = self._student_deltas(assembler, tokens)
+        try:
+            async for delta in deltas:
+                if live:
+                    yield delta
+                    continue
                 held.append(delta)
-            else:
-                yield delta
+                if early is not None and len(tokens) >= routing.hold_tokens:
+                    if not decide(question, tokens, early, 0.0, routing.confidence_quantile).keep:
+                        escalated = True  # the first tokens already say unsure: the teacher, now
+                        break
+                    live = True
+                    for waiting in held:
+                        yield waiting
+                    held = []
+            reason = None
+            if escalated:
+                # The student goes on meanwhile: if the teacher fails, its whole answer is still served.
+                sure = decide(question, tokens, routing.policy, routing.confidence_threshold,
+                              routing.confidence_quantile).confidence
+                try:
+                    async for event in self._ask_teacher(Completion(assembler.text, "stop", len(self.prompt),
+                                                                    list(tokens)), sure):
+                        yield event
+                    return
+                except TeacherError as exc:
+                    reason = str(exc)
+                    log.warning("teacher failed, serving the student's answer: %s", reason)
+                async for delta in deltas:
+                    held.append(delta)
+        finally:
+            await deltas.aclose()  # frees the student's slot whatever happened
         finish = "stop" if assembler.stopped else (self.job.finish_reason or "stop")
         completion = Completion(assembler.text, finish, len(self.prompt), tokens)
-        sure = confidence(completion.logprobs, routing.confidence_quantile)
-        unsure = sure.score < routing.confidence_threshold
-        reason = None
-        if unsure and routing.teacher is not None:
+        decision = decide(question, tokens, routing.policy, routing.confidence_threshold, routing.confidence_quantile)
+        sure = decision.confidence
+        unsure = escalated or not decision.keep
+        if escalated:
+            pass  # the teacher failed: `reason` says so
+        elif live and self.hold and unsure:
+            # The first tokens were trusted and the answer has gone out; as a whole it does not convince
+            # the router: it is served as it is, flagged, and not cached.
+            reason = "the student's answer streamed once its first tokens looked sure; as a whole it is unsure"
+        elif unsure and routing.teacher is not None:
             try:
                 async for event in self._ask_teacher(completion, sure):
                     yield event
@@ -301,7 +367,7 @@ class StudentRun(Run):
             reason = "student unsure and no teacher configured"
         for delta in held:
             yield delta
-        if not unsure:
+        if decision.cache and not unsure:
             await self._remember(completion.text, completion.completion_tokens, "student", sure)
         yield Answer(
             model=self.student.name,
@@ -352,7 +418,8 @@ class StudentRun(Run):
         if cache is None or self.key is None or not self.request.cache_write or not text.strip():
             return
         meta = {"source": source, "completion_tokens": completion_tokens, "confidence": sure.score}
+        key = replace(self.key, model_version=TEACHER_VERSION, also_serves=()) if source == "teacher" else self.key
         try:
-            await asyncio.to_thread(cache.put, self.key, self.prompt_text, text, meta)
+            await asyncio.to_thread(cache.put, key, self.prompt_text, text, meta)
         except Exception:  # a cache that cannot write must not cost the client its answer
             log.exception("cache write failed")

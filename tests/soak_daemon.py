@@ -18,7 +18,7 @@ SOAK_THRESHOLD = "0.2"
 @contextmanager
 def soak_daemon(home: Path, teacher: FakeGemini, max_queue: int = 32) -> Iterator[tuple]:
     env = gemini_env(teacher, ATHANOR_TEACHER__DAILY_BUDGET_USD="1000", ATHANOR_TEACHER__REQUESTS_PER_MINUTE="100000",
-                     ATHANOR_ROUTING__CONFIDENCE_THRESHOLD=SOAK_THRESHOLD, ATHANOR_SERVER__MAX_QUEUE=str(max_queue))
+                     ATHANOR_ROUTING__CONFIDENCE_THRESHOLD=SOAK_THRESHOLD, ATHANOR_ROUTING__ROUTER="off", ATHANOR_SERVER__MAX_QUEUE=str(max_queue))
     process, path = start_daemon(home, env=env)
     try:
         yield process, path

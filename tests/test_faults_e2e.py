@@ -29,7 +29,7 @@ KILL_ROUNDS = 4
 
 def teacher_env(fake: FakeGemini, **extra: str) -> dict[str, str]:
     # Every cache miss goes on to the teacher, so every answer is written to the log and the cache.
-    return gemini_env(fake, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", **extra)
+    return gemini_env(fake, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", **extra)
 
 
 def client(path: Path, timeout: float = 120) -> httpx.Client:

@@ -43,7 +43,7 @@ def gemini():
 def hybrid(tmp_path_factory, gemini):
     """A daemon whose student is never sure enough (threshold 1.0): every miss goes to the teacher."""
     home = tmp_path_factory.mktemp("hybrid")
-    process, path = start_daemon(home, env=gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
+    process, path = start_daemon(home, env=gemini_env(gemini, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
     yield home, path, process
     stop_daemon(process)
 
@@ -143,7 +143,7 @@ def test_stats_count_routes_and_money(hybrid):
 
 
 def test_cache_survives_a_restart(tmp_path, gemini):
-    env = gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0")
+    env = gemini_env(gemini, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0")
     process, path = start_daemon(tmp_path / "restart", env=env)
     try:
         assert ask(path, CAPITAL)["route"] == "teacher"
@@ -157,7 +157,7 @@ def test_cache_survives_a_restart(tmp_path, gemini):
 
 
 def test_budget_exhausted_means_no_teacher_call(tmp_path, gemini):
-    env = gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", ATHANOR_TEACHER__DAILY_BUDGET_USD="0")
+    env = gemini_env(gemini, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0", ATHANOR_TEACHER__DAILY_BUDGET_USD="0")
     process, path = start_daemon(tmp_path / "broke", env=env)
     try:
         before = len(gemini.requests)
@@ -170,7 +170,7 @@ def test_budget_exhausted_means_no_teacher_call(tmp_path, gemini):
 
 
 def test_a_confident_student_answers_itself_and_is_cached(tmp_path, gemini):
-    env = gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="0.0")
+    env = gemini_env(gemini, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="0.0")
     process, path = start_daemon(tmp_path / "sure", env=env)
     try:
         before = len(gemini.requests)
@@ -179,5 +179,69 @@ def test_a_confident_student_answers_itself_and_is_cached(tmp_path, gemini):
         assert first["confidence_detail"]["n_tokens"] == first["usage"]["completion_tokens"]
         assert ask(path, CAPITAL)["route"] == "cache"
         assert len(gemini.requests) == before
+    finally:
+        stop_daemon(process)
+
+
+def _router_files(folder, keep_early: bool, keep_final: bool = True):
+    """A router that always keeps (or never keeps) the student's answer, and its early twin."""
+    from appliance.routing.decide import early_path
+    from appliance.routing.learned import LogisticRouter
+    from appliance.routing.signals import Signals
+
+    names = tuple(Signals.names())
+    zeros, ones = tuple(0.0 for _ in names), tuple(1.0 for _ in names)
+    final = folder / "router.json"
+    LogisticRouter(names, zeros, ones, zeros, 10.0 if keep_final else -10.0, 0.5, 0.5).save(final)
+    LogisticRouter(names, zeros, ones, zeros, 10.0 if keep_early else -10.0, 0.5, 1.0).save(early_path(final))
+    return final
+
+
+def _stream(path, question, max_tokens=24):
+    import time
+
+    started = time.monotonic()
+    arrivals, chunks = [], []
+    with client(path) as c, c.stream("POST", "/v1/chat/completions",
+                                      json={"messages": question, "max_tokens": max_tokens, "stream": True,
+                                            "temperature": 0}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    arrivals.append(time.monotonic() - started)
+                chunks.append(chunk)
+    return chunks, arrivals
+
+
+def test_with_a_teacher_a_sure_student_streams_token_by_token(tmp_path, gemini):
+    router = _router_files(tmp_path, keep_early=True)
+    env = gemini_env(gemini, ATHANOR_ROUTING__ROUTER=str(router), ATHANOR_ROUTING__HOLD_TOKENS="4")
+    process, path = start_daemon(tmp_path / "live", env=env)
+    try:
+        before = len(gemini.requests)
+        chunks, arrivals = _stream(path, [{"role": "user", "content": "Write a long sentence about rivers."}], 32)
+        assert {c["route"] for c in chunks} == {"student"}
+        # After the 4 held tokens the rest streams: many content chunks, spread over the answer's time.
+        assert len(arrivals) > 10 and arrivals[-1] - arrivals[0] > 0.05
+        assert len(gemini.requests) == before
+    finally:
+        stop_daemon(process)
+
+
+def test_with_a_teacher_an_unsure_start_escalates_at_once(tmp_path, gemini):
+    router = _router_files(tmp_path, keep_early=False)
+    env = gemini_env(gemini, ATHANOR_ROUTING__ROUTER=str(router), ATHANOR_ROUTING__HOLD_TOKENS="4",
+                     ATHANOR_STUDENT__DEFAULT_MAX_TOKENS="400")
+    process, path = start_daemon(tmp_path / "early", env=env)
+    try:
+        before = len(gemini.requests)
+        chunks, _ = _stream(path, [{"role": "user", "content": "Tell me a very long story about a dragon."}], 400)
+        assert {c["route"] for c in chunks} == {"teacher"}
+        assert len(gemini.requests) == before + 1
+        # The student was stopped once the teacher answered, not run to its 400-token limit.
+        with client(path) as c:
+            steps = c.get("/v1/stats").json()["students"][0]["batching"]["steps"]
+        assert steps < 200, steps
     finally:
         stop_daemon(process)

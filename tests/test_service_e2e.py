@@ -155,7 +155,7 @@ def test_sigterm_during_streams_loses_no_acknowledged_answer(tmp_path):
     with FakeGemini(api_key="fake-key-123", answer=lambda prompt: f"Teacher says: {prompt[-40:]}") as gemini:
         home = tmp_path / "home"
         # Threshold 1.0: every answer goes to the teacher, and so to the cache and the distillation log.
-        process, path = start_daemon(home, env=gemini_env(gemini, ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
+        process, path = start_daemon(home, env=gemini_env(gemini, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
         questions = [f"Name a famous landmark in city number {i}." for i in range(3)]
         started = [threading.Event() for _ in questions]
 

@@ -29,7 +29,7 @@ from ..errors import AthanorError
 from . import llama_log
 from .batching import Feed, copy_by_state, in_stream_order, interruptible, place_prompt, plan_step
 from .chat_markup import chat_tokens
-from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
+from .types import ModelInfo, SamplingParams, StepResult, StepStats, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,24 @@ def log_softmax_at(logits: np.ndarray, token: int) -> float:
     """log p(token) under the softmax of a logits row, computed stably."""
     peak = float(logits.max())
     return float(logits[token]) - peak - float(np.log(np.exp(logits - peak).sum()))
+
+
+def step_stats(logits: np.ndarray) -> StepStats:
+    """Best log-probability, its margin over the second and the entropy of a logits row."""
+    peak = float(logits.max())
+    shifted = logits - peak
+    weights = np.exp(shifted)
+    total = float(weights.sum())
+    log_norm = float(np.log(total))
+    top2 = np.partition(logits, -2)[-2:]
+    entropy = log_norm - float((weights * shifted).sum()) / total
+    return StepStats(max_logprob=-log_norm, margin=float(top2[1] - top2[0]), entropy=max(0.0, entropy))
+
+
+def ban_or(bias: float) -> float:
+    """A logit bias as applied: -100 (OpenAI's floor) or below bans the token outright (-inf), where
+    adding -100 could still leave it the best of a very peaked row."""
+    return float("-inf") if bias <= -100 else bias
 
 
 def top_k_logprobs(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -265,6 +283,9 @@ class LlamaEngine:
             raise EngineError("empty prompt")
         if len(prompt) >= self.n_ctx:
             raise EngineError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
+        for token, _ in params.logit_bias:
+            if not 0 <= token < self.n_vocab:  # llama.cpp would index past the logits row
+                raise EngineError(f"logit_bias names token {token}, outside the vocabulary of {self.n_vocab}")
         free = [seq for seq in range(self.parallel) if seq not in self._active]
         if not free:
             raise EngineError("no free sequence; the scheduler admits at most `parallel` requests")
@@ -420,7 +441,8 @@ class LlamaEngine:
                 for t, lp in top_k_logprobs(row, params.top_logprobs)
             )
         raw = self.piece(token)
-        event = TokenEvent(token, raw.decode(errors="replace"), log_softmax_at(row, token), raw, top)
+        event = TokenEvent(token, raw.decode(errors="replace"), log_softmax_at(row, token), raw, top,
+                           step_stats(row))
         sequence.produced += 1
         if sequence.produced >= params.max_tokens or len(self._kv[seq]) + 1 >= self.n_ctx:
             return StepResult(seq, event, finish="length")
@@ -429,6 +451,19 @@ class LlamaEngine:
 
     def _sampler(self, params: SamplingParams):
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        # Bias and penalties first, on the whole vocabulary, as OpenAI applies them: before the
+        # choice, greedy or sampled. The reported log-probabilities stay the model's own (the raw row).
+        if params.logit_bias:
+            entries = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token, ban_or(bias)) for token, bias in params.logit_bias))
+            # llama.cpp copies the entries: the array may go once the sampler exists.
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(params.logit_bias), entries))
+        if params.penalized:
+            # Counts over everything this sequence generated (the chain accepts each sampled token), not
+            # the prompt: OpenAI's "frequency in the text so far". No repeat penalty (1.0).
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_penalties(
+                self.n_vocab, self.n_ctx, 1.0, params.frequency_penalty, params.presence_penalty))
         if params.temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain

@@ -33,6 +33,16 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was generated before (OpenAI's, -2..2)."""
+    presence_penalty: float = 0.0
+    """Subtracted from a token's logit once if it was generated before (OpenAI's, -2..2)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to those tokens' logits; a bias of -100 or less bans the token."""
+
+    @property
+    def penalized(self) -> bool:
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,21 @@ class TokenLogprob:
     token: str
     logprob: float
     raw: bytes
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """How peaked one step's distribution was, whatever token sampling then chose.
+
+    At a sampling temperature the chosen token's probability mostly measures the dice; the best
+    token's probability, the gap to the second and the entropy measure the model.
+    """
+
+    max_logprob: float
+    margin: float
+    """log p(best) - log p(second best)."""
+    entropy: float
+    """In nats."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,8 @@ class TokenEvent:
     logprob: float
     raw: bytes
     top: tuple[TokenLogprob, ...] = ()
+    step: StepStats | None = None
+    """The whole next-token distribution in three numbers (None from engines that do not compute it)."""
 
 
 @dataclass(frozen=True)

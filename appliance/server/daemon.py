@@ -65,6 +65,8 @@ def build_routing(config: AthanorConfig) -> Routing:
         confidence_threshold=config.routing.confidence_threshold,
         confidence_quantile=config.routing.confidence_quantile,
         policy=load_policy(config.routing.router),
+        early_policy=load_policy(config.routing.router, early=True),
+        hold_tokens=config.routing.hold_tokens,
     )
     if config.cache.enabled:
         # One thread for embedding, and OpenMP threads that sleep instead of spinning when idle:

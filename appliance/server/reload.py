@@ -17,6 +17,7 @@ from typing import Callable
 from ..config import AthanorConfig
 from ..errors import AthanorError
 from ..router import Router, Student
+from ..routing.decide import load_policy
 from .sd_notify import notify as sd_notify
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,17 @@ class Reloader:
                 config = await asyncio.to_thread(self.read_config)
                 # Loading takes seconds: in a thread, so the old students keep answering meanwhile.
                 students = await asyncio.to_thread(self.load_students, config)
+                # A router refitted by `athanor evaluate` or `retrain` is picked up here.
+                policy = await asyncio.to_thread(load_policy, config.routing.router)
+                early_policy = await asyncio.to_thread(load_policy, config.routing.router, True)
             except Exception as exc:  # whatever went wrong, the daemon must go on serving
                 return self._failed(exc)
             old = self.router.replace_students(students, config.student.name)
             self.router.routing.confidence_threshold = config.routing.confidence_threshold
             self.router.routing.confidence_quantile = config.routing.confidence_quantile
+            self.router.routing.policy = policy
+            self.router.routing.early_policy = early_policy
+            self.router.routing.hold_tokens = config.routing.hold_tokens
             self._warn_restart_only(config)
             self.config = config
             if self.on_config is not None:

@@ -1,0 +1,67 @@
+"""Keep the student's answer, or ask the teacher; and may the kept answer be cached? (pure)
+
+With a fitted router (the default: `appliance/routing/default_router.json`, fitted by
+scripts/bench_route.py on the dev half of its questions for the embedded student) the score is the
+router's P(right). Without one, the original rule: a low quantile of the chosen tokens'
+probabilities against `[routing].confidence_threshold`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..confidence import Confidence, confidence
+from ..engine.types import TokenEvent
+from .learned import LogisticRouter
+from .signals import signals
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUTER = Path(__file__).with_name("default_router.json")
+
+
+def early_path(path: Path) -> Path:
+    """Where the router for the first `[routing].hold_tokens` tokens of an answer lies beside `path`."""
+    return path.with_name(path.stem + "_early" + path.suffix)
+
+
+@dataclass(frozen=True)
+class Decision:
+    confidence: Confidence
+    keep: bool
+    """Serve the student's answer (else the teacher's, when there is one)."""
+    cache: bool
+    """Trusted enough to be served again from the cache."""
+
+
+def decide(question: str, events: Sequence[TokenEvent], policy: LogisticRouter | None,
+           threshold: float, quantile: float) -> Decision:
+    sure = confidence([e.logprob for e in events], quantile)
+    if policy is None:
+        keep = sure.score >= threshold
+        return Decision(sure, keep, keep)
+    p_right = policy.probability(signals(question, events).vector())
+    scored = Confidence(p_right, sure.quantile, sure.mean_logprob, sure.mean_prob, sure.min_prob, sure.n_tokens,
+                        method="router")
+    return Decision(scored, p_right >= policy.threshold, p_right >= policy.cache_threshold)
+
+
+def load_policy(setting: str, early: bool = False) -> LogisticRouter | None:
+    """`[routing].router`: "default" (the shipped router), "off" (the quantile rule), or a file.
+
+    `early=True` loads the router of the answer's first tokens (`<name>_early.json` beside it), which
+    decides, while a streamed answer is held back, whether to escalate at once; None when there is none.
+    """
+    if setting == "off":
+        return None
+    path = DEFAULT_ROUTER if setting == "default" else Path(setting)
+    if early:
+        path = early_path(path)
+        return LogisticRouter.load(path) if path.is_file() else None
+    if setting == "default" and not path.is_file():
+        log.warning("no shipped router at %s; routing by the quantile rule", path)
+        return None
+    return LogisticRouter.load(path)

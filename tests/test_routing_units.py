@@ -1,0 +1,125 @@
+"""The router's pieces without a model: signals, grading, AUROC and operating points, the logistic
+router, and the keep/cache decision."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from appliance.engine.llama import step_stats
+from appliance.engine.types import StepStats, TokenEvent
+from appliance.routing.decide import decide, load_policy
+from appliance.routing.grading import correct
+from appliance.routing.learned import LogisticRouter, fit
+from appliance.routing.measures import auroc, cheapest, operating_points
+from appliance.routing.signals import Signals, signals
+
+
+def event(p_chosen: float, p_best: float, entropy: float, margin: float = 1.0) -> TokenEvent:
+    return TokenEvent(0, "x", math.log(p_chosen), b"x", (), StepStats(math.log(p_best), margin, entropy))
+
+
+def test_step_stats_match_the_distribution() -> None:
+    import numpy as np
+
+    logits = np.array([3.0, 1.0, 0.5, -2.0])
+    p = np.exp(logits) / np.exp(logits).sum()
+    stats = step_stats(logits)
+    assert stats.max_logprob == pytest.approx(math.log(p.max()))
+    assert stats.margin == pytest.approx(2.0)
+    assert stats.entropy == pytest.approx(float(-(p * np.log(p)).sum()))
+
+
+def test_a_sampled_unlikely_token_lowers_the_chosen_signal_but_not_the_best_one() -> None:
+    sure_model_unlucky_dice = signals("q", [event(0.05, 0.9, 0.4)] * 10)
+    unsure_model = signals("q", [event(0.3, 0.3, 2.5)] * 10)
+    assert sure_model_unlucky_dice.chosen_q10 < unsure_model.chosen_q10
+    assert sure_model_unlucky_dice.best_q10 > unsure_model.best_q10
+    assert sure_model_unlucky_dice.neg_entropy_mean > unsure_model.neg_entropy_mean
+
+
+def test_an_empty_answer_is_as_unsure_as_can_be() -> None:
+    s = signals("猫可以吃巧克力吗？", [])
+    assert s.best_q10 == 0.0 and s.chinese == 1.0 and len(s.vector()) == len(Signals.names())
+
+
+@pytest.mark.parametrize(("answer", "gold", "aliases", "category", "right"), [
+    ("12 times 12 is equal to 120.", "144", [], "arithmetic", False),
+    ("17 times 23 is 391.", "391", [], "arithmetic", True),
+    ("答案是三百九十一。", "391", ["三百九十一"], "arithmetic", True),
+    ("The largest planet in the solar system is Neptune.", "Jupiter", [], "facts", False),
+    ("Jupiter is the largest.", "Jupiter", [], "facts", True),
+    ("Yes, the Sun is a star.", "yes", [], "yesno", True),
+    ("No. The Sun is a star.", "yes", [], "yesno", False),
+    ("不是，鲸鱼是哺乳动物。", "否", ["不是"], "yesno", True),
+    ("是的。", "否", ["不是"], "yesno", False),
+    ("Water is H2O.", "H2O", [], "definitions", True),
+    ("北京是中国的首都。", "北京", [], "facts", True),
+    ("Paris", "Paris", [], "facts", True),
+    ("Parisian food is great", "Paris", [], "facts", False),
+])
+def test_grading(answer, gold, aliases, category, right) -> None:
+    assert correct(answer, gold, aliases, category) is right
+
+
+def test_auroc_against_brute_force() -> None:
+    rng = random.Random(3)
+    scores = [rng.choice([0.1, 0.2, 0.3, 0.5, 0.9]) for _ in range(60)]
+    right = [rng.random() < s for s in scores]
+    pos = [s for s, r in zip(scores, right) if r]
+    neg = [s for s, r in zip(scores, right) if not r]
+    brute = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+    assert auroc(scores, right) == pytest.approx(brute)
+    assert math.isnan(auroc([0.1, 0.2], [True, True]))
+
+
+def test_operating_points_and_the_cheapest_safe_one() -> None:
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    right = [True, True, True, False, True, False]
+    points = operating_points(scores, right)
+    keep_all = points[0]
+    assert keep_all.teacher_share == 0 and keep_all.wrong_kept == pytest.approx(2 / 6)
+    assert keep_all.quality == pytest.approx(4 / 6)
+    safe = cheapest(points, 0.05)
+    assert safe.threshold == 0.7 and safe.wrong_kept == 0 and safe.teacher_share == pytest.approx(0.5)
+    assert safe.quality == 1.0
+
+
+def test_the_logistic_router_learns_a_separable_signal_and_round_trips(tmp_path) -> None:
+    rng = random.Random(0)
+    x = [[rng.gauss(1.0 if i % 2 else -1.0, 0.5), rng.gauss(0, 1)] for i in range(200)]
+    y = [bool(i % 2) for i in range(200)]
+    router = fit(["useful", "noise"], x, y)
+    assert router.probability([2.0, 0.0]) > 0.9 > 0.1 > router.probability([-2.0, 0.0])
+    assert abs(router.weights[0]) > 5 * abs(router.weights[1])
+    router.save(tmp_path / "r.json")
+    again = LogisticRouter.load(tmp_path / "r.json")
+    assert again.probability([0.3, 1.0]) == pytest.approx(router.probability([0.3, 1.0]))
+    with pytest.raises(ValueError):
+        fit(["a"], [[1.0]] * 20, [True] * 20)
+
+
+def test_decide_with_and_without_a_router() -> None:
+    events = [event(0.9, 0.9, 0.2)] * 5
+    by_rule = decide("q", events, None, threshold=0.5, quantile=0.1)
+    assert by_rule.keep and by_rule.cache and by_rule.confidence.method == "quantile"
+    names = Signals.names()
+    neutral = dict(mean=tuple(0.0 for _ in names), scale=tuple(1.0 for _ in names))
+    # A router that only trusts peaked steps, keeping at 0.5 and caching at 0.9.
+    weights = tuple(8.0 if n == "best_q10" else 0.0 for n in names)
+    policy = LogisticRouter(tuple(names), weights=weights, bias=-4.0, threshold=0.5, cache_threshold=0.9,
+                            **neutral)
+    sure = decide("q", [event(0.95, 0.95, 0.1)] * 5, policy, 0.0, 0.1)
+    middling = decide("q", [event(0.6, 0.6, 1.0)] * 5, policy, 0.0, 0.1)
+    unsure = decide("q", [event(0.2, 0.2, 3.0)] * 5, policy, 0.0, 0.1)
+    assert (sure.keep, sure.cache) == (True, True) and sure.confidence.method == "router"
+    assert (middling.keep, middling.cache) == (True, False)
+    assert (unsure.keep, unsure.cache) == (False, False)
+
+
+def test_load_policy_settings(tmp_path) -> None:
+    assert load_policy("off") is None
+    with pytest.raises(FileNotFoundError):
+        load_policy(str(tmp_path / "missing.json"))
