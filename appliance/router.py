@@ -228,7 +228,8 @@ class Router:
                     return CachedRun(self, student, prompt, hit)
         # With a teacher the student's answer is held back until its confidence is known: for the first
         # tokens when an early router decides from them, else to its end.
-        hold = self.routing.teacher is not None
+        # logit_bias names the student's token ids, which mean nothing to a teacher: no escalation then.
+        hold = self.routing.teacher is not None and not params.logit_bias
         early = hold and self.routing.early_policy is not None
         job = student.scheduler.submit(prompt, params, stream=stream and (not hold or early))
         return StudentRun(self, student, prompt, params, job, request, key, prompt_text, hold)
@@ -355,6 +356,8 @@ class StudentRun(Run):
             # The first tokens were trusted and the answer has gone out; as a whole it does not convince
             # the router: it is served as it is, flagged, and not cached.
             reason = "the student's answer streamed once its first tokens looked sure; as a whole it is unsure"
+        elif unsure and routing.teacher is not None and self.params.logit_bias:
+            reason = "student unsure; logit_bias applies to the student's tokens, so the teacher was not asked"
         elif unsure and routing.teacher is not None:
             try:
                 async for event in self._ask_teacher(completion, sure):
@@ -386,7 +389,32 @@ class StudentRun(Run):
         assert routing.teacher is not None
         params = TeacherParams(max_tokens=self.params.max_tokens, temperature=self.params.temperature,
                                top_p=self.params.top_p, stop=self.params.stop, seed=self.params.seed)
-        answer = await routing.teacher.complete(self.request.messages, params)
+        parts: list[str] = []
+        answer = None
+        chunks = routing.teacher.stream(self.request.messages, params)
+        try:
+            async for chunk in chunks:
+                if chunk.answer is not None:
+                    answer = chunk.answer
+                    break
+                if not parts:
+                    self.job.cancel()  # the teacher has begun: an escalated student need not go on
+                parts.append(chunk.text)
+                yield Delta(chunk.text, [], "teacher")
+        except TeacherError as exc:
+            if not parts:
+                raise  # nothing went out: the caller serves the student's answer instead
+            # Part of the teacher's answer is out: it ends here, flagged, and is neither logged nor cached.
+            text = "".join(parts)
+            yield Answer(model=self.student.name, route="teacher",
+                         completion=Completion(text, "length", len(self.prompt), [], max(1, len(text) // 4)),
+                         queued_s=self.queued_s, elapsed_s=time.monotonic() - self.started, confidence=sure,
+                         degraded=True, degraded_reason=str(exc))
+            return
+        finally:
+            await chunks.aclose()
+        if answer is None:
+            raise TeacherError("the teacher's stream ended without its final usage; the student's answer stands")
         if routing.distill_log is not None:
             record = {
                 "messages": self.request.messages,
@@ -402,7 +430,6 @@ class StudentRun(Run):
                 log.error("could not write the distillation log: %s", exc)
                 routing.storage.failed("distill_log", exc)
         await self._remember(answer.text, answer.output_tokens, "teacher", sure)
-        yield Delta(answer.text, [], "teacher")
         yield Answer(
             model=self.student.name,
             route="teacher",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .base import BudgetExceeded, Teacher, TeacherAnswer, TeacherError, TeacherParams
+from .base import BudgetExceeded, Teacher, TeacherAnswer, TeacherChunk, TeacherError, TeacherParams
 from .factory import make_teacher, teacher_status
 
 __all__ = [
     "BudgetExceeded",
     "Teacher",
     "TeacherAnswer",
+    "TeacherChunk",
     "TeacherError",
     "TeacherParams",
     "make_teacher",

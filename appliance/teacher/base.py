@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import AsyncGenerator, Protocol
 
 from ..errors import AthanorError
 
@@ -28,6 +28,22 @@ class TeacherAnswer:
     finish_reason: str = "stop"
 
 
+@dataclass(frozen=True)
+class TeacherChunk:
+    """One piece of a streamed answer: a text delta, or (last of all) the finished answer.
+
+    Every chunk but the last carries non-empty `text` and `answer=None`; the last carries `text=""` and
+    the `TeacherAnswer` (whole text, usage, cost, finish reason, model, latency), recorded in the ledger once.
+    """
+
+    text: str = ""
+    answer: TeacherAnswer | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.answer is not None
+
+
 class TeacherError(AthanorError):
     """The teacher could not answer (down, timing out, refusing, or garbage); the student's answer stands."""
 
@@ -41,6 +57,16 @@ class Teacher(Protocol):
 
     async def complete(self, messages: list[dict[str, str]], params: TeacherParams) -> TeacherAnswer:
         """One chat answer; raises TeacherError after its retries are spent."""
+        ...
+
+    def stream(self, messages: list[dict[str, str]], params: TeacherParams) -> AsyncGenerator[TeacherChunk, None]:
+        """One chat answer as it is written (an async generator: `async for chunk in teacher.stream(...)`).
+
+        Text deltas come in order, then one final chunk with the `TeacherAnswer`. The budget is checked
+        before anything is sent (`BudgetExceeded`); failures are retried only until the first text chunk
+        is out; after that a failure raises `TeacherError`, since the text so far was already passed on.
+        Close the generator (`aclose()`) when leaving early, so the connection is released at once.
+        """
         ...
 
     def estimate_cost(self, input_tokens: int, output_tokens: int) -> float:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import random
 import time
-from typing import Any, Callable
+from typing import Any, AsyncGenerator, Callable
 
 import httpx
 from google import genai
@@ -19,9 +20,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     httpx2 = None
 
 from ..config import TeacherConfig
-from .base import TeacherAnswer, TeacherError, TeacherParams
+from .base import TeacherAnswer, TeacherChunk, TeacherError, TeacherParams
 from .keys import Secret
-from .limits import Guard, RateLimiter, RetryableError, Sleep, SpendLedger, estimate_tokens, parse_retry_after
+from .limits import Guard, RateLimiter, RetryableError, Settle, Sleep, SpendLedger, estimate_tokens, parse_retry_after
 from .pricing import Price
 
 # The REST docs and every proxy speak v1beta; pin it rather than follow the SDK's default.
@@ -35,6 +36,17 @@ _ROLES = {"user": "user", "assistant": "model"}
 _SYSTEM_ROLES = ("system", "developer")
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 _REFUSALS = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+# What the SDK raises on a malformed 200 answer (its JSON and pydantic parsing).
+_PARSING = (ValueError, TypeError, KeyError, AttributeError)
+_FAILURES = (genai_errors.APIError, *_TRANSPORT, *_BAD_URLS, *_PARSING)
+# The HTTP responses a stream opens, so that it can close them itself (see `GeminiTeacher.stream`).
+_OPENED: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("gemini_opened", default=None)
+
+
+async def _note_response(response: Any) -> None:
+    opened = _OPENED.get()
+    if opened is not None:
+        opened.append(response)
 
 
 def to_gemini(messages: list[dict[str, str]]) -> tuple[str | None, list[types.Content]]:
@@ -114,6 +126,7 @@ class GeminiTeacher:
                 timeout=max(1, int(cfg.timeout_s * 1000)),
                 # One attempt per SDK call: our retries count attempts, honour the budget and the rate limit.
                 retry_options=types.HttpRetryOptions(attempts=1),
+                async_client_args={"event_hooks": {"response": [_note_response]}},
             ),
         )
 
@@ -127,7 +140,77 @@ class GeminiTeacher:
     async def complete(self, messages: list[dict[str, str]], params: TeacherParams) -> TeacherAnswer:
         """One answer from Gemini; raises `BudgetExceeded` before sending when over the cap, `TeacherError` on failure."""
         system, contents = to_gemini(messages)
-        config = types.GenerateContentConfig(
+        config = self._config(system, params)
+        estimate = estimate_tokens(messages)
+        reserved = estimate + params.max_tokens
+        started = time.monotonic()
+        response = await self.guard.call(estimate, params.max_tokens, lambda: self._send(contents, config))
+        latency = time.monotonic() - started
+        reading = _Reading()
+        reading.take(response)
+        return await self._conclude(
+            reading, estimate, lambda used_in, used_out: self.guard.settle(reserved, used_in, used_out), latency
+        )
+
+    async def stream(self, messages: list[dict[str, str]], params: TeacherParams) -> AsyncGenerator[TeacherChunk, None]:
+        """The answer as Gemini writes it (`streamGenerateContent?alt=sse`): text deltas, then the finished answer.
+
+        Raises `BudgetExceeded` before sending when over the cap; retries only until the first text is out.
+        """
+        system, contents = to_gemini(messages)
+        config = self._config(system, params)
+        estimate = estimate_tokens(messages)
+        started = time.monotonic()
+
+        async def attempt(settle: Settle) -> AsyncGenerator[TeacherChunk, None]:
+            reading = _Reading()
+            responses: Any = None
+            opened: list[Any] = []
+            try:
+                try:
+                    responses = await self._client.aio.models.generate_content_stream(
+                        model=self.model, contents=contents, config=config
+                    )
+                except _FAILURES as exc:
+                    raise self._failure(exc, midway=False) from None
+                while True:
+                    token = _OPENED.set(opened)  # set and reset within one step: a yield may change the context
+                    try:
+                        response = await anext(responses)
+                    except StopAsyncIteration:
+                        break
+                    except _FAILURES as exc:
+                        raise self._failure(exc, midway=bool(reading.pieces)) from None
+                    finally:
+                        _OPENED.reset(token)
+                    text = reading.take(response)
+                    if text:
+                        yield TeacherChunk(text=text)
+            finally:
+                # A stream left midway (an error event, or the caller stopping) leaves the SDK's nested
+                # generators to asyncio's finalizer, whose tasks then race to close the same HTTP stream
+                # ("aclose(): asynchronous generator is already running"). Closing the response first,
+                # here, releases the connection at once and leaves them nothing to race over.
+                for http_response in opened:
+                    await http_response.aclose()
+                if responses is not None:
+                    await responses.aclose()
+            if reading.has_candidate and not reading.reason:
+                # Every real stream ends with a finish reason; without one the answer was cut short.
+                raise RetryableError("gemini's stream ended before its answer did (no finish reason)")
+            answer = await self._conclude(reading, estimate, settle, time.monotonic() - started)
+            yield TeacherChunk(answer=answer)
+
+        chunks = self.guard.stream(estimate, params.max_tokens, attempt)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+
+    @staticmethod
+    def _config(system: str | None, params: TeacherParams) -> types.GenerateContentConfig:
+        return types.GenerateContentConfig(
             system_instruction=system,
             max_output_tokens=params.max_tokens,
             temperature=params.temperature,
@@ -137,25 +220,29 @@ class GeminiTeacher:
             # No tools are passed; this only keeps the SDK from logging "AFC is enabled" on every call.
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
-        estimate = estimate_tokens(messages)
-        started = time.monotonic()
-        response = await self.guard.call(estimate, params.max_tokens, lambda: self._send(contents, config))
-        return await self._answer(response, estimate, estimate + params.max_tokens, time.monotonic() - started)
 
     async def _send(self, contents: list[types.Content], config: types.GenerateContentConfig) -> types.GenerateContentResponse:
         try:
             return await self._client.aio.models.generate_content(model=self.model, contents=contents, config=config)
-        except genai_errors.APIError as exc:
-            raise self._classify(exc) from None
-        except _TIMEOUTS:
-            raise RetryableError(f"gemini did not answer within {self.timeout_s:g} s") from None
-        except _BAD_URLS:
-            raise TeacherError(f"cannot reach gemini at {self.base_url!r}; check [teacher].base_url") from None
-        except _TRANSPORT as exc:
-            raise RetryableError(f"cannot reach gemini: {type(exc).__name__}") from None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # The SDK's JSON and pydantic parsing of a malformed 200 answer ends up here.
-            raise TeacherError(f"gemini sent garbage: {type(exc).__name__} while reading its answer") from None
+        except _FAILURES as exc:
+            raise self._failure(exc, midway=False) from None
+
+    def _failure(self, exc: BaseException, midway: bool) -> TeacherError:
+        """What an SDK or transport exception means for us; `midway` when part of the answer had already come."""
+        if isinstance(exc, genai_errors.APIError):
+            return self._classify(exc)
+        if isinstance(exc, _TIMEOUTS):
+            if midway:
+                return RetryableError(f"gemini sent nothing more for {self.timeout_s:g} s")
+            return RetryableError(f"gemini did not answer within {self.timeout_s:g} s")
+        if isinstance(exc, _BAD_URLS):
+            return TeacherError(f"cannot reach gemini at {self.base_url!r}; check [teacher].base_url")
+        if isinstance(exc, _TRANSPORT):
+            if midway:
+                return RetryableError(f"lost the connection to gemini: {type(exc).__name__}")
+            return RetryableError(f"cannot reach gemini: {type(exc).__name__}")
+        # The SDK's JSON and pydantic parsing of a malformed 200 answer ends up here.
+        return TeacherError(f"gemini sent garbage: {type(exc).__name__} while reading its answer")
 
     def _classify(self, exc: genai_errors.APIError) -> TeacherError:
         code = exc.code or 0
@@ -172,14 +259,9 @@ class GeminiTeacher:
             return RetryableError(f"gemini answered {detail}", retry_after=_retry_hint(exc))
         return TeacherError(f"gemini rejected the request: {detail}")
 
-    async def _answer(
-        self, response: types.GenerateContentResponse, estimate: int, reserved: int, latency: float
-    ) -> TeacherAnswer:
-        candidate = response.candidates[0] if response.candidates else None
-        reason = _enum_name(candidate.finish_reason) if candidate else ""
-        parts = candidate.content.parts if candidate and candidate.content and candidate.content.parts else []
-        text = "".join(part.text for part in parts if part.text and not part.thought)
-        usage = response.usage_metadata
+    async def _conclude(self, reading: "_Reading", estimate: int, settle: Settle, latency: float) -> TeacherAnswer:
+        """Settle the spend from the usage, then make the answer, or raise for one that is none."""
+        text, reason, usage = "".join(reading.pieces), reading.reason, reading.usage
         if usage is not None and usage.prompt_token_count is not None:
             input_tokens = usage.prompt_token_count
             # Thinking tokens are billed as output.
@@ -188,9 +270,9 @@ class GeminiTeacher:
             # No usage in the answer: charge our estimate rather than nothing, so the cap still holds.
             input_tokens, output_tokens = estimate, math.ceil(len(text) / 4)
         # Settled before any garbage check: a counted answer was paid for, whatever it holds.
-        cost = await self.guard.settle(reserved, input_tokens, output_tokens)
-        if candidate is None:
-            feedback = response.prompt_feedback
+        cost = await settle(input_tokens, output_tokens)
+        if not reading.has_candidate:
+            feedback = reading.feedback
             if feedback is not None and feedback.block_reason:
                 raise TeacherError(f"gemini refused the prompt ({_enum_name(feedback.block_reason)})")
             raise TeacherError("gemini sent garbage: an answer without candidates")
@@ -203,7 +285,7 @@ class GeminiTeacher:
             raise TeacherError(f"gemini sent garbage: an answer without text (finish reason {reason or 'none'})")
         return TeacherAnswer(
             text=text,
-            model=response.model_version or self.model,
+            model=reading.model_version or self.model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost_usd=cost,
@@ -214,3 +296,36 @@ class GeminiTeacher:
     async def aclose(self) -> None:
         """Close the SDK's connection pools."""
         await self._client.aio.aclose()
+
+
+class _Reading:
+    """What the responses of one answer said so far: one response for `generateContent`, several for a stream.
+
+    Text accumulates; the finish reason, usage (cumulative in each chunk) and model are the latest given.
+    """
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.reason = ""
+        self.usage: types.GenerateContentResponseUsageMetadata | None = None
+        self.model_version: str | None = None
+        self.feedback: types.GenerateContentResponsePromptFeedback | None = None
+        self.has_candidate = False
+
+    def take(self, response: types.GenerateContentResponse) -> str:
+        """Note one response; returns its answer text (thoughts left out)."""
+        candidate = response.candidates[0] if response.candidates else None
+        text = ""
+        if candidate is not None:
+            self.has_candidate = True
+            self.reason = _enum_name(candidate.finish_reason) or self.reason
+            parts = candidate.content.parts if candidate.content and candidate.content.parts else []
+            text = "".join(part.text for part in parts if part.text and not part.thought)
+        if text:
+            self.pieces.append(text)
+        if response.usage_metadata is not None:
+            self.usage = response.usage_metadata
+        self.model_version = response.model_version or self.model_version
+        if response.prompt_feedback is not None:
+            self.feedback = response.prompt_feedback
+        return text

@@ -12,11 +12,11 @@ import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 from ..errors import AthanorError
 from ..storage_health import StorageHealth
-from .base import BudgetExceeded, TeacherError
+from .base import BudgetExceeded, TeacherChunk, TeacherError
 from .pricing import Price
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
+Settle = Callable[[int, int], Awaitable[float]]
+"""Records what a streamed answer cost, from its final usage (input, output tokens); returns the USD."""
 
 
 class _Bucket:
@@ -112,6 +114,18 @@ def retry_delays(
     return [backoff_delay(attempt, base, cap, rng) for attempt in range(max_retries)]
 
 
+def _retry_delay(exc: RetryableError, attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
+    """The server's hint when it gave one (capped), else full-jitter backoff."""
+    if exc.retry_after is not None and math.isfinite(exc.retry_after):
+        return min(cap, max(0.0, exc.retry_after))
+    return backoff_delay(attempt, base, cap, rng)
+
+
+def _exhausted(exc: RetryableError, attempt: int) -> TeacherError:
+    tries = "attempt" if attempt == 0 else "attempts"
+    return TeacherError(f"teacher failed after {attempt + 1} {tries}; last error: {exc}")
+
+
 async def with_retries(
     call: Callable[[], Awaitable[T]],
     max_retries: int,
@@ -130,12 +144,8 @@ async def with_retries(
             return await call()
         except RetryableError as exc:
             if attempt >= max_retries:
-                tries = "attempt" if attempt == 0 else "attempts"
-                raise TeacherError(f"teacher failed after {attempt + 1} {tries}; last error: {exc}") from exc
-            if exc.retry_after is not None and math.isfinite(exc.retry_after):
-                delay = min(cap, max(0.0, exc.retry_after))
-            else:
-                delay = backoff_delay(attempt, base, cap, rng)
+                raise _exhausted(exc, attempt) from exc
+            delay = _retry_delay(exc, attempt, base, cap, rng)
             log.warning("teacher attempt %d failed (%s); retrying in %.2f s", attempt + 1, exc, delay)
             await sleep(delay)
             attempt += 1
@@ -284,12 +294,75 @@ class Guard:
 
         return await with_retries(limited, self.max_retries, sleep=self._sleep, rng=self._rng)
 
+    async def stream(
+        self,
+        input_tokens: int,
+        max_output_tokens: int,
+        attempt: Callable[[Settle], AsyncGenerator[TeacherChunk, None]],
+    ) -> AsyncGenerator[TeacherChunk, None]:
+        """`call` for a streamed answer: check the budget, then pass on `attempt(settle)`'s chunks under the rate limit.
+
+        A `RetryableError` is retried only while no text has gone out; after the first text chunk it becomes
+        a `TeacherError`, since the caller already has part of an answer. `attempt` calls `settle` once, with
+        the final usage, before its last chunk. An answer that breaks off (or that the caller leaves) after
+        text went out never brings its usage, yet was billed: it is charged at our estimate, so the cap holds.
+        """
+        self.ledger.check(self.price.cost(input_tokens, max_output_tokens))
+        reserved = input_tokens + max_output_tokens
+        settled = False
+        sent_chars = 0  # text passed on to the caller
+
+        async def settle(real_input: int, real_output: int) -> float:
+            nonlocal settled
+            if settled:
+                raise RuntimeError("a streamed answer was settled twice")
+            settled = True  # before the write, which a cancelled caller may leave running on its own
+            return await self.settle(reserved, real_input, real_output)
+
+        tries = 0
+        try:
+            while True:
+                # Every retry is a request the provider counts, so each one takes its own slot.
+                await self.limiter.acquire(reserved)
+                chunks = attempt(settle)
+                try:
+                    async for chunk in chunks:
+                        if chunk.answer is None:
+                            sent_chars += len(chunk.text)
+                        yield chunk
+                    return
+                except RetryableError as exc:
+                    if sent_chars:
+                        raise TeacherError(
+                            f"the teacher broke off mid-answer ({exc}); not retried, since the text so far "
+                            "was already passed on: ask again"
+                        ) from exc
+                    if tries >= self.max_retries:
+                        raise _exhausted(exc, tries) from exc
+                    delay = _retry_delay(exc, tries, 0.5, 20.0, self._rng)
+                    log.warning("teacher attempt %d failed (%s); retrying in %.2f s", tries + 1, exc, delay)
+                    await self._sleep(delay)
+                    tries += 1
+                finally:
+                    await chunks.aclose()
+        finally:
+            if sent_chars and not settled:
+                output_estimate = math.ceil(sent_chars / 4)
+                log.warning("a streamed teacher answer ended without usage; charging an estimate of %d output tokens",
+                            output_estimate)
+                # Written here and now: this may run while the caller is being cancelled.
+                self.ledger.record(self.price.cost(input_tokens, output_estimate))
+                self._refund_unused(reserved, input_tokens, output_estimate)
+
+    def _refund_unused(self, reserved_tokens: int, input_tokens: int, output_tokens: int) -> None:
+        unused = reserved_tokens - input_tokens - output_tokens
+        if unused > 0:
+            self.limiter.refund(unused)
+
     async def settle(self, reserved_tokens: int, input_tokens: int, output_tokens: int) -> float:
         """Record what an answer really cost and give the rate limiter back the tokens it did not use."""
         cost = self.price.cost(input_tokens, output_tokens)
         # The ledger fsyncs; keep that off the event loop.
         await asyncio.to_thread(self.ledger.record, cost)
-        unused = reserved_tokens - input_tokens - output_tokens
-        if unused > 0:
-            self.limiter.refund(unused)
+        self._refund_unused(reserved_tokens, input_tokens, output_tokens)
         return cost

@@ -7,14 +7,24 @@
 
 Each fake is a ThreadingHTTPServer on 127.0.0.1 (ephemeral port) in a background thread. A queue of
 one-shot `Fault`s scripts misbehaviour; every request is recorded (without its key) for assertions.
+
+Streaming requests (Gemini's `:streamGenerateContent?alt=sse`, OpenAI's `"stream": true`) are answered
+with server-sent events over chunked transfer encoding, one event per word of the answer, written as they
+go; `chunk_delay` spaces the events out, and `Fault(cut_after=N)` breaks a stream off after N text events:
+
+    with FakeOpenAI(api_key="k", chunk_delay=0.2) as fake:
+        fake.fail(Fault(cut_after=2))                 # two words, then the connection drops
+        fake.fail(Fault(cut_after=1, status=503))     # one word, then an error event ends the stream
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -37,6 +47,11 @@ class Fault:
     """A 200 answer that is no answer: "json" (body not JSON), "empty" (no candidates/choices), "blocked" (refusal)."""
     error_code: str | None = None
     """With `status`: the provider's machine-readable error code (e.g. OpenAI's "insufficient_quota")."""
+    cut_after: int | None = None
+    """Streams only: send this many text events, then drop the connection, or with `status` send the
+    provider's error event in its place (a failure after the 200 has gone out); 0 cuts before any text."""
+    stall: float = 0.0
+    """With `cut_after`: seconds of silence before the cut (to trip the client's read timeout mid-stream)."""
 
 
 @dataclass
@@ -51,6 +66,10 @@ class RecordedRequest:
     raw_body: bytes
     authorized: bool = False
     fault: Fault | None = None
+    finished_at: float | None = None
+    """`time.monotonic()` when a streamed answer's last byte was written (None for other answers)."""
+    hung_up: threading.Event = field(default_factory=threading.Event)
+    """Set when the client closed the connection while a streamed answer was still being written."""
 
 
 @dataclass
@@ -63,6 +82,48 @@ class Reply:
     @classmethod
     def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> "Reply":
         return cls(status, json.dumps(payload).encode(), dict(headers or {}))
+
+
+@dataclass
+class StreamReply:
+    """A 200 answer sent as server-sent events, each written (and flushed) as its own HTTP chunk."""
+
+    events: list[tuple[bytes, bool]]
+    """Whole events ("data: ...\\n\\n"), each with whether it carries answer text."""
+    delay: float = 0.0
+    """Seconds between events."""
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "text/event-stream"
+    cut: bool = False
+    """Drop the connection after the events instead of ending the body."""
+    stall: float = 0.0
+    """Seconds of silence before the cut."""
+    record: RecordedRequest | None = None
+
+    def cut_after(self, texts: int, error_event: bytes | None, stall: float = 0.0) -> "StreamReply":
+        """This stream up to (not including) its text event number `texts + 1`, then `error_event` or a cut."""
+        kept: list[tuple[bytes, bool]] = []
+        seen = 0
+        for event, has_text in self.events:
+            if has_text:
+                if seen == texts:
+                    break
+                seen += 1
+            kept.append((event, has_text))
+        if error_event is not None:
+            kept.append((error_event, False))
+        return replace(self, events=kept, cut=error_event is None, stall=stall)
+
+
+def sse_event(payload: Any, line_end: str = "\n") -> bytes:
+    """One `data:` event; non-ASCII is sent as UTF-8, as the real APIs do (U+2028 included)."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}{line_end}{line_end}".encode()
+
+
+def split_words(text: str) -> list[str]:
+    """The pieces a stream sends: one word each, with the whitespace before it ("a b" -> ["a", " b"])."""
+    return [piece for piece in re.split(r"(?<=\S)(?=\s)", text) if piece]
 
 
 def count_tokens(text: str) -> int:
@@ -88,6 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:  # the fake is shutting down mid-delay
             self.close_connection = True
             return
+        if isinstance(reply, StreamReply):
+            self._stream(reply)
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
@@ -99,6 +163,36 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (a timeout test): nothing to answer.
             self.close_connection = True
+
+    def _stream(self, reply: StreamReply) -> None:
+        stopping = self.server.fake._stopping
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-cache")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            for index, event in enumerate(event for event, _ in reply.events):
+                if index and reply.delay and stopping.wait(reply.delay):
+                    self.close_connection = True
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))  # one HTTP chunk per event
+                self.wfile.flush()
+            if reply.cut:
+                # The body ends without its last chunk: the client sees the connection drop mid-answer.
+                stopping.wait(reply.stall)
+                self.close_connection = True
+            else:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            if reply.record is not None:
+                reply.record.finished_at = time.monotonic()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client stopped reading (it left early, or timed out)
+            if reply.record is not None:
+                reply.record.hung_up.set()
 
     do_POST = do_GET = do_PUT = do_DELETE = _serve
 
@@ -118,9 +212,13 @@ class _Server(ThreadingHTTPServer):
 class FakeServer:
     """Shared machinery of the provider fakes; subclasses implement `handle`, `error_reply` and `garbage_reply`."""
 
-    def __init__(self, api_key: str = "test-key", answer: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self, api_key: str = "test-key", answer: Callable[[str], str] | None = None, chunk_delay: float = 0.0
+    ) -> None:
         self.api_key = api_key
         self.answer: Callable[[str], str] = answer or default_answer
+        self.chunk_delay = chunk_delay
+        """Seconds between the events of a streamed answer."""
         self.faults: deque[Fault] = deque()
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -185,7 +283,7 @@ class FakeServer:
             return self.requests[-1]
 
     # -- serving ---------------------------------------------------------------------------------
-    def _dispatch(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply | None:
+    def _dispatch(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply | StreamReply | None:
         parts = urlsplit(target)
         query = dict(parse_qsl(parts.query))
         lowered = {name.lower(): value for name, value in headers.items()}
@@ -213,16 +311,23 @@ class FakeServer:
         with self._lock:
             fault = self.faults.popleft() if self.faults else None
         recorded.fault = fault
+        streaming = self.streaming(parts.path, query, body)
         if fault is not None:
             if fault.delay and self._stopping.wait(fault.delay):
                 return None
-            if fault.status is not None:
+            if fault.status is not None and not (streaming and fault.cut_after is not None):
                 return self.error_reply(fault.status, fault)
             if fault.garbage is not None:
-                return self.garbage_reply(fault.garbage, routed)
+                return self.garbage_stream(fault.garbage, routed) if streaming else self.garbage_reply(fault.garbage, routed)
         if body is None or not isinstance(body, dict):
             return self.bad_json_reply(raw)
-        return self.handle(routed, body)
+        reply = self.handle_stream(routed, body) if streaming else self.handle(routed, body)
+        if isinstance(reply, StreamReply):
+            reply.record = recorded
+            if fault is not None and fault.cut_after is not None:
+                error = self.stream_error_event(fault.status, fault) if fault.status is not None else None
+                reply = reply.cut_after(fault.cut_after, error, fault.stall)
+        return reply
 
     # -- provider specifics (subclasses) ---------------------------------------------------------
     def route(self, method: str, path: str) -> Any:
@@ -233,6 +338,20 @@ class FakeServer:
         raise NotImplementedError
 
     def handle(self, routed: Any, body: dict[str, Any]) -> Reply:
+        raise NotImplementedError
+
+    def streaming(self, path: str, query: dict[str, str], body: Any) -> bool:
+        """Whether the request asks for a streamed answer."""
+        raise NotImplementedError
+
+    def handle_stream(self, routed: Any, body: dict[str, Any]) -> Reply | StreamReply:
+        raise NotImplementedError
+
+    def stream_error_event(self, status: int, fault: Fault) -> bytes:
+        """The event a stream that has begun (status 200) ends with when the provider fails midway."""
+        raise NotImplementedError
+
+    def garbage_stream(self, kind: str, routed: Any) -> StreamReply:
         raise NotImplementedError
 
     def error_reply(self, status: int, fault: Fault) -> Reply:
@@ -255,4 +374,7 @@ class FakeServer:
 from .gemini_server import FakeGemini  # noqa: E402
 from .openai_server import FakeOpenAI  # noqa: E402
 
-__all__ = ["Fault", "FakeGemini", "FakeOpenAI", "FakeServer", "RecordedRequest", "Reply", "count_tokens"]
+__all__ = [
+    "Fault", "FakeGemini", "FakeOpenAI", "FakeServer", "RecordedRequest", "Reply", "StreamReply", "count_tokens",
+    "split_words",
+]

@@ -1,9 +1,15 @@
-"""A fake of the Gemini API's `generateContent` (REST, as google.genai and curl speak it).
+"""A fake of the Gemini API's `generateContent` and `streamGenerateContent` (REST, as google.genai and curl speak it).
 
     POST /v1beta/models/{model}:generateContent     (also /v1/ and /v1alpha/)
+    POST /v1beta/models/{model}:streamGenerateContent?alt=sse
     x-goog-api-key: KEY                             (or ?key=KEY)
     {"contents": [{"role": "user", "parts": [{"text": "..."}]}],
      "systemInstruction": {"parts": [{"text": "..."}]}, "generationConfig": {"maxOutputTokens": 64, ...}}
+
+A stream is server-sent events ("data: {json}\r\n\r\n"), each a whole GenerateContentResponse holding
+one word of the answer; every event carries usageMetadata with the prompt's count, and the last one the
+finishReason and the full usage (candidatesTokenCount, thoughtsTokenCount), as the real API sends them.
+A failure after the stream began is an event holding Google's error object.
 
 Errors use Google's shape {"error": {"code", "message", "status", "details"}}, with the real codes:
 a wrong key is 400 INVALID_ARGUMENT (reason API_KEY_INVALID), a missing one 403 PERMISSION_DENIED.
@@ -15,9 +21,10 @@ import itertools
 import re
 from typing import Any, Callable, Iterable
 
-from . import Fault, FakeServer, Reply, count_tokens
+from . import Fault, FakeServer, Reply, StreamReply, count_tokens, split_words, sse_event
 
-_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):generateContent$")
+_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(?:generateContent|streamGenerateContent)$")
+_CRLF = "\r\n"  # Google ends its event lines with CRLF
 _STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -76,8 +83,9 @@ class FakeGemini(FakeServer):
         answer: Callable[[str], str] | None = None,
         models: Iterable[str] | None = None,
         thoughts_tokens: int = 0,
+        chunk_delay: float = 0.0,
     ) -> None:
-        super().__init__(api_key, answer)
+        super().__init__(api_key, answer, chunk_delay)
         self.models = set(models) if models is not None else None
         """Models that exist; None means any name is served."""
         self.thoughts_tokens = thoughts_tokens
@@ -154,6 +162,67 @@ class FakeGemini(FakeServer):
         return self.error(400, f"Invalid JSON payload received. Unexpected token.\n{raw[:40]!r}")
 
     def handle(self, model: Any, body: dict[str, Any]) -> Reply:
+        composed = self._compose(body)
+        if isinstance(composed, Reply):
+            return composed
+        reply, finish, usage = composed
+        return Reply.json(
+            200,
+            {
+                "candidates": [
+                    {"content": {"parts": [{"text": reply}], "role": "model"}, "finishReason": finish, "index": 0}
+                ],
+                "usageMetadata": usage,
+                "modelVersion": model,
+                "responseId": f"fake-{next(self._ids)}",
+            },
+        )
+
+    # -- streaming -------------------------------------------------------------------------------
+    def streaming(self, path: str, query: dict[str, str], body: Any) -> bool:
+        # google.genai always asks alt=sse; without it the real API sends one JSON array, which this fake does not.
+        return path.endswith(":streamGenerateContent")
+
+    def handle_stream(self, model: Any, body: dict[str, Any]) -> Reply | StreamReply:
+        composed = self._compose(body)
+        if isinstance(composed, Reply):
+            return composed
+        reply, finish, usage = composed
+        response_id = f"fake-{next(self._ids)}"
+        pieces = split_words(reply) or [""]
+        partial = {k: usage[k] for k in ("promptTokenCount", "promptTokensDetails")}
+        events = []
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            candidate: dict[str, Any] = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}
+            if last:
+                candidate["finishReason"] = finish
+            event = {
+                "candidates": [candidate],
+                "usageMetadata": usage if last else {**partial, "totalTokenCount": usage["promptTokenCount"]},
+                "modelVersion": model,
+                "responseId": response_id,
+            }
+            events.append((sse_event(event, _CRLF), bool(piece)))
+        return StreamReply(events, delay=self.chunk_delay)
+
+    def stream_error_event(self, status: int, fault: Fault) -> bytes:
+        error = {"code": status, "message": _MESSAGES.get(status, f"fake error {status}"), "status": _STATUS.get(status, "UNKNOWN")}
+        return sse_event({"error": error}, _CRLF)
+
+    def garbage_stream(self, kind: str, model: Any) -> StreamReply:
+        usage = {"promptTokenCount": 3, "totalTokenCount": 3}
+        if kind == "json":
+            return StreamReply([(b'data: {"candidates": [{"content": {"parts": [{"text": "cut of\r\n\r\n', False)])
+        if kind == "empty":
+            return StreamReply([(sse_event({"usageMetadata": usage, "modelVersion": model}, _CRLF), False)])
+        if kind == "blocked":
+            event = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage, "modelVersion": model}
+            return StreamReply([(sse_event(event, _CRLF), False)])
+        raise ValueError(f"unknown garbage kind {kind!r}; use json, empty or blocked")
+
+    def _compose(self, body: dict[str, Any]) -> Reply | tuple[str, str, dict[str, Any]]:
+        """The answer to a request (text, finish reason, usageMetadata), or the 400 it deserves."""
         try:
             system, turns, config = self._parse(body)
         except _Invalid as exc:
@@ -178,17 +247,7 @@ class FakeGemini(FakeServer):
         }
         if self.thoughts_tokens:
             usage["thoughtsTokenCount"] = self.thoughts_tokens
-        return Reply.json(
-            200,
-            {
-                "candidates": [
-                    {"content": {"parts": [{"text": reply}], "role": "model"}, "finishReason": finish, "index": 0}
-                ],
-                "usageMetadata": usage,
-                "modelVersion": model,
-                "responseId": f"fake-{next(self._ids)}",
-            },
-        )
+        return reply, finish, usage
 
     @staticmethod
     def _parse(body: dict[str, Any]) -> tuple[str, list[tuple[str, str]], dict[str, Any]]:

@@ -1,8 +1,13 @@
-"""A fake of OpenAI's Chat Completions API (non-streaming), as the OpenAI SDKs and compatible servers speak it.
+"""A fake of OpenAI's Chat Completions API, as the OpenAI SDKs and compatible servers speak it.
 
     POST /v1/chat/completions
     Authorization: Bearer KEY
     {"model": "...", "messages": [{"role": "user", "content": "..."}], "max_tokens": 64, ...}
+
+With "stream": true the answer is server-sent events of `chat.completion.chunk`s: the role first, one word
+of content a chunk, a chunk with the finish_reason, with "stream_options": {"include_usage": true} a last
+chunk with no choices and the usage (and "usage": null in the others), then "data: [DONE]". A failure
+after the stream began is an event holding OpenAI's error object, without [DONE].
 
 Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}; a wrong key is 401 invalid_api_key
 and, like the real one, the message shows a masked part of the key.
@@ -14,7 +19,7 @@ import itertools
 import time
 from typing import Any, Callable
 
-from . import Fault, FakeServer, Reply, count_tokens
+from . import Fault, FakeServer, Reply, StreamReply, count_tokens, split_words, sse_event
 
 _PATH = "/v1/chat/completions"
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -48,8 +53,10 @@ def _content_text(content: Any) -> str:
 class FakeOpenAI(FakeServer):
     """OpenAI's `/v1/chat/completions` on 127.0.0.1; `answer(prompt)` gives the reply to the last user message."""
 
-    def __init__(self, api_key: str = "sk-test-key", answer: Callable[[str], str] | None = None) -> None:
-        super().__init__(api_key, answer)
+    def __init__(
+        self, api_key: str = "sk-test-key", answer: Callable[[str], str] | None = None, chunk_delay: float = 0.0
+    ) -> None:
+        super().__init__(api_key, answer, chunk_delay)
         self._ids = itertools.count(1)
 
     @property
@@ -116,6 +123,13 @@ class FakeOpenAI(FakeServer):
         )
 
     def handle(self, routed: Any, body: dict[str, Any]) -> Reply:
+        composed = self._compose(body)
+        if isinstance(composed, Reply):
+            return composed
+        return Reply.json(200, self._completion(*composed))
+
+    def _compose(self, body: dict[str, Any]) -> Reply | tuple[str, str, str, int, int]:
+        """The answer to a request (model, text, finish reason, prompt and completion tokens), or the 400 it deserves."""
         unknown = sorted(set(body) - _PARAMS)
         if unknown:
             return self.error(400, f"Unrecognized request argument supplied: {unknown[0]}", "invalid_request_error")
@@ -131,8 +145,16 @@ class FakeOpenAI(FakeServer):
                     400, f"Invalid value: '{role}'. Supported values are: {sorted(_ROLES)}.",
                     "invalid_request_error", "invalid_value", f"messages[{index}].role",
                 )
-        if body.get("stream"):
-            return self.error(400, "this fake answers stream=false only", "invalid_request_error")
+        options = body.get("stream_options")
+        if options is not None:
+            if not body.get("stream"):
+                return self.error(
+                    400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                    "invalid_request_error", param="stream_options",
+                )
+            if not isinstance(options, dict) or set(options) - {"include_usage", "include_obfuscation"}:
+                return self.error(400, f"Invalid value for 'stream_options': {options!r}.", "invalid_request_error",
+                                  param="stream_options")
         prompt = next((_content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         reply = self.answer(prompt)
         finish = "stop"
@@ -145,7 +167,65 @@ class FakeOpenAI(FakeServer):
             reply = " ".join(reply.split()[:limit])
             finish = "length"
         prompt_tokens = sum(count_tokens(_content_text(m.get("content"))) for m in messages)
-        return Reply.json(200, self._completion(model, reply, finish, prompt_tokens, count_tokens(reply)))
+        return model, reply, finish, prompt_tokens, count_tokens(reply)
+
+    # -- streaming -------------------------------------------------------------------------------
+    def streaming(self, path: str, query: dict[str, str], body: Any) -> bool:
+        return isinstance(body, dict) and body.get("stream") is True
+
+    def handle_stream(self, routed: Any, body: dict[str, Any]) -> Reply | StreamReply:
+        composed = self._compose(body)
+        if isinstance(composed, Reply):
+            return composed
+        model, reply, finish, prompt_tokens, completion_tokens = composed
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunk = self._chunker(model, with_usage)
+        events = [(chunk({"role": "assistant", "content": "", "refusal": None}), False)]
+        events += [(chunk({"content": piece}), True) for piece in split_words(reply)]
+        events.append((chunk({}, finish), False))
+        if with_usage:
+            events.append((chunk(None, usage=self._usage(prompt_tokens, completion_tokens)), False))
+        events.append((sse_event("[DONE]"), False))
+        return StreamReply(events, delay=self.chunk_delay, content_type="text/event-stream; charset=utf-8")
+
+    def _chunker(self, model: str, with_usage: bool) -> Callable[..., bytes]:
+        """Makes the events of one stream: one id and creation time for all its chunks."""
+        ident, created = f"chatcmpl-fake{next(self._ids)}", int(time.time())
+
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            data: dict[str, Any] = {
+                "id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                "service_tier": "default", "system_fingerprint": "fp_fake", "choices": choices,
+            }
+            if with_usage:
+                data["usage"] = usage
+            return sse_event(data)
+
+        return chunk
+
+    def stream_error_event(self, status: int, fault: Fault) -> bytes:
+        message, type_, code = _ERRORS.get(status, (f"fake error {status}", "invalid_request_error", None))
+        return sse_event({"error": {"message": message, "type": type_, "param": None, "code": fault.error_code or code}})
+
+    def garbage_stream(self, kind: str, routed: Any) -> StreamReply:
+        chunk = self._chunker("fake-model", True)
+        usage = chunk(None, usage=self._usage(3, 0))
+        done = sse_event("[DONE]")
+        if kind == "json":
+            return StreamReply([(b'data: {"id": "chatcmpl-fake", "choices": [{"delta": {"content": "cut of\n\n', False)])
+        if kind == "empty":
+            return StreamReply([(usage, False), (done, False)])
+        if kind == "blocked":
+            events = [
+                chunk({"role": "assistant", "content": None, "refusal": ""}),
+                chunk({"refusal": "I can't help with that."}),
+                chunk({}, "stop"),
+                usage,
+                done,
+            ]
+            return StreamReply([(event, False) for event in events])
+        raise ValueError(f"unknown garbage kind {kind!r}; use json, empty or blocked")
 
     def _completion(
         self, model: str, text: str | None, finish: str, prompt_tokens: int, completion_tokens: int,
@@ -160,13 +240,17 @@ class FakeOpenAI(FakeServer):
             "created": int(time.time()),
             "model": model,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
-            },
+            "usage": self._usage(prompt_tokens, completion_tokens),
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
+        }
+
+    @staticmethod
+    def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         }
