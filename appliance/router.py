@@ -15,6 +15,7 @@ from .cache.store import TEACHER_VERSION
 from .confidence import Confidence
 from .routing.decide import decide
 from .routing.learned import LogisticRouter
+from .routing.signals import prompt_features
 from .engine.llama import LlamaEngine
 from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
@@ -148,6 +149,8 @@ class Routing:
     confidence_quantile: float = 0.1
     policy: LogisticRouter | None = None
     """A fitted router over the answer's signals; None routes by the quantile rule alone."""
+    pre_policy: LogisticRouter | None = None
+    """A router over the question alone: below its threshold the teacher answers before any decode."""
     early_policy: LogisticRouter | None = None
     """A router over the first `hold_tokens` tokens: escalate at once, or stream the student live."""
     hold_tokens: int = 8
@@ -230,6 +233,12 @@ class Router:
         # tokens when an early router decides from them, else to its end.
         # logit_bias names the student's token ids, which mean nothing to a teacher: no escalation then.
         hold = self.routing.teacher is not None and not params.logit_bias
+        pre = self.routing.pre_policy
+        if hold and pre is not None:
+            p_right = pre.probability(prompt_features(last_user_text(request.messages)))
+            if p_right < pre.threshold:
+                # The question alone says the student will likely fail: the teacher, before any decode.
+                return PreRoutedRun(self, student, prompt, params, request, key, prompt_text, p_right, stream)
         early = hold and self.routing.early_policy is not None
         job = student.scheduler.submit(prompt, params, stream=stream and (not hold or early))
         return StudentRun(self, student, prompt, params, job, request, key, prompt_text, hold)
@@ -267,7 +276,10 @@ class CachedRun(Run):
 
 
 class StudentRun(Run):
-    def __init__(self, router: Router, student: Student, prompt: list[int], params: SamplingParams, job: Job,
+    teacher_failed: str | None = None
+    """Why the teacher, asked before the student, could not answer; it is not asked again."""
+
+    def __init__(self, router: Router, student: Student, prompt: list[int], params: SamplingParams, job: Job | None,
                  request: ChatRequest, key: CacheKey | None, prompt_text: str, hold: bool) -> None:
         self.router = router
         self.student = student
@@ -283,9 +295,12 @@ class StudentRun(Run):
     @property
     def queued_s(self) -> float:
         """Time spent waiting for the student before decoding began."""
+        if self.job is None:
+            return 0.0
         return (self.job.started_at or self.started) - self.job.enqueued_at
 
     async def _student_deltas(self, assembler: TextAssembler, tokens: list[TokenEvent]) -> AsyncIterator[Delta]:
+        assert self.job is not None
         pending: list[TokenEvent] = []
         try:
             async for token in self.job.tokens():
@@ -356,6 +371,8 @@ class StudentRun(Run):
             # The first tokens were trusted and the answer has gone out; as a whole it does not convince
             # the router: it is served as it is, flagged, and not cached.
             reason = "the student's answer streamed once its first tokens looked sure; as a whole it is unsure"
+        elif unsure and self.teacher_failed:
+            reason = self.teacher_failed
         elif unsure and routing.teacher is not None and self.params.logit_bias:
             reason = "student unsure; logit_bias applies to the student's tokens, so the teacher was not asked"
         elif unsure and routing.teacher is not None:
@@ -397,7 +414,7 @@ class StudentRun(Run):
                 if chunk.answer is not None:
                     answer = chunk.answer
                     break
-                if not parts:
+                if not parts and self.job is not None:
                     self.job.cancel()  # the teacher has begun: an escalated student need not go on
                 parts.append(chunk.text)
                 yield Delta(chunk.text, [], "teacher")
@@ -450,3 +467,25 @@ class StudentRun(Run):
             await asyncio.to_thread(cache.put, key, self.prompt_text, text, meta)
         except Exception:  # a cache that cannot write must not cost the client its answer
             log.exception("cache write failed")
+
+
+class PreRoutedRun(StudentRun):
+    """The teacher answers first; the student is started only if the teacher cannot answer."""
+
+    def __init__(self, router: Router, student: Student, prompt: list[int], params: SamplingParams,
+                 request: ChatRequest, key: CacheKey | None, prompt_text: str, p_right: float, stream: bool) -> None:
+        super().__init__(router, student, prompt, params, None, request, key, prompt_text, hold=False)
+        self.stream = stream
+        self.pre_confidence = Confidence(p_right, 0.0, 0.0, 0.0, 0.0, 0, method="pre-route")
+
+    async def events(self) -> AsyncIterator[Delta | Answer]:
+        try:
+            async for event in self._ask_teacher(Completion("", "stop", len(self.prompt), []), self.pre_confidence):
+                yield event
+            return
+        except TeacherError as exc:
+            log.warning("teacher failed on a pre-routed question, the student answers: %s", exc)
+            self.teacher_failed = str(exc)
+        self.job = self.student.scheduler.submit(self.prompt, self.params, stream=self.stream)
+        async for event in super().events():
+            yield event

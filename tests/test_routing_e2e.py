@@ -245,3 +245,29 @@ def test_with_a_teacher_an_unsure_start_escalates_at_once(tmp_path, gemini):
         assert steps < 200, steps
     finally:
         stop_daemon(process)
+
+
+def test_a_question_the_student_will_fail_goes_to_the_teacher_before_any_decode(tmp_path):
+    from appliance.routing.decide import pre_path
+    from appliance.routing.learned import LogisticRouter
+    from appliance.routing.signals import PROMPT_FEATURES
+
+    router = _router_files(tmp_path, keep_early=True)
+    names = tuple(PROMPT_FEATURES)
+    zeros, ones = tuple(0.0 for _ in names), tuple(1.0 for _ in names)
+    LogisticRouter(names, zeros, ones, zeros, -10.0, 0.5, 1.0).save(pre_path(router))  # always pre-routes
+    words = "one two three four five six seven eight"
+    with FakeGemini(api_key="fake-key-123", answer=lambda prompt: words, chunk_delay=0.3) as slow:
+        env = gemini_env(slow, ATHANOR_ROUTING__ROUTER=str(router))
+        process, path = start_daemon(tmp_path / "pre", env=env)
+        try:
+            chunks, arrivals = _stream(path, [{"role": "user", "content": "What is 37 times 91?"}], 32)
+            assert {c["route"] for c in chunks} == {"teacher"}
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            assert text.split() == words.split()
+            # Relayed as the teacher sends it: the first words arrive long before its last (8 x 0.3 s).
+            assert len(arrivals) >= 4 and arrivals[0] < arrivals[-1] - 1.0
+            with client(path) as c:
+                assert c.get("/v1/stats").json()["students"][0]["batching"]["steps"] == 0  # no student decode
+        finally:
+            stop_daemon(process)

@@ -123,3 +123,22 @@ def test_load_policy_settings(tmp_path) -> None:
     assert load_policy("off") is None
     with pytest.raises(FileNotFoundError):
         load_policy(str(tmp_path / "missing.json"))
+
+
+def test_pre_route_threshold_sends_only_questions_the_student_would_fail() -> None:
+    from appliance.routing.measures import pre_route_threshold
+
+    scores = [0.05, 0.1, 0.15, 0.2, 0.5, 0.6, 0.9]
+    right = [False, False, False, True, False, True, True]
+    assert pre_route_threshold(scores, right, 0.0) == 0.2  # below 0.2: three questions, none right
+    assert pre_route_threshold(scores, right, 0.25) == 0.6  # five sent, one right (20%)
+    assert pre_route_threshold([0.1, 0.2], [True, True], 0.1) == 0.0
+
+
+def test_prompt_features_read_the_question_alone() -> None:
+    from appliance.routing.signals import PROMPT_FEATURES, prompt_features
+
+    zh = prompt_features("Python代码 print(len('ab')) 的输出是什么？")
+    en = prompt_features("What is the capital of France?")
+    assert len(zh) == len(PROMPT_FEATURES)
+    assert zh[1] == 1.0 and en[1] == 0.0 and zh[3] > en[3] == 0.0

@@ -28,6 +28,11 @@ def early_path(path: Path) -> Path:
     return path.with_name(path.stem + "_early" + path.suffix)
 
 
+def pre_path(path: Path) -> Path:
+    """Where the router over the question alone (pre-routing) lies beside `path`."""
+    return path.with_name(path.stem + "_pre" + path.suffix)
+
+
 @dataclass(frozen=True)
 class Decision:
     confidence: Confidence
@@ -49,7 +54,7 @@ def decide(question: str, events: Sequence[TokenEvent], policy: LogisticRouter |
     return Decision(scored, p_right >= policy.threshold, p_right >= policy.cache_threshold)
 
 
-def load_policy(setting: str, early: bool = False) -> LogisticRouter | None:
+def load_policy(setting: str, early: bool = False, pre: bool = False) -> LogisticRouter | None:
     """`[routing].router`: "default" (the shipped router), "off" (the quantile rule), or a file.
 
     `early=True` loads the router of the answer's first tokens (`<name>_early.json` beside it), which
@@ -58,8 +63,8 @@ def load_policy(setting: str, early: bool = False) -> LogisticRouter | None:
     if setting == "off":
         return None
     path = DEFAULT_ROUTER if setting == "default" else Path(setting)
-    if early:
-        path = early_path(path)
+    if early or pre:
+        path = early_path(path) if early else pre_path(path)
         return LogisticRouter.load(path) if path.is_file() else None
     if setting == "default" and not path.is_file():
         log.warning("no shipped router at %s; routing by the quantile rule", path)

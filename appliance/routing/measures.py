@@ -54,3 +54,14 @@ def cheapest(points: Sequence[Operating], max_wrong_kept: float) -> Operating:
     """The lowest teacher share whose kept answers are at most `max_wrong_kept` wrong."""
     ok = [p for p in points if p.wrong_kept <= max_wrong_kept]
     return min(ok, key=lambda p: (p.teacher_share, -p.threshold))
+
+
+def pre_route_threshold(scores: Sequence[float], right: Sequence[bool], max_right_share: float) -> float:
+    """The highest threshold under which at most `max_right_share` of the questions sent straight to the
+    teacher would have been answered right by the student (teacher money spent in vain); 0 sends none."""
+    best = 0.0
+    for t in sorted(set(scores)):
+        sent = [r for s, r in zip(scores, right) if s < t]
+        if sent and sum(sent) / len(sent) <= max_right_share:
+            best = t
+    return best

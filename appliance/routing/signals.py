@@ -78,3 +78,14 @@ def signals(question: str, events: Sequence[TokenEvent]) -> Signals:
         prompt_chars=float(len(question)),
         chinese=float(_has_han(question)),
     )
+
+
+PROMPT_FEATURES = ("prompt_chars", "chinese", "digit_share", "code_marks")
+
+
+def prompt_features(question: str) -> list[float]:
+    """What the question alone says, before the student decodes (the pre-router's input)."""
+    n = max(1, len(question))
+    return [float(len(question)), float(_has_han(question)),
+            sum(ch.isdigit() for ch in question) / n,
+            float(sum(question.count(mark) for mark in ("(", ")", "[", "]", "{", "'", "=")))]

@@ -66,6 +66,7 @@ def build_routing(config: AthanorConfig) -> Routing:
         confidence_quantile=config.routing.confidence_quantile,
         policy=load_policy(config.routing.router),
         early_policy=load_policy(config.routing.router, early=True),
+        pre_policy=load_policy(config.routing.router, pre=True),
         hold_tokens=config.routing.hold_tokens,
     )
     if config.cache.enabled:

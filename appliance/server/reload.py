@@ -72,6 +72,7 @@ class Reloader:
                 # A router refitted by `athanor evaluate` or `retrain` is picked up here.
                 policy = await asyncio.to_thread(load_policy, config.routing.router)
                 early_policy = await asyncio.to_thread(load_policy, config.routing.router, True)
+                pre_policy = await asyncio.to_thread(load_policy, config.routing.router, False, True)
             except Exception as exc:  # whatever went wrong, the daemon must go on serving
                 return self._failed(exc)
             old = self.router.replace_students(students, config.student.name)
@@ -79,6 +80,7 @@ class Reloader:
             self.router.routing.confidence_quantile = config.routing.confidence_quantile
             self.router.routing.policy = policy
             self.router.routing.early_policy = early_policy
+            self.router.routing.pre_policy = pre_policy
             self.router.routing.hold_tokens = config.routing.hold_tokens
             self._warn_restart_only(config)
             self.config = config

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Routing benchmark: does the router know when the embedded student is wrong?
+
+320 questions with short checkable answers (scripts/data/route_questions.jsonl: arithmetic, facts,
+units, code output, yes/no, definitions; English and Chinese; dev/test halves). The student answers
+each greedily, and k more times sampled in the same batch (for the agreement signal); every answer
+is graded against the gold. The teacher is taken to answer the gold (a perfect teacher, as the fake
+Gemini server does in the tests), so quality at a teacher share is (student right among kept +
+sent to teacher) / all.
+
+For each policy (a single signal, or a router fitted on the dev half): AUROC on dev and test; the
+threshold chosen on dev for at most 5% wrong among kept answers, and what it gives on test; the
+quality-against-teacher-share curve on test (PNG). The best router without samples is written to
+appliance/routing/default_router.json (the daemon's default for the embedded student) with --install.
+
+    python scripts/bench_route.py [--samples 4] [--max-tokens 48] [--recollect] [--install]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from appliance.routing.grading import correct  # noqa: E402
+from appliance.routing.learned import LogisticRouter, fit  # noqa: E402
+from appliance.routing.measures import auroc, cheapest, operating_points, pre_route_threshold  # noqa: E402
+from appliance.routing.signals import PROMPT_FEATURES, Signals, prompt_features, signals  # noqa: E402
+
+DATA = ROOT / "scripts" / "data" / "route_questions.jsonl"
+DEFAULT_ROUTER = ROOT / "appliance" / "routing" / "default_router.json"
+DEFAULT_EARLY_ROUTER = ROOT / "appliance" / "routing" / "default_router_early.json"
+DEFAULT_PRE_ROUTER = ROOT / "appliance" / "routing" / "default_router_pre.json"
+MAX_PRE_ROUTED_RIGHT = 0.10  # of the questions sent to the teacher unasked, the student would have got this many
+HOLD_TOKENS = 8  # the daemon's [routing].hold_tokens default: the early router sees this many tokens
+MAX_WRONG_KEPT = 0.05
+
+
+def collect(out: Path, samples: int, max_tokens: int, threads: int) -> None:
+    from appliance.engine.llama import LlamaEngine
+    from appliance.engine.types import SamplingParams
+    from appliance.students import embedded_quant, serve_embedded
+
+    questions = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    model = serve_embedded(embedded_quant("", samples + 1), ROOT / "bench-out" / "models")
+    engine = LlamaEngine(model, "student", n_ctx=512, parallel=samples + 1, n_threads=threads)
+    greedy = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    started = time.monotonic()
+    with out.open("w", encoding="utf-8") as sink:
+        for n, q in enumerate(questions, 1):
+            prompt = engine.chat_prompt([{"role": "user", "content": q["question"]}])
+            seqs = {engine.add(prompt, greedy): "greedy"}
+            for k in range(samples):
+                seqs[engine.add(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.8, seed=k))] = f"s{k}"
+            events: dict[str, list] = {name: [] for name in seqs.values()}
+            active = set(seqs)
+            while active:
+                for result in engine.step():
+                    if result.error is not None:
+                        raise result.error
+                    if result.event is not None:
+                        events[seqs[result.seq]].append(result.event)
+                    if result.finish is not None:
+                        active.discard(result.seq)
+            # Bytes joined before decoding: a Chinese character often spans two tokens.
+            row = q | {"student": b"".join(e.raw for e in events["greedy"]).decode(errors="replace"),
+                       "tokens": [[e.logprob, e.step.max_logprob, e.step.margin, e.step.entropy]
+                                  for e in events["greedy"]],
+                       "samples": [b"".join(e.raw for e in events[f"s{k}"]).decode(errors="replace")
+                                   for k in range(samples)]}
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+            if n % 20 == 0:
+                rate = n / (time.monotonic() - started)
+                print(f"  {n}/{len(questions)} questions, {rate:.2f}/s, eta {(len(questions) - n) / rate:.0f} s",
+                      flush=True)
+    engine.close()
+
+
+def _key(text: str) -> str:
+    """What an answer claims, for comparing samples: its last number, its yes/no, or its first words."""
+    from appliance.routing.grading import _norm, _numbers, _yes_no
+
+    numbers = _numbers(_norm(text))
+    if numbers:
+        return f"n:{numbers[-1]:g}"
+    yn = _yes_no(text)
+    if yn:
+        return yn
+    return " ".join(_norm(text).split()[:6])
+
+
+def features(row: dict[str, Any], first: int | None = None) -> tuple[Signals, float]:
+    from appliance.engine.types import StepStats, TokenEvent
+
+    events = [TokenEvent(0, "", lp, b"", (), StepStats(mx, mg, en)) for lp, mx, mg, en in row["tokens"]]
+    s = signals(row["question"], events[:first] if first else events)
+    key = _key(row["student"])
+    agreement = sum(_key(t) == key for t in row["samples"]) / max(1, len(row["samples"]))
+    return s, agreement
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--recollect", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="decode threads (1 on a machine that is busy)")
+    ap.add_argument("--install", action="store_true", help="write the fitted router to " + str(DEFAULT_ROUTER))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "route")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    answers = args.out / "answers.jsonl"
+    if args.recollect or not answers.is_file():
+        print(f"the student answers {DATA.name} ({args.samples} samples each)...", flush=True)
+        collect(answers, args.samples, args.max_tokens, args.threads)
+    rows = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()]
+    for r in rows:
+        r["right"] = correct(r["student"], r["answer"], r.get("aliases", []), r["category"])
+    dev = [r for r in rows if r["split"] == "dev"]
+    test = [r for r in rows if r["split"] == "test"]
+    feats = {id(r): features(r) for r in rows}
+    names = Signals.names()
+
+    policies: dict[str, Any] = {name: (lambda r, i=i: feats[id(r)][0].vector()[i]) for i, name in enumerate(names)
+                                if name not in ("prompt_chars", "chinese", "neg_length")}
+    policies["agreement_k"] = lambda r: feats[id(r)][1]
+    x_dev = [feats[id(r)][0].vector() for r in dev]
+    y_dev = [r["right"] for r in dev]
+    router = fit(names, x_dev, y_dev)
+    policies["learned (signals)"] = lambda r: router.probability(feats[id(r)][0].vector())
+    router_k = fit(names + ["agreement_k"], [feats[id(r)][0].vector() + [feats[id(r)][1]] for r in dev], y_dev)
+    policies["learned (signals + agreement)"] = lambda r: router_k.probability(
+        feats[id(r)][0].vector() + [feats[id(r)][1]])
+    early = {id(r): features(r, HOLD_TOKENS)[0].vector() for r in rows}
+    router_early = fit(names, [early[id(r)] for r in dev], y_dev)
+    policies[f"learned (first {HOLD_TOKENS} tokens only)"] = lambda r: router_early.probability(early[id(r)])
+    prompt_only = fit(list(PROMPT_FEATURES), [prompt_features(r["question"]) for r in dev], y_dev)
+    policies["pre-route (the question alone)"] = lambda r: prompt_only.probability(prompt_features(r["question"]))
+
+    report: dict[str, Any] = {"questions": len(rows), "student_right": {
+        split: f"{sum(r['right'] for r in part)}/{len(part)}" for split, part in (("dev", dev), ("test", test))},
+        "policies": {}}
+    curves = {}
+    for name, score in policies.items():
+        sd = [score(r) for r in dev]
+        st = [score(r) for r in test]
+        chosen = cheapest(operating_points(sd, y_dev), MAX_WRONG_KEPT)
+        yt = [r["right"] for r in test]
+        kept = [(s, y) for s, y in zip(st, yt) if s >= chosen.threshold]
+        report["policies"][name] = {
+            "auroc_dev": round(auroc(sd, y_dev), 3), "auroc_test": round(auroc(st, yt), 3),
+            "threshold_from_dev": round(chosen.threshold, 4),
+            "test_teacher_share": round(1 - len(kept) / len(yt), 3),
+            "test_wrong_among_kept": round(sum(1 for _, y in kept if not y) / len(kept), 3) if kept else 0.0,
+            "test_kept": len(kept)}
+        curves[name] = operating_points(st, yt)
+    for name, r in sorted(report["policies"].items(), key=lambda kv: -kv[1]["auroc_test"]):
+        print(f"{name:38s} AUROC dev {r['auroc_dev']:.3f} test {r['auroc_test']:.3f} | at dev's <=5% threshold: "
+              f"teacher {r['test_teacher_share']:.0%}, wrong among kept {r['test_wrong_among_kept']:.1%} "
+              f"({r['test_kept']} kept)")
+    print("student right:", report["student_right"])
+    by_cat: dict[str, list[int]] = {}
+    for r in test:
+        by_cat.setdefault(f"{r['lang']}/{r['category']}", [0, 0])
+        by_cat[f"{r['lang']}/{r['category']}"][0] += r["right"]
+        by_cat[f"{r['lang']}/{r['category']}"][1] += 1
+    report["student_right_test_by_category"] = {k: f"{a}/{b}" for k, a, b in
+                                                ((k, *v) for k, v in sorted(by_cat.items()))}
+    plot(curves, args.out / "cost_quality.png")
+    if args.install:
+        chosen = cheapest(operating_points([router.probability(v) for v in x_dev], y_dev), MAX_WRONG_KEPT)
+        cache = cheapest(operating_points([router.probability(v) for v in x_dev], y_dev), MAX_WRONG_KEPT / 2)
+        replace(router, threshold=chosen.threshold, cache_threshold=max(chosen.threshold, cache.threshold)).save(
+            DEFAULT_ROUTER)
+        early_dev = [router_early.probability(early[id(r)]) for r in dev]
+        early_chosen = cheapest(operating_points(early_dev, y_dev), MAX_WRONG_KEPT)
+        replace(router_early, threshold=early_chosen.threshold, cache_threshold=1.0).save(DEFAULT_EARLY_ROUTER)
+        pre_dev = [prompt_only.probability(prompt_features(r["question"])) for r in dev]
+        pre_t = pre_route_threshold(pre_dev, y_dev, MAX_PRE_ROUTED_RIGHT)
+        replace(prompt_only, threshold=pre_t, cache_threshold=1.0).save(DEFAULT_PRE_ROUTER)
+        pre_test = [prompt_only.probability(prompt_features(r["question"])) for r in test]
+        sent = [r["right"] for r, p in zip(test, pre_test) if p < pre_t]
+        report["pre_route"] = {"threshold_from_dev": round(pre_t, 4), "test_sent_unasked": f"{len(sent)}/{len(test)}",
+                               "test_right_among_sent": f"{sum(sent)}/{len(sent)}"}
+        print("pre-route on test:", report["pre_route"])
+        print(f"wrote {DEFAULT_ROUTER}, {DEFAULT_EARLY_ROUTER} and {DEFAULT_PRE_ROUTER}")
+    (args.out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"wrote {args.out / 'report.json'} and cost_quality.png")
+
+
+def plot(curves: dict[str, list], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for name, points in curves.items():
+        ax.plot([p.teacher_share for p in points], [p.quality for p in points], label=name,
+                lw=2.5 if name.startswith("learned") else 1)
+    ax.set_xlabel("share of questions sent to the teacher")
+    ax.set_ylabel("share answered right (teacher counted right)")
+    ax.set_title("Routing the embedded student: quality against teacher share (test half)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
