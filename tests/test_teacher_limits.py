@@ -341,3 +341,34 @@ def test_an_unwritable_ledger_says_where_and_what_to_do(tmp_path):
     with pytest.raises(AthanorError) as caught:
         SpendLedger(blocker / "spend.sqlite3", 1.0)
     assert str(blocker) in str(caught.value) and "writable" in str(caught.value)
+
+
+def test_concurrent_calls_cannot_all_pass_the_cap_before_any_records(tmp_path):
+    """The cap reserves before a call and settles after: two calls of ~$0.6 under a $1 cap, in flight
+    together, cannot both go (check-then-act let both through)."""
+    from appliance.teacher.limits import Guard
+    from appliance.teacher.pricing import Price
+
+    ledger = SpendLedger(tmp_path / "spend.sqlite3", 1.0)
+    guard = Guard(ledger, RateLimiter(requests_per_minute=1000, tokens_per_minute=10**9), Price(0.0, 600_000.0),
+                  max_retries=0)
+    release = asyncio.Event()
+
+    async def attempt():
+        await release.wait()
+        ledger.record(0.6)
+        return "answer"
+
+    async def both():
+        first = asyncio.create_task(guard.call(10, 1, attempt))
+        await asyncio.sleep(0.05)
+        with pytest.raises(BudgetExceeded, match="booked by calls under way"):
+            await guard.call(10, 1, attempt)
+        release.set()
+        return await first
+
+    assert asyncio.run(both()) == "answer"
+    assert ledger.spent_today() == pytest.approx(0.6)
+    with pytest.raises(BudgetExceeded):  # and after it settled, the spend itself counts
+        ledger.check(0.6)
+    ledger.check(0.3)  # nothing stays booked

@@ -169,6 +169,9 @@ class SpendLedger:
         # Spend that could not be written (disk full), per day: still counted against the cap,
         # and written with the next record that succeeds.
         self._unwritten: dict[str, float] = {}
+        # Estimated cost of calls under way: counted against the cap until they settle, so that
+        # concurrent calls cannot each pass the check before any of them has recorded its cost.
+        self._in_flight = 0.0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # One connection shared under the lock; the daemon records from worker threads.
@@ -189,21 +192,35 @@ class SpendLedger:
 
     def spent_today(self) -> float:
         """USD spent since 00:00 UTC."""
-        day = self.today()
         with self._lock:
-            row = self._db.execute("SELECT usd FROM spend WHERE day = ?", (day,)).fetchone()
-            unwritten = self._unwritten.get(day, 0.0)
-        return (float(row[0]) if row else 0.0) + unwritten
+            return self._spent_locked()
+
+    def _spent_locked(self) -> float:
+        day = self.today()
+        row = self._db.execute("SELECT usd FROM spend WHERE day = ?", (day,)).fetchone()
+        return (float(row[0]) if row else 0.0) + self._unwritten.get(day, 0.0)
 
     def check(self, estimated_cost: float) -> None:
         """Raise `BudgetExceeded` if spending `estimated_cost` more today would pass the cap."""
-        spent = self.spent_today()
-        if spent + estimated_cost > self.daily_budget_usd:
-            raise BudgetExceeded(
-                f"teacher budget reached: spent ${spent:.4f} of ${self.daily_budget_usd:.2f} today "
-                f"(this request needs about ${estimated_cost:.4f}); it resets at 00:00 UTC, "
-                "or raise [teacher].daily_budget_usd"
-            )
+        self.release(self.reserve(estimated_cost))
+
+    def reserve(self, estimated_cost: float) -> float:
+        """Book `estimated_cost` against today's cap before a call (raises `BudgetExceeded` when it would
+        pass it); `release` the returned amount once the call has recorded its real cost or failed."""
+        with self._lock:
+            spent = self._spent_locked()
+            if spent + self._in_flight + estimated_cost > self.daily_budget_usd:
+                raise BudgetExceeded(
+                    f"teacher budget reached: spent ${spent:.4f} of ${self.daily_budget_usd:.2f} today, "
+                    f"${self._in_flight:.4f} more booked by calls under way (this request needs about "
+                    f"${estimated_cost:.4f}); it resets at 00:00 UTC, or raise [teacher].daily_budget_usd"
+                )
+            self._in_flight += estimated_cost
+        return estimated_cost
+
+    def release(self, amount: float) -> None:
+        with self._lock:
+            self._in_flight = max(0.0, self._in_flight - amount)
 
     def record(self, cost: float) -> None:
         """Add `cost` USD to today's spend, durably when the disk allows.
@@ -283,8 +300,8 @@ class Guard:
         self._rng = rng
 
     async def call(self, input_tokens: int, max_output_tokens: int, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Check the budget (before anything is sent), then run `attempt` under the rate limit, with retries."""
-        self.ledger.check(self.price.cost(input_tokens, max_output_tokens))
+        """Book the budget (before anything is sent), then run `attempt` under the rate limit, with retries."""
+        booked = self.ledger.reserve(self.price.cost(input_tokens, max_output_tokens))
         reserved = input_tokens + max_output_tokens
 
         async def limited() -> T:
@@ -292,7 +309,10 @@ class Guard:
             await self.limiter.acquire(reserved)
             return await attempt()
 
-        return await with_retries(limited, self.max_retries, sleep=self._sleep, rng=self._rng)
+        try:
+            return await with_retries(limited, self.max_retries, sleep=self._sleep, rng=self._rng)
+        finally:
+            self.ledger.release(booked)
 
     async def stream(
         self,
@@ -307,7 +327,7 @@ class Guard:
         the final usage, before its last chunk. An answer that breaks off (or that the caller leaves) after
         text went out never brings its usage, yet was billed: it is charged at our estimate, so the cap holds.
         """
-        self.ledger.check(self.price.cost(input_tokens, max_output_tokens))
+        booked = self.ledger.reserve(self.price.cost(input_tokens, max_output_tokens))
         reserved = input_tokens + max_output_tokens
         settled = False
         sent_chars = 0  # text passed on to the caller
@@ -353,6 +373,7 @@ class Guard:
                 # Written here and now: this may run while the caller is being cancelled.
                 self.ledger.record(self.price.cost(input_tokens, output_estimate))
                 self._refund_unused(reserved, input_tokens, output_estimate)
+            self.ledger.release(booked)
 
     def _refund_unused(self, reserved_tokens: int, input_tokens: int, output_tokens: int) -> None:
         unused = reserved_tokens - input_tokens - output_tokens
