@@ -94,7 +94,7 @@ def main() -> None:
             out = []
             for left, right in spans:
                 if (left, right) not in span_cache:
-                    va = vec.get(left); vb = vec.get(right)
+                    va, vb = vec.get(left), vec.get(right)
                     if va is None:
                         va = embedder.embed([left])[0]
                     if vb is None:

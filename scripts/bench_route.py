@@ -26,13 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.routing.grading import correct  # noqa: E402
-from appliance.routing.learned import LogisticRouter, fit  # noqa: E402
+from appliance.routing.learned import fit  # noqa: E402
 from appliance.routing.measures import auroc, cheapest, operating_points, pre_route_threshold  # noqa: E402
 from appliance.routing.signals import PROMPT_FEATURES, Signals, prompt_features, signals  # noqa: E402
 

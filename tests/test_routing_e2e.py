@@ -2,7 +2,6 @@
 reached over real HTTP (the google-genai client talking to a fake Gemini server)."""
 
 import json
-import os
 
 import httpx
 import pytest

@@ -6,7 +6,6 @@ import sqlite3
 
 import pytest
 
-from appliance.config import CacheConfig
 from appliance.distill_log import DistillLog, read_records
 from appliance.storage_health import StorageHealth, describe
 from appliance.teacher.limits import SpendLedger

@@ -41,7 +41,8 @@ def _unit_rows(vectors: Any) -> np.ndarray:
     if vectors.ndim == 1:
         vectors = vectors.reshape(1, -1)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return unit
 
 
 class UseEmbedder:

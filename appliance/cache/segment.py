@@ -12,6 +12,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 # Scripts the segmenter and the verifier's checks were measured on.
 _COVERED_SCRIPTS = ("LATIN", "CJK")
@@ -53,7 +54,7 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
 
 
-def _segmenter():
+def _segmenter() -> Any:
     global _jieba
     with _jieba_lock:
         if _jieba is None:

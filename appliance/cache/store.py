@@ -583,6 +583,7 @@ class SemanticCache:
                         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (key.namespace, key.model_version, key.params_key, prompt, answer, meta_json,
                          vector.tobytes(), now))
+                    assert cursor.lastrowid is not None
                     entry_id = int(cursor.lastrowid)
                     removed = self._purge_expired(now)
                     removed += self._evict(self._count + 1 - len(removed) - self._cfg.max_entries, entry_id)
@@ -643,7 +644,7 @@ class SemanticCache:
             self._count += keep - len(removed)
             self._forget(removed)
             self._maybe_approximate(key.namespace)
-            return ids.tolist()
+            return [int(i) for i in ids]
 
     def _purge_expired(self, now: float) -> list[tuple[int, str]]:
         rows = self._db.execute("SELECT id, namespace FROM entries WHERE created_at < ?",

@@ -309,7 +309,9 @@ def compare(a: Analysis, b: Analysis, params: VerifyParams) -> Comparison:
             continue
         # A frequent word may come or go ("please", 的, 吗); one frequent word put in place of another
         # (some / all, is / was) is judged like any other replacement. Numbers were compared above.
-        keep = (lambda w: number_of(w) is None) if tag == "replace" else (lambda w: not free(w))
+        def keep(word: str, replacing: bool = tag == "replace") -> bool:
+            return number_of(word) is None if replacing else not free(word)
+
         side_a = [w for w in a.words[i1:i2] if only_a[w] > 0 and keep(w)]
         side_b = [w for w in b.words[j1:j2] if only_b[w] > 0 and keep(w)]
         for w in a.words[i1:i2]:
