@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import paths
-from ..cache import SemanticCache, load_embedder
+from ..cache import SemanticCache, check_match, load_embedder
 from ..cache.store import cache_path
 from ..config import AthanorConfig, load_config
 from ..engine.scheduler import Scheduler
@@ -75,6 +75,8 @@ def build_routing(config: AthanorConfig) -> Routing:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         embedder = load_embedder(config.cache.embedder, threads=1)
         routing.cache = SemanticCache(cache_path(config.cache), embedder, config.cache, health=routing.storage)
+        # Load jieba's dictionary, wordfreq's lists and Cilin now, not on the first lookup.
+        check_match("如何预热 please", "怎么预热", lambda spans: [1.0] * len(spans))
     if config.teacher.provider != "none":
         routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
         routing.distill_log = DistillLog(state / "distill.jsonl")
