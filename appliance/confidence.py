@@ -24,7 +24,7 @@ class Confidence:
     method: str = "quantile"
     """"quantile": `score` is the quantile above; "router": `score` is a fitted router's P(right)."""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float | int | str]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 

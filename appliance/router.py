@@ -8,9 +8,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Callable, Literal
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Literal
 
-from .cache import CacheKey, SemanticCache, normalize_prompt
+from .cache import CacheHit, CacheKey, SemanticCache, normalize_prompt
 from .cache.store import TEACHER_VERSION
 from .confidence import Confidence
 from .routing.decide import decide
@@ -19,7 +19,7 @@ from .routing.signals import prompt_features
 from .engine.llama import LlamaEngine
 from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
-from .engine.types import Completion, ModelInfo, SamplingParams, TokenEvent
+from .engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
 from .distill_log import DistillLog
 from .errors import AthanorError
 from .storage_health import StorageHealth
@@ -97,8 +97,8 @@ class Answer:
     degraded: bool = False
     degraded_reason: str | None = None
 
-    def provenance(self) -> dict:
-        fields: dict = {
+    def provenance(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
             "route": self.route,
             "confidence": round(self.confidence.score, 6) if self.confidence else None,
             "cache_similarity": round(self.cache_similarity, 6) if self.cache_similarity is not None else None,
@@ -113,7 +113,7 @@ class Answer:
         return fields
 
 
-def last_user_text(messages: list[dict]) -> str:
+def last_user_text(messages: list[dict[str, Any]]) -> str:
     """The question the router's signals read: the last user turn's text."""
     for message in reversed(messages):
         if message.get("role") == "user":
@@ -130,7 +130,7 @@ def params_key(params: SamplingParams) -> str:
     Penalties and logit_bias join the key only when set, so the keys of entries cached without them
     (all of them before these existed) stay the same.
     """
-    key: dict = {"t": round(params.temperature, 3), "p": round(params.top_p, 3), "max": params.max_tokens,
+    key: dict[str, Any] = {"t": round(params.temperature, 3), "p": round(params.top_p, 3), "max": params.max_tokens,
                  "stop": list(params.stop), "seed": params.seed}
     if params.frequency_penalty:
         key["fp"] = round(params.frequency_penalty, 3)
@@ -255,7 +255,7 @@ class Run:
 
 
 class CachedRun(Run):
-    def __init__(self, router: Router, student: Student, prompt: list[int], hit) -> None:
+    def __init__(self, router: Router, student: Student, prompt: list[int], hit: CacheHit) -> None:
         self.router = router
         self.student = student
         self.prompt = prompt
@@ -299,7 +299,7 @@ class StudentRun(Run):
             return 0.0
         return (self.job.started_at or self.started) - self.job.enqueued_at
 
-    async def _student_deltas(self, assembler: TextAssembler, tokens: list[TokenEvent]) -> AsyncIterator[Delta]:
+    async def _student_deltas(self, assembler: TextAssembler, tokens: list[TokenEvent]) -> AsyncGenerator[Delta, None]:
         assert self.job is not None
         pending: list[TokenEvent] = []
         try:
@@ -360,7 +360,8 @@ class StudentRun(Run):
                     held.append(delta)
         finally:
             await deltas.aclose()  # frees the student's slot whatever happened
-        finish = "stop" if assembler.stopped else (self.job.finish_reason or "stop")
+        assert self.job is not None, "the student's tokens came from a job: _student_deltas needs one"
+        finish: FinishReason = "stop" if assembler.stopped else (self.job.finish_reason or "stop")
         completion = Completion(assembler.text, finish, len(self.prompt), tokens)
         decision = decide(question, tokens, routing.policy, routing.confidence_threshold, routing.confidence_quantile)
         sure = decision.confidence

@@ -10,16 +10,16 @@ Pure: rendering and the two tokenizers are passed in, so every engine can use th
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-Render = Callable[[list[dict]], str]
+Render = Callable[[list[dict[str, Any]]], str]
 Tokenize = Callable[[str], list[int]]
 
 # Private-use characters: never produced by a template, and not whitespace, so `trim` leaves them be.
 _MARK = "\ue000{}\ue001"
 
 
-def chat_tokens(render: Render, messages: list[dict], markup: Tokenize, plain: Tokenize,
+def chat_tokens(render: Render, messages: list[dict[str, Any]], markup: Tokenize, plain: Tokenize,
                 specials: Sequence[str]) -> list[int]:
     """The prompt's tokens, with chat markup typed inside a message kept as text.
 
@@ -37,7 +37,7 @@ def chat_tokens(render: Render, messages: list[dict], markup: Tokenize, plain: T
     return tokens
 
 
-def literal_chat_tokens(render: Render, messages: list[dict], markup: Tokenize, plain: Tokenize) -> list[int] | None:
+def literal_chat_tokens(render: Render, messages: list[dict[str, Any]], markup: Tokenize, plain: Tokenize) -> list[int] | None:
     """The chat's tokens with the template parsed for special tokens and every message's content not.
 
     Returns None when the template does not copy each content verbatim and in order (it dropped,

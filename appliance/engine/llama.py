@@ -19,17 +19,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, cast
 
 import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_types import ChatCompletionRequestMessage
 
 from ..errors import AthanorError
 from . import llama_log
 from .batching import Feed, copy_by_state, in_stream_order, interruptible, place_prompt, plan_step
 from .chat_markup import chat_tokens
-from .types import ModelInfo, SamplingParams, StepResult, StepStats, TokenEvent, TokenLogprob
+from .types import FinishReason, ModelInfo, SamplingParams, StepResult, StepStats, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def top_k_logprobs(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
 @dataclass
 class _Sequence:
     params: SamplingParams
-    sampler: object
+    sampler: llama_cpp.llama_sampler_p
     pending: list[int]
     """Tokens not yet in the KV cache: the prompt's tail, then the last sampled token."""
     produced: int = 0
@@ -153,7 +154,9 @@ class LlamaEngine:
         # take the GIL a thousand times a step, so the callback is libc's strlen over a two-byte flag
         # (length 1, read as true, once the first byte is set), pointed at a flag that is never set
         # during the steps that must not be cut.
-        self._abort_check = llama_cpp.ggml_abort_callback(ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value)
+        strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        assert strlen is not None, "a function libc exports has an address"
+        self._abort_check = llama_cpp.ggml_abort_callback(strlen)
         self._interrupt_flag = ctypes.create_string_buffer(2)
         self._never_flag = ctypes.create_string_buffer(2)
         self._armed = False
@@ -248,7 +251,7 @@ class LlamaEngine:
         eos = self.piece(llama_cpp.llama_vocab_eos(self._vocab)).decode(errors="replace")
         return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         """Render messages with the model's own chat template and tokenize the result.
 
         Chat markup typed inside a message stays text: only the template's own markup becomes
@@ -261,8 +264,9 @@ class LlamaEngine:
         def plain(text: str) -> list[int]:
             return self.tokenize(text, add_special=False, parse_special=False)
 
-        def render(msgs: list[dict]) -> str:
-            return self._formatter(messages=msgs).prompt
+        def render(msgs: list[dict[str, Any]]) -> str:
+            # OpenAI chat messages (checked at the API face) as plain dicts; the template only reads them.
+            return self._formatter(messages=cast("list[ChatCompletionRequestMessage]", msgs)).prompt
 
         return chat_tokens(render, messages, markup, plain, self.special_texts())
 
@@ -307,7 +311,7 @@ class LlamaEngine:
         self.prompt_tokens_reused += reuse
         self.prompt_tokens_computed += len(prompt) - reuse
         self._active[seq] = _Sequence(params, self._sampler(params), list(prompt[reuse:]))
-        self._interrupt_flag[0] = 0  # whatever asked for an interruption is being served
+        self._interrupt_flag[0] = b"\x00"  # whatever asked for an interruption is being served
         return seq
 
     def _copy_by_state(self, source: int, seq: int) -> bool:
@@ -350,7 +354,7 @@ class LlamaEngine:
         self._drop_fillers(feeds)
         if status == 2:  # cut short by `interrupt`: llama.cpp dropped the step's cells, nothing advanced
             self.interrupted_steps += 1
-            self._interrupt_flag[0] = 0
+            self._interrupt_flag[0] = b"\x00"
             self._owed_step = True  # so arrivals one after another cannot starve the answers
             return []
         if generating and status == 0:
@@ -391,7 +395,7 @@ class LlamaEngine:
         """Ask the decode step in progress to stop if it only generates (safe from any thread): a new
         prompt is waiting, and its first token should not wait for a step it is not part of. The
         step's work is lost and redone after the prompt's; a step that prefills is never cut."""
-        self._interrupt_flag[0] = 1
+        self._interrupt_flag[0] = b"\x01"
 
     def _arm(self, armed: bool) -> None:
         llama_log.quiet(armed)
@@ -426,7 +430,8 @@ class LlamaEngine:
                 i += 1
             batch.logits[i - 1] = feed.wants_logits
         batch.n_tokens = i
-        return llama_cpp.llama_decode(self._ctx, batch)
+        status: int = llama_cpp.llama_decode(self._ctx, batch)
+        return status
 
     def _sample(self, seq: int, sequence: _Sequence, index: int) -> StepResult:
         token = llama_cpp.llama_sampler_sample(sequence.sampler, self._ctx, index)
@@ -449,8 +454,8 @@ class LlamaEngine:
         sequence.pending.append(token)
         return StepResult(seq, event)
 
-    def _sampler(self, params: SamplingParams):
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    def _sampler(self, params: SamplingParams) -> llama_cpp.llama_sampler_p:
+        chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         # Bias and penalties first, on the whole vocabulary, as OpenAI applies them: before the
         # choice, greedy or sampled. The reported log-probabilities stay the model's own (the raw row).
         if params.logit_bias:
@@ -476,7 +481,7 @@ class LlamaEngine:
 
     def generate(
         self, prompt: list[int], params: SamplingParams, cancelled: Callable[[], bool] = lambda: False
-    ) -> Iterator[TokenEvent]:
+    ) -> Generator[TokenEvent, None, FinishReason]:
         """One sequence on its own (tests, benchmarks): yield its tokens; the return value is the finish reason.
 
         Not for use while the scheduler drives this engine.

@@ -21,12 +21,15 @@ _last_level = ["debug"]
 _quiet = threading.local()
 
 
-@llama_cpp.llama_log_callback
-def _forward(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
+def _forward_line(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
     if level != _CONTINUED:
         _last_level[0] = _LEVELS.get(level, "debug")
     if _log.isEnabledFor(logging.DEBUG) and not getattr(_quiet, "on", False):
         _log.debug("%s: %s", _last_level[0], text.decode(errors="replace").rstrip())
+
+
+# The C callback wrapping `_forward_line`, kept at module level so that it outlives every call into llama.cpp.
+_forward = llama_cpp.llama_log_callback(_forward_line)
 
 
 def install() -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,8 @@ class OnnxEngineError(AthanorError):
 def _log_softmax(row: np.ndarray) -> np.ndarray:
     row = row.astype(np.float64)
     peak = row.max()
-    return row - peak - np.log(np.exp(row - peak).sum())
+    logprobs: np.ndarray = row - peak - np.log(np.exp(row - peak).sum())
+    return logprobs
 
 
 class OnnxDecoder:
@@ -64,7 +66,7 @@ class OnnxDecoder:
         return [np.zeros((1, heads, 0, dim), dtype=self._past_dtype) for heads, dim in
                 (self._past_shapes[n] for n in self._past)]
 
-    def forward(self, tokens: list[int], past: list[np.ndarray] | None, start: int) -> tuple[np.ndarray, list]:
+    def forward(self, tokens: list[int], past: list[np.ndarray] | None, start: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits (len(tokens) x vocab, float32) for `tokens` placed after `start` cached positions."""
         past = past if past is not None else self.empty_past()
         count = len(tokens)
@@ -105,8 +107,9 @@ class OnnxEngine:
     def __init__(self, folder: Path, name: str, n_ctx: int = 2048, n_threads: int = 0) -> None:
         from transformers import AutoTokenizer
 
-        self._decoder = OnnxDecoder(folder, threads=n_threads)
-        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._decoder: OnnxDecoder | None = OnnxDecoder(folder, threads=n_threads)
+        # transformers leaves from_pretrained unannotated.
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
         # Every added token is matched in text before BPE runs: the texts chat markup is made of.
         self._special_texts = [token.content for token in self._tokenizer.added_tokens_decoder.values()]
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
@@ -116,7 +119,7 @@ class OnnxEngine:
         self._eog = self._end_tokens(folder, config)
         self._bytes = _byte_decoder()
         self._piece_cache: dict[int, bytes] = {}
-        self._seq: dict | None = None
+        self._seq: dict[str, Any] | None = None
         files = [p for p in folder.iterdir() if p.is_file() and p.name.startswith(MODEL_FILE)]
         self.info = ModelInfo(
             name=name, path=folder / MODEL_FILE, n_ctx=self.n_ctx, n_vocab=self.n_vocab,
@@ -124,8 +127,8 @@ class OnnxEngine:
             description=f"{config.get('model_type', 'onnx')} ONNX", gpu_offload="CUDAExecutionProvider" in self._decoder.providers,
         )
 
-    def _end_tokens(self, folder: Path, config: dict) -> set[int]:
-        ends = set()
+    def _end_tokens(self, folder: Path, config: dict[str, Any]) -> set[int]:
+        ends: set[int] = set()
         for source in (config, _read_json(folder / "generation_config.json")):
             value = source.get("eos_token_id")
             ends.update(value if isinstance(value, list) else [value] if value is not None else [])
@@ -136,19 +139,22 @@ class OnnxEngine:
     # --- text <-> tokens -------------------------------------------------------------------
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return self._tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        ids: list[int] = self._tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return ids
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         """Render messages with the export's chat template and tokenize them; chat markup typed inside
         a message stays text (see chat_markup.py)."""
         def markup(text: str) -> list[int]:
             return self.tokenize(text, add_special=False)
 
         def plain(text: str) -> list[int]:
-            return self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            ids: list[int] = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            return ids
 
-        def render(msgs: list[dict]) -> str:
-            return self._tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        def render(msgs: list[dict[str, Any]]) -> str:
+            text: str = self._tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            return text
 
         return chat_tokens(render, messages, markup, plain, self._special_texts)
 
@@ -196,6 +202,7 @@ class OnnxEngine:
         if seq is None:
             return []
         try:
+            assert self._decoder is not None, "step() after close()"
             logits, seq["past"] = self._decoder.forward(seq["pending"], seq["past"], seq["length"])
         except Exception as exc:
             self._seq = None
@@ -258,8 +265,9 @@ def adjusted_logits(row: np.ndarray, params: SamplingParams, counts: dict[int, i
     return row
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
     except (FileNotFoundError, json.JSONDecodeError):
         return {}

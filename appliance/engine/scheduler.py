@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
-from .types import SamplingParams, StepResult, TokenEvent
+from .types import FinishReason, SamplingParams, StepResult, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Closed(Overloaded):
 
 @dataclass
 class _Done:
-    reason: str
+    reason: FinishReason
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Job:
         self.prompt = prompt
         self.params = params
         self.stream = stream
-        self.finish_reason: str | None = None
+        self.finish_reason: FinishReason | None = None
         self.enqueued_at = time.monotonic()
         self.started_at: float | None = None
         self._loop = loop
@@ -174,7 +174,7 @@ class Scheduler:
         """Requests being decoded now."""
         return self._n_running
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int | float | None]:
         """How well batching works: sequences per decode step, prompt tokens reused vs computed."""
         engine = self.engine
         return {
@@ -237,7 +237,7 @@ class Scheduler:
                 if self._state == "aborting" or (self._state == "draining" and not self._queue and not self._running):
                     self._abandon()
                     return
-                admitted = []
+                admitted: list[Job] = []
                 while self._queue and len(admitted) < self.engine.free:
                     admitted.append(self._queue.popleft())
             self._admit(admitted)

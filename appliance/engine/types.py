@@ -95,7 +95,9 @@ class Completion:
     """A finished answer with everything later stages need (confidence, usage)."""
 
     text: str
-    finish_reason: FinishReason
+    finish_reason: str
+    """A `FinishReason` for the student's and the cache's answers; a teacher's own reason as it gave it
+    ("content_filter", or whatever an OpenAI-compatible server sent), passed on to the client."""
     prompt_tokens: int
     tokens: list[TokenEvent] = field(default_factory=list)
     counted_tokens: int | None = None

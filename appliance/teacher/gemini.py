@@ -7,6 +7,7 @@ import contextvars
 import math
 import random
 import time
+from types import ModuleType
 from typing import Any, AsyncGenerator, Callable
 
 import httpx
@@ -14,16 +15,17 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-try:  # google.genai sends through httpx2 when it is installed, else httpx; catch both.
-    import httpx2
-except ImportError:  # pragma: no cover - depends on the environment
-    httpx2 = None
-
 from ..config import TeacherConfig
 from .base import TeacherAnswer, TeacherChunk, TeacherError, TeacherParams
 from .keys import Secret
 from .limits import Guard, RateLimiter, RetryableError, Settle, Sleep, SpendLedger, estimate_tokens, parse_retry_after
 from .pricing import Price
+
+httpx2: ModuleType | None
+try:  # google.genai sends through httpx2 when it is installed, else httpx; catch both.
+    import httpx2
+except ImportError:  # pragma: no cover - depends on the environment
+    httpx2 = None
 
 # The REST docs and every proxy speak v1beta; pin it rather than follow the SDK's default.
 API_VERSION = "v1beta"

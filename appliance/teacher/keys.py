@@ -6,7 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NoReturn
 from urllib.parse import quote
 
 from ..config import TeacherConfig
@@ -35,7 +35,7 @@ class Secret:
     def __str__(self) -> str:
         return "***"
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> NoReturn:
         # Pickling would write the key to wherever the pickle goes (caches, crash dumps).
         raise TypeError("a Secret cannot be pickled")
 

@@ -104,7 +104,8 @@ class RetryableError(TeacherError):
 
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0, rng: Callable[[], float] = random.random) -> float:
     """Full-jitter exponential backoff: a uniform draw in [0, min(cap, base * 2**attempt))."""
-    return rng() * min(cap, base * (2**attempt))
+    growth: float = base * 2**attempt  # typeshed types int ** int as Any (a negative exponent gives a float)
+    return rng() * min(cap, growth)
 
 
 def retry_delays(
