@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.cache import CacheKey, SemanticCache, load_embedder, normalize_prompt  # noqa: E402
 from appliance.config import CacheConfig  # noqa: E402
-from appliance.defaults import embedded_student_path  # noqa: E402
-from appliance.fingerprint import file_fingerprint  # noqa: E402
+from appliance.cache.store import TEACHER_VERSION  # noqa: E402
 from appliance.router import params_key  # noqa: E402
 from appliance.server.api import to_chat_request  # noqa: E402
 from appliance.server.openai_schema import parse_chat_request  # noqa: E402
@@ -45,10 +44,10 @@ PARAMS = {"max_tokens": 32, "temperature": 0}
 
 
 def fill(db: Path, size: int, embedder, console: Console) -> None:
-    version = file_fingerprint(embedded_student_path())
-    # The key the daemon will compute for this request, through the same parsing path.
+    # Stored as a teacher's answer, which any student serves, under the key the daemon will compute
+    # for this request (through the same parsing path).
     wire = parse_chat_request(json.dumps({"messages": QUESTION, **PARAMS}).encode())
-    key = CacheKey(str(os.getuid()), version, params_key(to_chat_request(wire, 512).params))
+    key = CacheKey(str(os.getuid()), TEACHER_VERSION, params_key(to_chat_request(wire, 512).params))
     cache = SemanticCache(db, embedder, CacheConfig(max_entries=size + 10))
     rng = np.random.default_rng(0)
     chunk = 50_000

