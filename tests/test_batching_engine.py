@@ -115,7 +115,15 @@ def test_a_short_prefix_in_a_long_stream_is_copied_cell_by_cell_with_the_same_an
         first, second = (big.chat_prompt(p) for p in prompts)
         answer = copy_and_answer(big, first, second, params)
         assert big.state_copies == 1  # ~140 cells of 2048: only the cells in use were moved
-        assert answer == [t for t, _ in alone(fresh, second, params)]  # a cache that never saw `first`
+        # A cache that never saw `first`, with the prompt computed in the same two parts (the shared
+        # prefix, then the rest): on some CPUs llama.cpp's logits depend on where a prompt is split
+        # (seen on AVX-512: a 139-token prompt in chunks of 64 changes the greedy answer), so only
+        # the same split isolates what the copy itself does.
+        shared = next(i for i, (x, y) in enumerate(zip(first, second)) if x != y)
+        warm = fresh.add(second[:shared], params)
+        fresh.step()
+        fresh.remove(warm)
+        assert answer == [t for t, _ in alone(fresh, second, params)]
     finally:
         big.close()
         fresh.close()
