@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -134,10 +133,15 @@ def _default_base(config: AthanorConfig) -> Path:
 @click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps (resume later).")
 @click.option("--seed", type=int, default=None)
+@click.option("--no-group-by-length", "group_by_length", flag_value=False, default=None,
+              help="Batch in plain random order instead of grouping similar lengths (more padding, slower).")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Without a terminal: a progress line every this many steps (and at least every 30 s).")
 @click.pass_context
 def train(ctx: click.Context, dataset: Path, base: Path | None, out_dir: Path, target_modules: str | None,
-          modules_to_save: str | None, kd_teacher: Path | None, **options) -> None:
+          modules_to_save: str | None, kd_teacher: Path | None, log_every: int, **options) -> None:
     """LoRA-train a student on DATASET (a train.jsonl, or a harvest folder). Resumes from OUT/checkpoints."""
+    from .progress import train_progress
     from .records import TRAIN_FILE, file_sha256, read_dataset, resolve_dataset
     from .train import TrainSettings
     from .train import train as run_training
@@ -149,12 +153,10 @@ def train(ctx: click.Context, dataset: Path, base: Path | None, out_dir: Path, t
     settings = TrainSettings.from_config(config.distill, target_modules=split(target_modules),
                                          modules_to_save=split(modules_to_save), **options)
     base = base or _default_base(config)
-    with bar("train", None, "") as (progress, task):
-        def step(done: int, total: int, loss: float) -> None:
-            progress.update(task, completed=done, total=total, extra=f"loss {loss:.4f}")
-
+    with train_progress("train", every=log_every) as report:
         result = run_training(records, base, out_dir, settings, dataset_sha256=file_sha256(path),
-                              kd_teacher=kd_teacher, on_step=step)
+                              kd_teacher=kd_teacher, on_progress=report,
+                              on_log=lambda line: click.echo(line, err=True))
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     if not result.finished:
         click.echo(f"stopped at step {result.steps} of {result.total_steps}{resumed}; run again to resume")

@@ -4,11 +4,16 @@ Chats are formatted with the base model's own chat template (the one llama.cpp s
 and the loss falls on the assistant's tokens only. Optionally the loss mixes in white-box
 distillation from a local teacher's logits. The output folder is a peft adapter
 (`save_pretrained`) plus `training.json`, `loss.png` and `checkpoints/`.
+
+On a CPU every computed position costs: batches group examples of similar length (each padded
+to its own longest), an over-long prompt loses its middle, and logits are computed only where an
+answer token is predicted (`scripts/bench_train.py` measures the difference).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +31,10 @@ from .records import Record
 IGNORE = -100
 TRAINING_FILE = "training.json"
 LOSS_PNG = "loss.png"
+GROUP_BATCHES = 16
+"""Batches per length-sorted chunk when batches are grouped by length (see `epoch_batches`)."""
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class TrainSettings:
     kd_alpha: float = 0.5
     max_steps: int | None = None
     """Stop (with a checkpoint) after this many optimizer steps; a later run resumes from there."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (in shuffled chunks), so little of each batch is padding."""
 
     @classmethod
     def from_config(cls, cfg: DistillConfig, **overrides: Any) -> "TrainSettings":
@@ -65,12 +76,8 @@ def _ids(encoded: Any) -> list[int]:
     return list(encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded)
 
 
-def build_example(tokenizer: Any, record: Record, max_len: int = 512,
-                  with_reasoning: bool = False) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for one record: the chat in the tokenizer's template, labels on the answer only.
-
-    Too long: the prompt loses its oldest tokens first (the answer is what is learned), then the answer its tail.
-    """
+def chat_tokens(tokenizer: Any, record: Record, with_reasoning: bool = False) -> tuple[list[int], list[int]]:
+    """(prompt, answer) token ids of one record in the tokenizer's chat template, untruncated."""
     messages = record.messages()
     target = join_reasoning(record.reasoning, record.answer) if with_reasoning else record.answer
     prompt = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
@@ -81,13 +88,31 @@ def build_example(tokenizer: Any, record: Record, max_len: int = 512,
         # another token (`<|end_of_text|>`) that the served chat never ends a turn with.
         end = end_of_turn(tokenizer)
         full = prompt + tokenizer(target + end, add_special_tokens=False)["input_ids"]
-    answer = full[len(prompt):]
-    overflow = len(full) - max_len
+    return prompt, full[len(prompt):]
+
+
+def fit_example(prompt: Sequence[int], answer: Sequence[int], max_len: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of at most `max_len` tokens: prompt + answer, labels on the answer only.
+
+    Too long: the answer is kept and the prompt loses its middle; its head (the persona, the
+    instruction, the chat template's opening) and its tail (the end of the question and the
+    assistant's header, which the answer follows) stay. An answer longer than `max_len` - 1 loses its tail.
+    """
+    prompt, answer = list(prompt), list(answer)
+    overflow = len(prompt) + len(answer) - max_len
     if overflow > 0:
-        keep_prompt = max(1, len(prompt) - overflow)
-        prompt = prompt[len(prompt) - keep_prompt:]
+        keep = max(1, len(prompt) - overflow)
+        tail = keep - keep // 2
+        prompt = prompt[: keep // 2] + prompt[len(prompt) - tail:]
         answer = answer[: max_len - len(prompt)]
     return prompt + answer, [IGNORE] * len(prompt) + answer
+
+
+def build_example(tokenizer: Any, record: Record, max_len: int = 512,
+                  with_reasoning: bool = False) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one record: the chat in the tokenizer's template, labels on the answer only,
+    cut to `max_len` as `fit_example` does."""
+    return fit_example(*chat_tokens(tokenizer, record, with_reasoning), max_len)
 
 
 def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float, alpha: float) -> Any:
@@ -96,19 +121,65 @@ def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: 
     Logits are (batch, seq, vocab) as the models return them: position i predicts token i+1 of `labels`.
     T² keeps the soft loss's gradients on the scale of the hard one's (Hinton et al., 2015).
     """
+    return _kd_aligned(student_logits[:, :-1, :], teacher_logits[:, :-1, :], labels[:, 1:], temperature, alpha)
+
+
+def _kd_aligned(student: Any, teacher: Any, target: Any, temperature: float, alpha: float) -> Any:
+    """`kd_loss` on logits already aligned with the tokens they predict (`target`, IGNORE where unlearned)."""
     import torch.nn.functional as F
 
-    student = student_logits[:, :-1, :]
-    teacher = teacher_logits[:, :-1, :]
-    target = labels[:, 1:]
     mask = target != IGNORE
     if not mask.any():
         return student.sum() * 0.0
     ce = F.cross_entropy(student[mask].float(), target[mask])
+    if alpha == 0.0:
+        return ce
     log_student = F.log_softmax(student[mask].float() / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher[mask].float() / temperature, dim=-1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean()
     return alpha * kl * temperature**2 + (1 - alpha) * ce
+
+
+def answer_positions(labels: Any) -> Any:
+    """The sequence positions whose logits predict a learned token in some row (1-D, ascending).
+
+    Only these logits enter the loss; the rest of the (batch, seq, vocab) logits, most of a step's
+    memory and a good share of its time when the answers are short, need never be computed.
+    """
+    return (labels[:, 1:] != IGNORE).any(0).nonzero().flatten()
+
+
+def _keeps_logits(model: Any) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def batch_loss(model: Any, batch: dict[str, Any], teacher: Any = None, *, temperature: float = 2.0,
+               alpha: float = 0.5, vocab: int | None = None, keep_logits: bool = True) -> Any:
+    """The training loss of one collated batch: cross-entropy on the answer tokens, mixed with the KD loss
+    when a teacher is given. `keep_logits`: compute logits at the answer positions only (same loss)."""
+    import torch
+
+    positions = answer_positions(batch["labels"])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if keep_logits:
+        inputs["logits_to_keep"] = positions
+    logits = model(**inputs).logits
+    if not keep_logits:
+        logits = logits[:, positions, :]
+    target = batch["labels"][:, positions + 1]
+    if teacher is None:
+        return _kd_aligned(logits, logits, target, temperature, 0.0)
+    with torch.no_grad():
+        teacher_logits = teacher(**inputs).logits
+    if not keep_logits:
+        teacher_logits = teacher_logits[:, positions, :]
+    width = min(logits.shape[-1], teacher_logits.shape[-1], vocab or logits.shape[-1])
+    return _kd_aligned(logits[..., :width], teacher_logits[..., :width], target, temperature, alpha)
 
 
 def check_same_vocab(student_tokenizer: Any, teacher_tokenizer: Any) -> None:
@@ -125,7 +196,9 @@ def check_same_vocab(student_tokenizer: Any, teacher_tokenizer: Any) -> None:
 
 
 def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask, labels (padding ignored by the loss)."""
+    """Right-padded tensors: input_ids, attention_mask, labels (padding ignored by the loss).
+
+    Each batch is padded to its own longest example only; `epoch_batches` groups similar lengths."""
     import torch
 
     width = max(len(ids) for ids, _ in examples)
@@ -137,6 +210,34 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
         labels[row, : len(targets)] = torch.tensor(targets)
         mask[row, : len(tokens)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True) -> list[list[int]]:
+    """One epoch's batches (example indices), fixed by `seed` alone, so a resumed run sees the same batches.
+
+    Ungrouped: consecutive slices of a random permutation. Grouped: the permutation is cut into chunks of
+    `GROUP_BATCHES` batches, each chunk is sorted by length (longest first) and sliced into batches, and
+    the batches are shuffled; every batch still comes from a random chunk, but holds examples of similar
+    length, so padding to its longest costs little. Both give ceil(n / batch_size) batches.
+    """
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    order = [int(i) for i in rng.permutation(len(lengths))]
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    chunk = batch_size * GROUP_BATCHES
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: -lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def padding_share(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """The share of the computed token positions that are padding, for these batches."""
+    computed = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+    return 1 - sum(lengths[i] for batch in batches for i in batch) / computed if computed else 0.0
 
 
 def present_modules(model: Any, wanted: Sequence[str]) -> list[str]:
@@ -166,11 +267,45 @@ class TrainResult:
 StepCallback = Callable[[int, int, float], None]
 
 
+@dataclass(frozen=True)
+class StepInfo:
+    """What one optimizer step did, for progress displays (`on_progress`)."""
+
+    step: int
+    total: int
+    epoch: int
+    """1-based."""
+    epochs: int
+    loss: float
+    tokens: int
+    """Real (non-padding) tokens in this step's batch."""
+    elapsed: float
+    """Seconds since this run's first step began (checkpoint saves included)."""
+    run_steps: int
+    """Steps taken by this run (a resumed run starts counting at 0)."""
+    run_tokens: int
+    """Real tokens this run has trained on."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.run_tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at this run's average pace so far."""
+        return (self.total - self.step) * self.elapsed / self.run_steps if self.run_steps else None
+
+
 def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainSettings, *,
           dataset_sha256: str, kd_teacher: Path | None = None,
-          on_step: StepCallback = lambda step, total, loss: None) -> TrainResult:
-    """LoRA-train `base` on `records` into `out_dir`, resuming from `out_dir/checkpoints` when one is there."""
-    import numpy as np
+          on_step: StepCallback = lambda step, total, loss: None,
+          on_progress: Callable[[StepInfo], None] | None = None,
+          on_log: Callable[[str], None] = _log.info) -> TrainResult:
+    """LoRA-train `base` on `records` into `out_dir`, resuming from `out_dir/checkpoints` when one is there.
+
+    `on_step` gets (step, total, loss) and `on_progress` a `StepInfo` after each step; `on_log` gets a
+    few lines about the run (examples, truncation, padding, threads) before the first.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -179,13 +314,21 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     dev = pick_device()
     torch.manual_seed(settings.seed)
     tokenizer = load_tokenizer(base)
-    examples = [build_example(tokenizer, r, settings.max_seq_len, settings.with_reasoning) for r in records]
+    examples, truncated = [], 0
+    for record in records:
+        prompt, answer = chat_tokens(tokenizer, record, settings.with_reasoning)
+        truncated += len(prompt) + len(answer) > settings.max_seq_len
+        examples.append(fit_example(prompt, answer, settings.max_seq_len))
     examples = [e for e in examples if any(label != IGNORE for label in e[1])]
+    if not examples:
+        raise DistillError("no record has an answer token left to learn; check the dataset's answers")
+    lengths = [len(ids) for ids, _ in examples]
     teacher = None
     if kd_teacher is not None:
         check_same_vocab(tokenizer, load_tokenizer(kd_teacher))
         teacher = load_model(kd_teacher, dev).eval()
     model = load_model(base, dev)
+    keep_logits = _keeps_logits(model) and (teacher is None or _keeps_logits(teacher))
     lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                       target_modules=present_modules(model, settings.target_modules),
                       modules_to_save=list(settings.modules_to_save) or None, task_type="CAUSAL_LM")
@@ -206,48 +349,59 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     if found is not None:
         state = checkpoints.restore(found, model, optimizer, scheduler, fingerprint)
     resumed = state.step
+    first = epoch_batches(lengths, settings.batch_size, settings.seed, settings.group_by_length)
+    on_log(f"{len(examples)} examples ({len(records) - len(examples)} without an answer token skipped), "
+           f"{sum(lengths)} tokens; {truncated} longer than max_seq_len {settings.max_seq_len} had their "
+           "prompt's middle cut")
+    on_log(f"{total} steps ({settings.epochs} epoch{'s' * (settings.epochs != 1)} of {per_epoch} batches of "
+           f"{settings.batch_size})"
+           f"{f', resuming at step {resumed}' if resumed else ''}; padding {padding_share(lengths, first):.0%} "
+           f"of the batches{' (grouped by length)' if settings.group_by_length else ''}; "
+           f"{dev}, {torch.get_num_threads()} threads")
     model.train()
     pad = tokenizer.pad_token_id
+    started, run_tokens = time.monotonic(), 0
     for epoch in range(settings.epochs):
-        # The order depends only on the seed and the epoch, so a resumed run sees the same batches.
-        order = np.random.RandomState(settings.seed + epoch).permutation(len(examples))
-        for index in range(per_epoch):
+        if (epoch + 1) * per_epoch <= state.step:
+            continue
+        batches = epoch_batches(lengths, settings.batch_size, settings.seed + epoch, settings.group_by_length)
+        for index, members in enumerate(batches):
             if epoch * per_epoch + index < state.step:
                 continue
-            batch = collate([examples[i] for i in order[index * settings.batch_size:(index + 1) * settings.batch_size]], pad)
+            batch = collate([examples[i] for i in members], pad)
             batch = {k: v.to(dev) for k, v in batch.items()}
-            if teacher is None:
-                loss = model(**batch).loss
-            else:
-                with torch.no_grad():
-                    teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                width = min(logits.shape[-1], teacher_logits.shape[-1], len(tokenizer))
-                loss = kd_loss(logits[..., :width], teacher_logits[..., :width], batch["labels"],
-                               settings.kd_temperature, settings.kd_alpha)
+            loss = batch_loss(model, batch, teacher, temperature=settings.kd_temperature, alpha=settings.kd_alpha,
+                              vocab=len(tokenizer), keep_logits=keep_logits)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
             state.step += 1
-            state.losses.append((state.step, float(loss.item())))
-            on_step(state.step, total, float(loss.item()))
+            state.losses.append((state.step, value))
             stop = settings.max_steps is not None and state.step >= settings.max_steps
             if stop or state.step % settings.checkpoint_every == 0:
                 checkpoints.save(ckpt_root, model, optimizer, scheduler, state, fingerprint)
+            tokens = int(batch["attention_mask"].sum())
+            run_tokens += tokens
+            on_step(state.step, total, value)
+            if on_progress is not None:
+                on_progress(StepInfo(state.step, total, epoch + 1, settings.epochs, value, tokens,
+                                     time.monotonic() - started, state.step - resumed, run_tokens))
             if stop and state.step < total:
                 return TrainResult(out_dir, state.step, total, state.losses[-1][1], state.losses, resumed, False)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     final = state.losses[-1][1] if state.losses else None
     write_report(out_dir, base, settings, dataset_sha256, len(examples), len(records) - len(examples), state.losses,
-                 kd_teacher, dev)
+                 kd_teacher, dev, truncated)
     return TrainResult(out_dir, state.step, total, final, state.losses, resumed, True)
 
 
 def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha256: str, examples: int,
-                 skipped: int, losses: list[tuple[int, float]], kd_teacher: Path | None, dev: str) -> None:
+                 skipped: int, losses: list[tuple[int, float]], kd_teacher: Path | None, dev: str,
+                 truncated: int = 0) -> None:
     """training.json (what the export stage reads) and loss.png next to the adapter."""
     import peft
     import transformers
@@ -262,6 +416,7 @@ def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha
         "dataset_sha256": dataset_sha256,
         "examples": examples,
         "skipped_examples": skipped,
+        "truncated_examples": truncated,
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
         "kd_teacher": str(kd_teacher) if kd_teacher else None,
         "steps": len(losses),
