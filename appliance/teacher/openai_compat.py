@@ -184,10 +184,11 @@ class OpenAICompatTeacher:
         async def attempt(settle: Settle) -> AsyncGenerator[TeacherChunk, None]:
             reading = _Reading()
             client = self._http()
-            request = client.build_request("POST", f"{self.base_url}/chat/completions", json=body)
             try:
+                # A malformed base_url fails here; httpx's InvalidURL is no HTTPError.
+                request = client.build_request("POST", f"{self.base_url}/chat/completions", json=body)
                 response = await client.send(request, stream=True)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._failure(exc, midway=False) from None
             events: Any = None
             try:
@@ -269,7 +270,7 @@ class OpenAICompatTeacher:
     async def _send(self, body: dict[str, Any]) -> Any:
         try:
             response = await self._http().post(f"{self.base_url}/chat/completions", json=body)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._failure(exc, midway=False) from None
         if response.status_code != 200:
             raise self._classify(response)
@@ -278,7 +279,7 @@ class OpenAICompatTeacher:
         except ValueError:
             raise TeacherError(f"{self.name} sent garbage: the answer is not JSON") from None
 
-    def _failure(self, exc: httpx.HTTPError, midway: bool) -> TeacherError:
+    def _failure(self, exc: httpx.HTTPError | httpx.InvalidURL, midway: bool) -> TeacherError:
         """What a transport exception means for us; `midway` when part of the answer had already come."""
         if isinstance(exc, httpx.TimeoutException):
             if midway:
