@@ -124,9 +124,8 @@ class CacheConfig(_Section):
 
 class RoutingConfig(_Section):
     confidence_threshold: float = Field(default=0.2, ge=0.0, le=1.0)
-    """Student answers whose confidence is below this go to the teacher (when one is configured).
-    0.2 separates the embedded SmolLM2-135M's garbled answers from its sound ones on a small probe;
-    `athanor evaluate` measures the right value for a trained student."""
+    """With `router = "off"`: answers whose token-probability quantile is below this go to the teacher
+    (when one is configured); `athanor evaluate` recommends a value for a trained student."""
     confidence_quantile: float = Field(default=0.1, gt=0.0, lt=1.0)
     """Confidence is this low quantile of the answer's token probabilities."""
     router: str = "default"
