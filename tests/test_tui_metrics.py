@@ -253,3 +253,10 @@ def test_students_panel_lists_more_than_fit():
     models = [{"id": f"student-{i}", "athanor": {"quant": "Q8_0", "size_bytes": 10 ** 8}} for i in range(4)]
     text = str(panels.students(models, {"cache": None, "process": {"rss_bytes": GIB}}))
     assert text.splitlines() == [" student-0 Q8_0 95M", " +3 more", "cache off", "daemon rss 1.0G"]
+
+
+def test_students_panel_shows_questions_the_cache_could_not_read():
+    stats = {"cache": {"entries": 1234, "bytes_on_disk": 5 * 1024**2, "uncovered": 0}, "process": {"rss_bytes": GIB}}
+    assert "unread" not in str(panels.students([], stats)) and "5.0M" in str(panels.students([], stats))
+    stats["cache"]["uncovered"] = 3
+    assert "cache 1,234 · 3 unread" in str(panels.students([], stats))

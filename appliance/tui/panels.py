@@ -243,9 +243,12 @@ def students(models: Sequence[Any] | None, stats: Any, width: int = 22, lines: i
         rows.append(Text(""))
     cache = pick(stats, "cache")
     if isinstance(cache, dict):
-        rows.append(Text.assemble(("cache ", "dim"), fmt_count(number(cache, "entries")), (" · ", "dim"),
-                                  fmt_bytes(number(cache, "bytes_on_disk")), (" · unread ", "dim"),
-                                  fmt_count(number(cache, "uncovered"))))
+        unread = number(cache, "uncovered")
+        # Questions the cache could not read (fail-closed misses) matter more than its size: shown
+        # in its place when there are any, the panel being 22 columns wide.
+        tail = (Text(f"{fmt_count(unread)} unread", style="yellow") if unread
+                else Text(fmt_bytes(number(cache, "bytes_on_disk"))))
+        rows.append(Text.assemble(("cache ", "dim"), fmt_count(number(cache, "entries")), (" · ", "dim"), tail))
     else:
         rows.append(Text("cache off" if stats and "cache" in stats else "cache –", style="dim"))
     rows.append(Text.assemble(("daemon rss ", "dim"), fmt_bytes(number(stats, "process", "rss_bytes"))))
