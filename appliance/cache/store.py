@@ -30,7 +30,8 @@ from ..config import CacheConfig
 from ..errors import ConfigError
 from ..storage_health import StorageHealth
 from . import segment
-from .verify import MatchCheck, SpanPair, VerifyParams, check_match
+from .embedder import span_similarity
+from .verify import MatchCheck, VerifyParams, check_match
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class SemanticCache:
         self._uncovered = 0
         self._rejected = 0
         self._params = VerifyParams(free_zipf=cfg.free_zipf, span_similarity=cfg.span_similarity)
+        self._span_similarity = span_similarity(embedder)
         self._closed = False
         self.salvaged = 0
         """Rows recovered from a corrupt file on open (0 when the file was fine)."""
@@ -520,11 +522,6 @@ class SemanticCache:
             if len(candidates) < k or k >= index.ntotal or k >= _MAX_SEARCH_K:
                 return None
             k = min(k * 4, _MAX_SEARCH_K, index.ntotal)
-
-    def _span_similarity(self, spans: Sequence[SpanPair]) -> list[float]:
-        texts = sorted({text for pair in spans for text in pair})
-        vectors = dict(zip(texts, self._embedder.embed(texts)))
-        return [float(vectors[left] @ vectors[right]) for left, right in spans]
 
     def uncovered_reason(self, prompt: str) -> str:
         """Why the cache cannot judge `prompt` (never served from it, never stored), or "" when it can."""

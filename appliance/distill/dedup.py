@@ -70,14 +70,12 @@ def dedup_records(
     """
     if not records:
         return [], []
+    from ..cache.embedder import span_similarity
     from ..cache.verify import check_match
 
     texts = [prompt_text(r) for r in records]
     vectors = embedder.embed(texts)
-
-    def spans(pairs):
-        span_vectors = embedder.embed([t for pair in pairs for t in pair])
-        return [float(span_vectors[2 * i] @ span_vectors[2 * i + 1]) for i in range(len(pairs))]
+    spans = span_similarity(embedder)
     groups: dict[str, list[int]] = {}
     for position, record in enumerate(records):
         groups.setdefault(record.role or "", []).append(position)
