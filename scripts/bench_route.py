@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from appliance.config import RoutingConfig  # noqa: E402
 from appliance.routing.grading import correct  # noqa: E402
 from appliance.routing.learned import fit  # noqa: E402
 from appliance.routing.measures import auroc, cheapest, operating_points, pre_route_threshold  # noqa: E402
@@ -40,7 +41,7 @@ DEFAULT_ROUTER = ROOT / "appliance" / "routing" / "default_router.json"
 DEFAULT_EARLY_ROUTER = ROOT / "appliance" / "routing" / "default_router_early.json"
 DEFAULT_PRE_ROUTER = ROOT / "appliance" / "routing" / "default_router_pre.json"
 MAX_PRE_ROUTED_RIGHT = 0.10  # of the questions sent to the teacher unasked, the student would have got this many
-HOLD_TOKENS = 8  # the daemon's [routing].hold_tokens default: the early router sees this many tokens
+HOLD_TOKENS = RoutingConfig().hold_tokens  # the early router sees as many tokens as the daemon holds
 MAX_WRONG_KEPT = 0.05
 
 
