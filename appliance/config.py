@@ -220,6 +220,14 @@ class DistillConfig(_Section):
     """Layers LoRA adapts (attention and MLP projections); `ATHANOR_DISTILL__TARGET_MODULES=q_proj,v_proj`."""
     learning_rate: float = Field(default=2e-4, gt=0.0)
     epochs: int = Field(default=3, ge=1)
+    """Most passes over the data; validation loss usually stops training sooner."""
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Share of the training records held back for validation loss (early stopping, and the adapter kept
+    is the one with the lowest); 0 turns it off. Datasets under 40 records train on everything."""
+    patience: int = Field(default=3, ge=0)
+    """Validations (four an epoch) without a new lowest loss before training stops; 0: never early."""
+    lora_layers: int | None = Field(default=None, ge=1)
+    """Adapters on the top this many decoder layers only (empty: all); a CPU trains faster that way."""
     batch_size: int = Field(default=8, ge=1)
     max_seq_len: int = Field(default=512, ge=16)
     """Examples longer than this (prompt + answer, in tokens) are cut."""

@@ -304,3 +304,69 @@ def test_train_progress_picks_lines_without_a_terminal_and_a_live_bar_with_one(m
         report(info(30, elapsed=60.0, total=90, loss=0.25))
     assert seen["completed"] == 30 and seen["total"] == 90
     assert seen["extra"] == "epoch 1/2 loss 0.2500 25 tok/s ETA 2m00s"
+
+
+def test_validation_is_measured_at_even_steps_and_always_at_the_end():
+    from appliance.distill.train import validation_steps
+
+    assert validation_steps(per_epoch=8, total=16, eval_every=0) == {2, 4, 6, 8, 10, 12, 14, 16}
+    assert validation_steps(per_epoch=3, total=7, eval_every=0) == set(range(1, 8))
+    assert validation_steps(per_epoch=10, total=10, eval_every=4) == {4, 8, 10}
+
+
+def test_early_stopping_waits_patience_validations_after_the_lowest():
+    from appliance.distill.checkpoints import TrainState
+    from appliance.distill.train import should_stop
+
+    state = TrainState(val_losses=[(2, 1.0), (4, 0.5), (6, 0.6)])
+    assert state.best_val == (4, 0.5) and state.evals_since_best() == 1
+    assert not should_stop(state, patience=2)
+    state.val_losses.append((8, 0.55))
+    assert should_stop(state, patience=2)
+    assert not should_stop(state, patience=0)
+    state.val_losses.append((10, 0.4))
+    assert not should_stop(state, patience=1)
+
+
+def test_small_datasets_train_on_everything_and_larger_ones_hold_back_each_category():
+    from appliance.distill.train import MIN_VALIDATION, validation_split
+
+    small = [Record(prompt=f"q{i}", answer="a", category="c") for i in range(MIN_VALIDATION - 1)]
+    assert validation_split(small, TrainSettings()) == (small, [])
+    big = [Record(prompt=f"q{i}", answer="a", category="en" if i % 2 else "zh") for i in range(100)]
+    train_part, val_part = validation_split(big, TrainSettings(validation_fraction=0.1))
+    assert len(val_part) == 10 and {r.category for r in val_part} == {"en", "zh"}
+    assert not {r.prompt for r in train_part} & {r.prompt for r in val_part}
+    assert validation_split(big, TrainSettings(validation_fraction=0.0)) == (big, [])
+
+
+def test_training_keeps_the_adapter_of_the_lowest_validation_loss_and_stops_early(tiny, tmp_path):
+    many = [Record(prompt=p["prompt"], answer=p["expected"], category="sentiment") for p in distill_task.prompts(48)]
+    # A learning rate this high overshoots: validation loss rises after its first low, so patience 1 stops it.
+    settings = TrainSettings(learning_rate=0.5, epochs=4, batch_size=4, lora_r=4, lora_alpha=8, checkpoint_every=100,
+                             validation_fraction=0.2, eval_every=2, patience=1)
+    out = tmp_path / "out"
+    result = train(many, tiny, out, settings, dataset_sha256="d")
+    assert result.val_losses and result.best_step is not None
+    assert dict(result.val_losses)[result.best_step] == min(v for _, v in result.val_losses)
+    report = json.loads((out / "training.json").read_text())
+    assert report["best_step"] == result.best_step
+    assert [s for s, _ in report["validation_losses"]] == [s for s, _ in result.val_losses]
+    kept = load_file(str(out / "adapter_model.safetensors"))
+    best = load_file(str(out / "checkpoints" / "best" / "adapter_model.safetensors"))
+    assert kept.keys() == best.keys()
+    for name in kept:
+        torch.testing.assert_close(kept[name], best[name])
+    if result.stopped_early:
+        assert result.steps < result.total_steps
+        assert result.val_losses[-1][0] == result.steps and result.best_step < result.steps
+    assert result.stopped_early, f"validation losses {result.val_losses} never rose; the test lost its point"
+
+
+def test_lora_layers_adapts_only_the_top_layers(tiny, records, tmp_path):
+    settings = TrainSettings(**{**FAST.__dict__, "lora_layers": 1, "modules_to_save": ()})
+    train(records, tiny, tmp_path / "out", settings, dataset_sha256="d")
+    names = load_file(str(tmp_path / "out" / "adapter_model.safetensors")).keys()
+    layers = {int(m.group(1)) for m in (re.search(r"layers\.(\d+)\.", n) for n in names) if m}
+    top = load_model(tiny, "cpu").config.num_hidden_layers - 1
+    assert layers == {top}

@@ -14,6 +14,7 @@ from typing import Any
 from . import DistillError
 
 STATE_FILE = "trainer_state.pt"
+BEST = "best"
 KEEP = 2
 
 
@@ -21,6 +22,16 @@ KEEP = 2
 class TrainState:
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    """(step, mean validation loss) at each validation; the adapter of the lowest is in `best/`."""
+
+    @property
+    def best_val(self) -> tuple[int, float] | None:
+        return min(self.val_losses, key=lambda x: x[1]) if self.val_losses else None
+
+    def evals_since_best(self) -> int:
+        best = self.best_val
+        return 0 if best is None else sum(1 for step, _ in self.val_losses if step > best[0])
 
 
 def _folders(root: Path) -> list[Path]:
@@ -48,6 +59,7 @@ def save(root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainSta
     torch.save({
         "step": state.step,
         "losses": state.losses,
+        "val_losses": state.val_losses,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
@@ -81,4 +93,28 @@ def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any, fingerprin
     torch.set_rng_state(saved["rng_cpu"])
     if saved.get("rng_cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng_cuda"])
-    return TrainState(step=int(saved["step"]), losses=[tuple(x) for x in saved["losses"]])
+    return TrainState(step=int(saved["step"]), losses=[tuple(x) for x in saved["losses"]],
+                      val_losses=[tuple(x) for x in saved.get("val_losses", [])])
+
+
+def save_best(root: Path, model: Any) -> Path:
+    """The adapter as it is now, as `best/` under `root` (written beside and renamed, like a checkpoint)."""
+    final, tmp = root / BEST, root / f".tmp-{BEST}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def load_best(root: Path, model: Any) -> bool:
+    """Put the `best/` adapter's weights into `model`; False when there is none."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = root / BEST / "adapter_model.safetensors"
+    if not weights.is_file():
+        return False
+    set_peft_model_state_dict(model, load_file(str(weights)))
+    return True

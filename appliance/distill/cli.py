@@ -132,6 +132,12 @@ def _default_base(config: AthanorConfig) -> Path:
 @click.option("--kd-alpha", type=click.FloatRange(0, 1), default=None)
 @click.option("--kd-temperature", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps (resume later).")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share held back for validation loss and early stopping ([distill].validation_fraction; 0: off).")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Validations without a new lowest loss before stopping ([distill].patience; 0: never early).")
+@click.option("--lora-layers", type=click.IntRange(min=1), default=None,
+              help="Adapt only the top N layers: faster on a CPU ([distill].lora_layers; default all).")
 @click.option("--seed", type=int, default=None)
 @click.option("--no-group-by-length", "group_by_length", flag_value=False, default=None,
               help="Batch in plain random order instead of grouping similar lengths (more padding, slower).")
@@ -161,7 +167,12 @@ def train(ctx: click.Context, dataset: Path, base: Path | None, out_dir: Path, t
     if not result.finished:
         click.echo(f"stopped at step {result.steps} of {result.total_steps}{resumed}; run again to resume")
         return
-    click.echo(f"trained {result.steps} steps{resumed}, final loss {result.final_loss:.4f}; adapter in {out_dir}")
+    kept = ""
+    if result.best_step is not None:
+        best = dict(result.val_losses)[result.best_step]
+        kept = (f"; kept step {result.best_step} (validation loss {best:.4f})"
+                f"{', stopped early' if result.stopped_early else ''}")
+    click.echo(f"trained {result.steps} steps{resumed}, final loss {result.final_loss:.4f}{kept}; adapter in {out_dir}")
 
 
 @click.command()

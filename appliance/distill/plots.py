@@ -15,8 +15,10 @@ def _pyplot():
     return plt
 
 
-def loss_curve(losses: Sequence[tuple[int, float]], path: Path) -> Path:
-    """Training loss per step, with a moving average when there are many steps."""
+def loss_curve(losses: Sequence[tuple[int, float]], path: Path, val_losses: Sequence[tuple[int, float]] = (),
+               best_step: int | None = None) -> Path:
+    """Training loss per step, with a moving average when there are many steps, and the validation loss
+    with the kept step marked when there was validation."""
     plt = _pyplot()
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
@@ -27,6 +29,11 @@ def loss_curve(losses: Sequence[tuple[int, float]], path: Path) -> Path:
         smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
                   for i in range(len(values))]
         ax.plot(steps, smooth, lw=1.8, label=f"mean of {window}")
+    if val_losses:
+        ax.plot([s for s, _ in val_losses], [v for _, v in val_losses], marker="o", ms=4, lw=1.5,
+                label="validation loss")
+    if best_step is not None:
+        ax.axvline(best_step, color="grey", ls="--", lw=0.8, label=f"kept: step {best_step}")
     return _finish(plt, fig, ax, path, "optimizer step", "loss", "training loss")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .models import device as pick_device
 from .models import end_of_turn, load_model, load_tokenizer
 from .reasoning import join_reasoning
 from .records import Record
+from .split import stratified_split
 
 IGNORE = -100
 TRAINING_FILE = "training.json"
@@ -61,13 +63,25 @@ class TrainSettings:
     """Stop (with a checkpoint) after this many optimizer steps; a later run resumes from there."""
     group_by_length: bool = True
     """Batch examples of similar length together (in shuffled chunks), so little of each batch is padding."""
+    lora_layers: int | None = None
+    """Adapters on the top this many decoder layers only (None: all). The backward pass then stops at the
+    lowest adapted layer, which is most of a CPU step's cost."""
+    validation_fraction: float = 0.1
+    """Share of each category held back to measure validation loss: the adapter kept is the one with the
+    lowest, and training stops when it has not improved for `patience` validations. 0: no validation."""
+    eval_every: int = 0
+    """Optimizer steps between validations (0: four times an epoch)."""
+    patience: int = 3
+    """Validations without a new lowest loss before training stops early (0: never stop early)."""
 
     @classmethod
     def from_config(cls, cfg: DistillConfig, **overrides: Any) -> "TrainSettings":
         base = cls(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                    target_modules=tuple(cfg.target_modules), learning_rate=cfg.learning_rate, epochs=cfg.epochs,
                    batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, checkpoint_every=cfg.checkpoint_every,
-                   seed=cfg.seed, kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha)
+                   seed=cfg.seed, kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha,
+                   lora_layers=cfg.lora_layers, validation_fraction=cfg.validation_fraction,
+                   patience=cfg.patience)
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -262,6 +276,11 @@ class TrainResult:
     resumed_from: int = 0
     finished: bool = True
     """False when `max_steps` stopped it early (a checkpoint holds the rest)."""
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    """The step whose adapter was kept (lowest validation loss); None without validation."""
+    stopped_early: bool = False
+    """True when validation loss stopped improving before the last epoch ended."""
 
 
 StepCallback = Callable[[int, int, float], None]
@@ -296,6 +315,60 @@ class StepInfo:
         return (self.total - self.step) * self.elapsed / self.run_steps if self.run_steps else None
 
 
+MIN_VALIDATION = 40
+"""Fewer records than this train without validation: a handful of held-back examples gives a loss too
+noisy to stop on, and a tiny task needs every example."""
+
+
+def validation_split(records: Sequence[Record], settings: TrainSettings) -> tuple[list[Record], list[Record]]:
+    """(train, validation) records: stratified by category, seeded; no validation below `MIN_VALIDATION`."""
+    if settings.validation_fraction <= 0 or len(records) < MIN_VALIDATION:
+        return list(records), []
+    return stratified_split(records, settings.validation_fraction, seed=settings.seed)
+
+
+def validation_steps(per_epoch: int, total: int, eval_every: int) -> set[int]:
+    """The optimizer steps after which validation loss is measured: every `eval_every` steps (0: four times
+    an epoch), and always the last step."""
+    every = eval_every or max(1, per_epoch // 4)
+    return set(range(every, total + 1, every)) | {total}
+
+
+def should_stop(state: checkpoints.TrainState, patience: int) -> bool:
+    """Early stopping: `patience` validations in a row without a new lowest loss."""
+    return patience > 0 and state.evals_since_best() >= patience
+
+
+def top_layers(model: Any, count: int | None) -> list[int] | None:
+    """Indices of the top `count` decoder layers (None: all layers)."""
+    if count is None:
+        return None
+    layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if layers <= 0:
+        raise DistillError("this model does not say how many layers it has (config.num_hidden_layers); "
+                           "unset [distill].lora_layers to adapt all layers")
+    return list(range(max(0, layers - count), layers))
+
+
+def validation_loss(model: Any, examples: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
+                    dev: str, keep_logits: bool) -> float:
+    """Mean cross-entropy per answer token over `examples` (the model is left in training mode)."""
+    import torch
+
+    model.eval()
+    total, tokens = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            count = int((batch["labels"][:, 1:] != IGNORE).sum())
+            total += float(batch_loss(model, batch, keep_logits=keep_logits)) * count
+            tokens += count
+    model.train()
+    return total / tokens if tokens else float("nan")
+
+
 def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainSettings, *,
           dataset_sha256: str, kd_teacher: Path | None = None,
           on_step: StepCallback = lambda step, total, loss: None,
@@ -314,14 +387,17 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     dev = pick_device()
     torch.manual_seed(settings.seed)
     tokenizer = load_tokenizer(base)
+    train_records, val_records = validation_split(records, settings)
     examples, truncated = [], 0
-    for record in records:
+    for record in train_records:
         prompt, answer = chat_tokens(tokenizer, record, settings.with_reasoning)
         truncated += len(prompt) + len(answer) > settings.max_seq_len
         examples.append(fit_example(prompt, answer, settings.max_seq_len))
     examples = [e for e in examples if any(label != IGNORE for label in e[1])]
     if not examples:
         raise DistillError("no record has an answer token left to learn; check the dataset's answers")
+    val_examples = [e for e in (build_example(tokenizer, r, settings.max_seq_len, settings.with_reasoning)
+                                for r in val_records) if any(label != IGNORE for label in e[1])]
     lengths = [len(ids) for ids, _ in examples]
     teacher = None
     if kd_teacher is not None:
@@ -331,7 +407,8 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     keep_logits = _keeps_logits(model) and (teacher is None or _keeps_logits(teacher))
     lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                       target_modules=present_modules(model, settings.target_modules),
-                      modules_to_save=list(settings.modules_to_save) or None, task_type="CAUSAL_LM")
+                      modules_to_save=list(settings.modules_to_save) or None, task_type="CAUSAL_LM",
+                      layers_to_transform=top_layers(model, settings.lora_layers))
     model = get_peft_model(model, lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
@@ -348,9 +425,15 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     found = checkpoints.latest(ckpt_root)
     if found is not None:
         state = checkpoints.restore(found, model, optimizer, scheduler, fingerprint)
+    else:
+        shutil.rmtree(ckpt_root / checkpoints.BEST, ignore_errors=True)  # a best adapter of an earlier run
     resumed = state.step
+    validate_at = validation_steps(per_epoch, total, settings.eval_every) if val_examples else set()
     first = epoch_batches(lengths, settings.batch_size, settings.seed, settings.group_by_length)
-    on_log(f"{len(examples)} examples ({len(records) - len(examples)} without an answer token skipped), "
+    if val_examples:
+        on_log(f"{len(val_examples)} records held back for validation loss, measured every "
+               f"{min(validate_at)} steps; stopping after {settings.patience or 'no'} validations without a new low")
+    on_log(f"{len(examples)} examples ({len(train_records) - len(examples)} without an answer token skipped), "
            f"{sum(lengths)} tokens; {truncated} longer than max_seq_len {settings.max_seq_len} had their "
            "prompt's middle cut")
     on_log(f"{total} steps ({settings.epochs} epoch{'s' * (settings.epochs != 1)} of {per_epoch} batches of "
@@ -380,8 +463,17 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
             value = float(loss.detach())
             state.step += 1
             state.losses.append((state.step, value))
+            early = False
+            if state.step in validate_at:
+                val = validation_loss(model, val_examples, settings.batch_size, pad, dev, keep_logits)
+                state.val_losses.append((state.step, val))
+                if state.best_val == (state.step, val):
+                    checkpoints.save_best(ckpt_root, model)
+                early = should_stop(state, settings.patience) and state.step < total
+                on_log(f"step {state.step}: validation loss {val:.4f} (lowest {state.best_val[1]:.4f} at step "
+                       f"{state.best_val[0]}){'; stopping early' if early else ''}")
             stop = settings.max_steps is not None and state.step >= settings.max_steps
-            if stop or state.step % settings.checkpoint_every == 0:
+            if stop or early or state.step % settings.checkpoint_every == 0:
                 checkpoints.save(ckpt_root, model, optimizer, scheduler, state, fingerprint)
             tokens = int(batch["attention_mask"].sum())
             run_tokens += tokens
@@ -389,19 +481,30 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
             if on_progress is not None:
                 on_progress(StepInfo(state.step, total, epoch + 1, settings.epochs, value, tokens,
                                      time.monotonic() - started, state.step - resumed, run_tokens))
+            if early:
+                break
             if stop and state.step < total:
-                return TrainResult(out_dir, state.step, total, state.losses[-1][1], state.losses, resumed, False)
+                return TrainResult(out_dir, state.step, total, state.losses[-1][1], state.losses, resumed, False,
+                                   state.val_losses)
+        else:
+            continue
+        break
+    best = state.best_val
+    if best is not None and not checkpoints.load_best(ckpt_root, model):
+        best = None
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     final = state.losses[-1][1] if state.losses else None
-    write_report(out_dir, base, settings, dataset_sha256, len(examples), len(records) - len(examples), state.losses,
-                 kd_teacher, dev, truncated)
-    return TrainResult(out_dir, state.step, total, final, state.losses, resumed, True)
+    write_report(out_dir, base, settings, dataset_sha256, len(examples), len(train_records) - len(examples),
+                 state.losses, kd_teacher, dev, truncated, state.val_losses, best[0] if best else None)
+    return TrainResult(out_dir, state.step, total, final, state.losses, resumed, True, state.val_losses,
+                       best[0] if best else None, state.step < total)
 
 
 def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha256: str, examples: int,
                  skipped: int, losses: list[tuple[int, float]], kd_teacher: Path | None, dev: str,
-                 truncated: int = 0) -> None:
+                 truncated: int = 0, val_losses: Sequence[tuple[int, float]] = (),
+                 best_step: int | None = None) -> None:
     """training.json (what the export stage reads) and loss.png next to the adapter."""
     import peft
     import transformers
@@ -422,10 +525,12 @@ def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha
         "steps": len(losses),
         "final_loss": losses[-1][1] if losses else None,
         "losses": [[step, round(loss, 6)] for step, loss in losses],
+        "validation_losses": [[step, round(loss, 6)] for step, loss in val_losses],
+        "best_step": best_step,
         "device": dev,
         "versions": {"peft": peft.__version__, "transformers": transformers.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out_dir / TRAINING_FILE).write_text(json.dumps(report, indent=2) + "\n")
     if losses:
-        loss_curve(losses, out_dir / LOSS_PNG)
+        loss_curve(losses, out_dir / LOSS_PNG, val_losses, best_step)
