@@ -244,7 +244,11 @@ class DistillConfig(_Section):
     target_quality: float = Field(default=0.95, gt=0.0, le=1.0)
     """Quality `athanor evaluate` must keep when it recommends a routing threshold."""
     retention_floor: float = Field(default=0.9, gt=0.0, le=1.0)
-    """`athanor retrain --if-regressed` retrains only when the student's retention is under this."""
+    """A student whose retention on the held-out set is under this has regressed: `retrain --when-due` and
+    `--if-regressed` retrain it."""
+    retrain_after: int = Field(default=200, ge=1)
+    """`athanor retrain --when-due` (the weekly timer) retrains once this many new teacher-labelled records
+    have reached the distillation log since the last student was installed."""
 
     @field_validator("target_modules", mode="before")
     @classmethod

@@ -276,6 +276,37 @@ def check_teacher_key(
     return Check("teacher key", "ok", f"{cfg.provider} key found in {where}")
 
 
+# --- retraining ------------------------------------------------------------------------------
+
+def check_retrain(provider: str, plan_text: str, retrains: bool, usable: int, installed_at: str | None) -> Check:
+    """Where the learn-from-use loop stands: what the weekly `retrain --when-due` would do now."""
+    last = f"last student installed {installed_at}" if installed_at else "no retrained student yet"
+    if provider == "none":
+        return Check("retrain", "warn", f"no teacher configured: nothing reaches the distillation log, so the "
+                     f"student never retrains ({usable} records logged; {last})",
+                     "set [teacher].provider and its key; the weekly timer does the rest")
+    return Check("retrain", "ok", f"{usable} teacher-labelled records logged, {last}; the weekly timer would "
+                 f"{plan_text if retrains else plan_text.replace('nothing to do', 'wait', 1)}")
+
+
+def retrain_outlook(config: AthanorConfig) -> Check:
+    """`check_retrain` from the log and the retrain state on this machine (no model is loaded: the
+    regression half of the decision is left to the timer)."""
+    from .distill.retrain import build_dataset
+    from .distill.retrain_plan import DRAWN_HELDOUT, MIN_RECORDS, RetrainInputs, plan_retrain, read_state
+
+    folder = paths.retrain_dir()
+    usable, _ = build_dataset(paths.state_dir() / "distill.jsonl", [], [], None, config.distill.language, None)
+    drawn = folder / DRAWN_HELDOUT
+    held = sum(1 for line in drawn.open() if line.strip()) if drawn.is_file() else 0
+    state = read_state(folder)
+    plan = plan_retrain(RetrainInputs(
+        usable=len(usable), seen_at_last=state.seen, retrain_after=config.distill.retrain_after,
+        min_records=MIN_RECORDS,
+        heldout=held, heldout_configured=config.distill.heldout is not None, regressed=None, mode="due"))
+    return check_retrain(config.teacher.provider, plan.describe(), plan.retrain, len(usable), state.installed_at)
+
+
 # --- disk -------------------------------------------------------------------------------------
 
 def check_disk(free_bytes: int, where: Path) -> Check:
@@ -318,6 +349,7 @@ def run_checks(config_path: Path | None = None, environ: Mapping[str, str] | Non
         allows = (SYSTEM_UNIT.with_name("athanor.service.d") / "gpu.conf").exists() if SYSTEM_UNIT.exists() else None
         checks.append(check_gpu(config.student.n_gpu_layers, offload, devices, allows))
         checks.append(check_teacher_key(config.teacher, environ))
+        checks.append(retrain_outlook(config))
     free, where = free_bytes(state_dir_in_use(environ))
     checks.append(check_disk(free, where))
     return checks

@@ -33,6 +33,17 @@ def models_dir() -> Path:
     return _env_path("ATHANOR_MODELS_DIR") or state_dir() / "models"
 
 
+def retrain_dir() -> Path:
+    """`athanor retrain`'s work: its state file, the held-out set drawn from the log, one folder per run."""
+    return state_dir() / "retrain"
+
+
+def retrained_student_dir() -> Path:
+    """Where `athanor retrain` installs a student when `[student].path` is unset; the daemon serves the
+    export there in place of the embedded default once there is one."""
+    return state_dir() / "student"
+
+
 def runtime_dir() -> Path:
     """Folder for the socket: systemd's RuntimeDirectory, else the user's runtime dir."""
     home = _env_path("ATHANOR_HOME")

@@ -102,6 +102,10 @@ def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> Stude
     """The model `cfg.path` points at (manifests are checked against their checksums first), or the
     embedded default as `cfg.quant`, converted into `models_dir` when needed."""
     if cfg.path is None:
+        retrained = paths.retrained_student_dir()
+        if (retrained / MANIFEST_NAME).is_file():
+            # `athanor retrain` installed a student of its own: it replaces the embedded default.
+            return _from_manifest(retrained, "gguf", None)
         quant = embedded_quant(cfg.quant, cfg.parallel)
         path = serve_embedded(quant, models_dir or paths.models_dir())
         return StudentSource("gguf", path, file_fingerprint(path), quant)
@@ -109,16 +113,19 @@ def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> Stude
     if path.is_dir() and (path / ONNX_MODEL).is_file():
         return StudentSource("onnx", path, file_fingerprint(path / ONNX_MODEL))
     if path.name == MANIFEST_NAME or (path.is_dir() and (path / MANIFEST_NAME).is_file()):
-        root = path if path.is_dir() else path.parent
-        manifest = read_manifest(path)
-        fmt, quant = _split_quant(cfg.quant)
-        artifact = choose_artifact(manifest, fmt, quant)
-        located = verify_artifact(artifact, root)
-        return StudentSource(artifact.format, located, artifact.sha256[:16], artifact.quant)  # type: ignore[arg-type]
+        return _from_manifest(path, *_split_quant(cfg.quant))
     if path.is_file():
         return StudentSource("gguf", path, file_fingerprint(path))
     raise AthanorError(f"no student model at {path} (not a GGUF file, an export folder with {MANIFEST_NAME}, "
                        f"or an ONNX folder with {ONNX_MODEL}); run `athanor export` or fix [student].path")
+
+
+def _from_manifest(path: Path, fmt: str | None, quant: str | None) -> StudentSource:
+    """The export's artifact of `fmt`/`quant` (the smallest that passed its gate by default), checksum verified."""
+    root = path if path.is_dir() else path.parent
+    artifact = choose_artifact(read_manifest(path), fmt, quant)
+    located = verify_artifact(artifact, root)
+    return StudentSource(artifact.format, located, artifact.sha256[:16], artifact.quant)  # type: ignore[arg-type]
 
 
 def open_engine(cfg: StudentConfig, source: StudentSource):

@@ -211,13 +211,63 @@ def test_near_duplicates_are_compared_within_one_persona(embedder):
     assert [(d.answer, of.answer) for d, of, _ in dropped] == [("c", "a")]
 
 
-def test_retrain_needs_a_heldout_set_and_enough_log_records(tmp_path, monkeypatch):
-    runner = CliRunner()
-    missing = runner.invoke(main, ["retrain"])
-    assert missing.exit_code == 1 and "retrain needs a held-out set" in missing.output
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text(json.dumps(Record(prompt="Review: great soup\nSentiment?", answer="positive").to_dict()) + "\n")
-    monkeypatch.setenv("ATHANOR_DISTILL__HELDOUT", str(heldout))
-    few = runner.invoke(main, ["retrain", "--log", str(tmp_path / "none.jsonl")])
-    assert few.exit_code == 1 and "only 0 usable records" in few.output
+def _log_lines(path: Path, n: int, start: int = 0) -> None:
+    """`n` distillation-log records as the daemon writes them (a question and the teacher's answer)."""
+    with path.open("a") as f:
+        for i in range(start, start + n):
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Question number {i}: what is {i} plus {i}?"}],
+                                "teacher": {"text": f"The answer is {2 * i}.", "model": "fake"}}) + "\n")
 
+
+def test_retrain_with_too_little_data_waits_and_exits_zero(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["retrain", "--when-due", "--log", str(tmp_path / "none.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "nothing to do: 0 teacher-labelled records in the log, 20 needed to train plus 20 to hold out" in result.output
+    assert not (state_dir() / "retrain" / "heldout.jsonl").exists()
+
+
+def test_retrain_dry_run_says_it_would_draw_a_heldout_set_and_retrain(tmp_path, monkeypatch):
+    log = tmp_path / "distill.jsonl"
+    _log_lines(log, 60)
+    runner = CliRunner()
+    monkeypatch.setenv("ATHANOR_DISTILL__RETRAIN_AFTER", "50")
+    due = runner.invoke(main, ["retrain", "--when-due", "--dry-run", "--log", str(log)])
+    assert due.exit_code == 0, due.output
+    assert due.output.startswith("retrain: 60 new teacher-labelled records since the last install (at least")
+    assert "no held-out set yet: 20 log records will be drawn" in due.output
+    assert not (state_dir() / "retrain" / "heldout.jsonl").exists()  # a dry run changes nothing
+    monkeypatch.setenv("ATHANOR_DISTILL__RETRAIN_AFTER", "100")
+    early = runner.invoke(main, ["retrain", "--when-due", "--dry-run", "--log", str(log)])
+    assert early.exit_code == 0 and early.output.startswith("nothing to do: 60 new teacher-labelled records")
+    assert "under [distill].retrain_after = 100" in early.output
+    both = runner.invoke(main, ["retrain", "--when-due", "--if-regressed", "--log", str(log)])
+    assert both.exit_code == 2 and "give one of --when-due, --if-regressed" in both.output
+
+
+def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_adapter, tmp_path, monkeypatch):
+    """log -> held-out drawn -> train -> export -> gate -> installed where the daemon will serve it."""
+    from appliance.config import StudentConfig
+    from appliance.distill.retrain_plan import read_state
+    from appliance.paths import retrain_dir, retrained_student_dir
+    from appliance.students import resolve_student
+
+    base, _ = tiny_adapter
+    log = tmp_path / "distill.jsonl"
+    _log_lines(log, 60)
+    for name, value in {"BASE": str(base), "EPOCHS": "1", "LORA_R": "4", "LORA_ALPHA": "8",
+                        "DEDUP_THRESHOLD": "1.0"}.items():
+        monkeypatch.setenv(f"ATHANOR_DISTILL__{name}", value)
+    result = CliRunner().invoke(main, ["retrain", "--log", str(log), "--no-reload", "--out", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    assert "held-out set: 20 log records drawn" in result.output and "new student installed at" in result.output
+    held = read_dataset(retrain_dir() / "heldout.jsonl")
+    trained = read_dataset(tmp_path / "work" / "train.jsonl")
+    assert len(held) == 20 and len(trained) == 40 and not {r.key for r in held} & {r.key for r in trained}
+    assert read_state(retrain_dir()).seen == 60
+    source = resolve_student(StudentConfig())
+    assert source.path.is_relative_to(retrained_student_dir()) and source.path.suffix == ".gguf"
+    # Nothing new since: the timer's run waits.
+    again = CliRunner().invoke(main, ["retrain", "--when-due", "--dry-run", "--log", str(log)])
+    assert again.exit_code == 0 and "nothing to do: " in again.output
+    assert "0 new teacher-labelled records since the last install" in again.output

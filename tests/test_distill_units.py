@@ -148,3 +148,73 @@ def test_install_swaps_a_gguf_file_or_an_export_folder(tmp_path):
     install(new_export / "student.gguf", new_export, folder / "manifest.json")
     assert (folder / "student.gguf").read_bytes() == b"new"
     assert (tmp_path / "current.prev" / "manifest.json").read_text() == '{"old": 1}'
+    fresh = tmp_path / "state" / "student"  # retrain's own place, not made yet: it becomes the export folder
+    install(new_export / "student.gguf", new_export, fresh)
+    assert (fresh / "student.gguf").read_bytes() == b"new" and (fresh / "manifest.json").is_file()
+
+
+def _inputs(**changes):
+    from appliance.distill.retrain_plan import RetrainInputs
+
+    base = dict(usable=300, seen_at_last=0, retrain_after=200, min_records=20, heldout=30, heldout_configured=False,
+                regressed=None, mode="due")
+    return RetrainInputs(**{**base, **changes})
+
+
+def test_retrain_is_due_on_enough_new_records_or_a_regression():
+    from appliance.distill.retrain_plan import plan_retrain
+
+    assert plan_retrain(_inputs()).retrain
+    quiet = plan_retrain(_inputs(seen_at_last=150))
+    assert not quiet.retrain and "150 new teacher-labelled records" in quiet.reasons[0]
+    assert plan_retrain(_inputs(seen_at_last=150, regressed=True)).retrain
+    assert not plan_retrain(_inputs(seen_at_last=150, regressed=False)).retrain
+    stale = plan_retrain(_inputs(seen_at_last=300, regressed=True))
+    assert not stale.retrain and "nothing new has been logged" in stale.reasons[0]
+    # A log that was cleared or rotated: everything in it is new.
+    assert plan_retrain(_inputs(usable=250, seen_at_last=900)).retrain
+
+
+def test_retrain_if_regressed_ignores_new_records_and_a_hand_run_always_trains():
+    from appliance.distill.retrain_plan import plan_retrain
+
+    assert not plan_retrain(_inputs(mode="regressed")).retrain
+    assert plan_retrain(_inputs(mode="regressed", regressed=True)).retrain
+    assert "holds up" in plan_retrain(_inputs(mode="regressed", regressed=False)).describe()
+    assert plan_retrain(_inputs(mode="always", seen_at_last=299)).retrain
+
+
+def test_retrain_draws_a_heldout_set_once_and_waits_while_data_is_short():
+    from appliance.distill.retrain_plan import plan_retrain
+
+    first = plan_retrain(_inputs(heldout=0))
+    assert first.retrain and first.draw_heldout == 30  # 10% of 300
+    assert plan_retrain(_inputs(heldout=0, heldout_configured=True)).draw_heldout == 0
+    short = plan_retrain(_inputs(usable=35, heldout=0, mode="always"))
+    assert not short.retrain and short.draw_heldout == 0
+    assert "35 teacher-labelled records in the log, 20 needed to train plus 20 to hold out" in short.reasons[0]
+
+
+def test_retrain_state_survives_a_torn_file(tmp_path):
+    from appliance.distill.retrain_plan import STATE_FILE, read_state, write_state
+
+    assert read_state(tmp_path).seen == 0
+    write_state(tmp_path, 321, tmp_path / "student")
+    assert read_state(tmp_path).seen == 321 and read_state(tmp_path).student == str(tmp_path / "student")
+    (tmp_path / STATE_FILE).write_text('{"seen": 3')
+    assert read_state(tmp_path).seen == 0
+
+
+def test_a_retrained_student_replaces_the_embedded_default(tiny_export, monkeypatch, tmp_path):
+    import shutil
+
+    from appliance import paths
+    from appliance.config import StudentConfig
+    from appliance.students import resolve_student
+
+    export, _ = tiny_export
+    monkeypatch.setenv("ATHANOR_HOME", str(tmp_path))
+    assert resolve_student(StudentConfig(quant="q4_1")).quant == "q4_1"  # the embedded default, as shipped
+    shutil.copytree(export, paths.retrained_student_dir())
+    source = resolve_student(StudentConfig())
+    assert source.format == "gguf" and source.path.is_relative_to(paths.retrained_student_dir())

@@ -253,3 +253,14 @@ def test_doctor_against_the_running_daemon(daemon):
                             capture_output=True, text=True, timeout=120)
     assert "OK    socket" in result.stdout and "smollm2-135m-instruct" in result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_doctor_says_where_the_retrain_loop_stands():
+    from appliance.doctor import check_retrain
+
+    alone = check_retrain("none", "nothing to do: 0 records", False, 0, None)
+    assert alone.status == "warn" and "never retrains" in alone.message and "[teacher].provider" in alone.fix
+    waiting = check_retrain("gemini", "nothing to do: 12 new teacher-labelled records", False, 12, None)
+    assert waiting.status == "ok" and "the weekly timer would wait: 12 new" in waiting.message
+    due = check_retrain("gemini", "retrain: 240 new", True, 240, "2026-11-30T00:00:00Z")
+    assert "would retrain: 240 new" in due.message and "last student installed 2026-11-30" in due.message

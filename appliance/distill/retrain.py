@@ -90,9 +90,10 @@ def install(gguf: Path, export_dir: Path, target: Path) -> Path:
     """Put the new student where `[student].path` points, keeping the old one beside it as `.prev`.
 
     A GGUF file is replaced by the new GGUF (copied beside it, then renamed over it); an export
-    folder (or its manifest.json) by the whole new export folder, swapped in by two renames.
+    folder (or its manifest.json, or a folder not made yet) by the whole new export folder, swapped in
+    by two renames.
     """
-    if target.name == "manifest.json" or target.is_dir():
+    if target.name == "manifest.json" or target.is_dir() or target.suffix != ".gguf":
         folder = target.parent if target.name == "manifest.json" else target
         staging, previous = folder.with_name(folder.name + ".new"), folder.with_name(folder.name + ".prev")
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,7 +10,8 @@ import click
 
 from . import DistillError
 from .cli import _config, _default_base
-from .progress import bar, console
+from .progress import bar, console, train_progress
+from .retrain_plan import MIN_RECORDS
 
 
 def _retention(student: Path, heldout: list, config, label: str) -> tuple[float | None, object]:
@@ -29,63 +30,84 @@ def _retention(student: Path, heldout: list, config, label: str) -> tuple[float 
 
 
 @click.command()
+@click.option("--when-due", is_flag=True,
+              help="Retrain only when [distill].retrain_after new teacher-labelled records have arrived since the "
+                   "last install, or the student has regressed (what the weekly timer runs).")
 @click.option("--if-regressed", is_flag=True,
-              help="First evaluate the current student; retrain only if its retention is under [distill].retention_floor.")
+              help="Retrain only if the current student's retention is under [distill].retention_floor.")
+@click.option("--dry-run", is_flag=True, help="Say what would be done and why; train nothing.")
 @click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
               help="Distillation log (default: <state>/distill.jsonl, where the daemon writes it).")
 @click.option("--heldout", type=click.Path(path_type=Path, exists=True), default=None,
-              help="Held-out set the gate measures on ([distill].heldout).")
+              help="Held-out set the gate measures on ([distill].heldout; default: drawn once from the log and kept).")
 @click.option("--base", type=click.Path(path_type=Path, exists=True), default=None,
               help="Base model to train ([distill].base, else the embedded SmolLM2).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Work folder (default: <state>/retrain/<time>).")
-@click.option("--min-records", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Fewer usable log records than this: nothing to learn yet, stop.")
+@click.option("--min-records", type=click.IntRange(min=1), default=MIN_RECORDS, show_default=True,
+              help="Fewer usable log records than this to train on: nothing to learn yet.")
 @click.option("--no-reload", is_flag=True, help="Install the new student but do not ask the daemon to reload.")
 @click.pass_context
-def retrain(ctx: click.Context, if_regressed: bool, log_path: Path | None, heldout: Path | None, base: Path | None,
-            out_dir: Path | None, min_records: int, no_reload: bool) -> None:
-    """Rebuild the student from the daemon's distillation log; hand it over only if it does not regress."""
-    from ..defaults import embedded_student_path
-    from ..paths import state_dir
+def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: bool, log_path: Path | None,
+            heldout: Path | None, base: Path | None, out_dir: Path | None, min_records: int, no_reload: bool) -> None:
+    """Rebuild the student from the daemon's distillation log; hand it over only if it does not regress.
+
+    Not enough data yet is not an error: it says what is missing and exits 0."""
+    from ..paths import retrain_dir, retrained_student_dir, state_dir
+    from ..students import resolve_student
     from .records import HELDOUT_FILE, TRAIN_FILE, file_sha256, read_dataset, resolve_dataset, write_dataset
     from .retrain import build_dataset, export_stage, install, passes_gate
+    from .retrain_plan import DRAWN_HELDOUT, RetrainInputs, plan_retrain, read_state, write_state
+    from .split import stratified_split
     from .train import TrainSettings, train
 
+    if when_due and if_regressed:
+        raise click.UsageError("--when-due already retrains on a regression; give one of --when-due, --if-regressed")
     config = _config(ctx)
-    heldout_path = heldout or config.distill.heldout
-    if heldout_path is None:
-        raise DistillError("retrain needs a held-out set to gate on: set [distill].heldout to the heldout.jsonl "
-                           "of an `athanor harvest` (or pass --heldout)")
-    held = read_dataset(resolve_dataset(heldout_path, HELDOUT_FILE))
-    current = config.student.path or embedded_student_path()
-    old_retention = None
-    if if_regressed:
-        old_retention, _ = _retention(current, held, config, "current student")
-        floor = config.distill.retention_floor
-        if old_retention is not None and old_retention >= floor:
-            click.echo(f"retention {old_retention:.3f} >= floor {floor:.3f}: the student holds up; nothing to do")
-            return
+    folder = retrain_dir()
     log = log_path or state_dir() / "distill.jsonl"
+    heldout_path = heldout or config.distill.heldout
+    drawn = folder / DRAWN_HELDOUT
+    held = read_dataset(resolve_dataset(heldout_path, HELDOUT_FILE)) if heldout_path else (
+        read_dataset(drawn) if drawn.is_file() else [])
     extra = read_dataset(config.distill.train_dataset) if config.distill.train_dataset else []
     embedder = None
     if config.distill.dedup_threshold:
         from ..cache.embedder import load_embedder
 
         embedder = load_embedder(config.cache.embedder)
-    records, dropped = build_dataset(log, held, extra, embedder, config.distill.language, config.distill.dedup_threshold)
-    if len(records) < min_records:
-        raise DistillError(f"only {len(records)} usable records in {log} (+ [distill].train_dataset); "
-                           f"need {min_records}: let the daemon log more teacher answers, or lower --min-records")
-    work = out_dir or state_dir() / "retrain" / time.strftime("%Y%m%d-%H%M%S")
+    usable, dropped = build_dataset(log, [], extra, embedder, config.distill.language, config.distill.dedup_threshold)
+    target = config.student.path or retrained_student_dir()
+    old_retention = None
+    mode = "regressed" if if_regressed else "due" if when_due else "always"
+    if mode != "always" and held:
+        old_retention, _ = _retention(resolve_student(config.student).path, held, config, "current student")
+    regressed = None if old_retention is None else old_retention < config.distill.retention_floor
+    plan = plan_retrain(RetrainInputs(
+        usable=len(usable), seen_at_last=read_state(folder).seen, retrain_after=config.distill.retrain_after,
+        min_records=min_records, heldout=len(held), heldout_configured=heldout_path is not None, regressed=regressed,
+        mode=mode))
+    retention = f" (current student's retention {old_retention:.3f})" if old_retention is not None else ""
+    click.echo(plan.describe() + retention)
+    if dry_run or not plan.retrain:
+        return
+    if plan.draw_heldout:
+        rest, held = stratified_split(usable, plan.draw_heldout / len(usable), seed=config.distill.seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_dataset(drawn, held)
+        click.echo(f"held-out set: {len(held)} log records drawn to {drawn}; they are never trained on")
+    held_keys = {r.key for r in held}
+    records = [r for r in usable if r.key not in held_keys]
+    work = out_dir or folder / time.strftime("%Y%m%d-%H%M%S")
     dataset = work / TRAIN_FILE
     write_dataset(dataset, records)
-    click.echo(f"dataset: {len(records)} records ({', '.join(f'{n} {k}' for k, n in dropped.items()) or 'none'} dropped)")
+    click.echo(f"dataset: {len(records)} records ({', '.join(f'{n} {k}' for k, n in dropped.items()) or 'none'} "
+               f"dropped, {len(usable) - len(records)} held out)")
     adapter = work / "adapter"
-    with bar("train", None, "") as (progress, task):
+    with train_progress("train") as report:
         result = train(records, base or _default_base(config), adapter, TrainSettings.from_config(config.distill),
-                       dataset_sha256=file_sha256(dataset),
-                       on_step=lambda s, n, loss: progress.update(task, completed=s, total=n, extra=f"loss {loss:.4f}"))
+                       dataset_sha256=file_sha256(dataset), on_progress=report,
+                       on_log=lambda line: click.echo(line, err=True))
     click.echo(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; adapter in {adapter}")
     export = export_stage()
     if export is None:
@@ -94,16 +116,13 @@ def retrain(ctx: click.Context, if_regressed: bool, log_path: Path | None, heldo
     gguf = export(adapter, work / "export", dataset)
     new_retention, _ = _retention(gguf, held, config, "new student")
     if old_retention is None:
-        old_retention, _ = _retention(current, held, config, "current student")
+        old_retention, _ = _retention(resolve_student(config.student).path, held, config, "current student")
     if not passes_gate(new_retention, old_retention):
         raise DistillError(f"the new student regresses (retention {new_retention} < {old_retention}); "
                            f"the daemon keeps the current one; the candidate is {gguf}")
-    if config.student.path is None:
-        raise DistillError(f"the new student ({gguf}) passes the gate, but [student].path is unset (the embedded "
-                           f"model is served); set [student].path to a file in the state folder to let retrain swap it")
-    install(gguf, work / "export", config.student.path)
-    console().print(f"new student installed at {config.student.path} "
-                    f"(retention {new_retention:.3f}, was {old_retention:.3f})")
+    install(gguf, work / "export", target)
+    write_state(folder, len(usable), target)
+    console().print(f"new student installed at {target} (retention {new_retention:.3f}, was {old_retention:.3f})")
     if not no_reload:
         from ..client import AthanorClient
 
