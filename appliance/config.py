@@ -226,6 +226,8 @@ class DistillConfig(_Section):
     is the one with the lowest); 0 turns it off. Datasets under 40 records train on everything."""
     patience: int = Field(default=3, ge=0)
     """Validations (four an epoch) without a new lowest loss before training stops; 0: never early."""
+    balance_max: int = Field(default=4, ge=1)
+    """Label categories train balanced: rarer labels repeated, each record at most this many times (1: off)."""
     lora_layers: int | None = Field(default=None, ge=1)
     """Adapters on the top this many decoder layers only (empty: all); a CPU trains faster that way."""
     batch_size: int = Field(default=8, ge=1)

@@ -218,3 +218,23 @@ def test_a_retrained_student_replaces_the_embedded_default(tiny_export, monkeypa
     shutil.copytree(export, paths.retrained_student_dir())
     source = resolve_student(StudentConfig())
     assert source.format == "gguf" and source.path.is_relative_to(paths.retrained_student_dir())
+
+
+def test_label_categories_are_balanced_by_repeating_rarer_labels_within_a_cap():
+    from collections import Counter
+
+    from appliance.distill.split import balance_labels
+
+    sentiment = [Record(prompt=f"review {i}", answer="positive" if i < 12 else "negative", category="s")
+                 for i in range(15)]
+    open_answers = [Record(prompt=f"q{i}", answer=f"a long answer number {i}", category="open") for i in range(5)]
+    out = balance_labels(sentiment + open_answers, max_factor=4)
+    counts = Counter(r.answer for r in out if r.category == "s")
+    assert counts == {"positive": 12, "negative": 12}  # 3 negatives, each 4 times
+    assert [r for r in out if r.category == "open"] == open_answers
+    capped = Counter(r.answer for r in balance_labels(sentiment, max_factor=2) if r.category == "s")
+    assert capped == {"positive": 12, "negative": 6}
+    assert balance_labels(sentiment, max_factor=1) == sentiment
+    # The repeats depend on the records and the seed, not on the order they came in.
+    assert sorted(r.prompt for r in balance_labels(sentiment, 4)) == sorted(
+        r.prompt for r in balance_labels(list(reversed(sentiment)), 4))

@@ -136,6 +136,8 @@ def _default_base(config: AthanorConfig) -> Path:
               help="Share held back for validation loss and early stopping ([distill].validation_fraction; 0: off).")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
               help="Validations without a new lowest loss before stopping ([distill].patience; 0: never early).")
+@click.option("--balance-max", type=click.IntRange(min=1), default=None,
+              help="Repeat rarer labels of a label category up to N times each ([distill].balance_max; 1: off).")
 @click.option("--lora-layers", type=click.IntRange(min=1), default=None,
               help="Adapt only the top N layers: faster on a CPU ([distill].lora_layers; default all).")
 @click.option("--seed", type=int, default=None)

@@ -1,4 +1,4 @@
-"""Stratified train / held-out split by category (pure, seeded, independent of input order)."""
+"""Stratified train / held-out split by category, and label balancing (pure, seeded, independent of input order)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,30 @@ def stratified_split(records: Sequence[Record], fraction: float, seed: int = 0) 
         heldout.extend(group[:cut])
         train.extend(group[cut:])
     return train, heldout
+
+
+def balance_labels(records: Sequence[Record], max_factor: int, seed: int = 0) -> list[Record]:
+    """`records` with the rarer answers of each label category repeated towards the commonest one's count
+    (each record at most `max_factor` times in all), so a student cannot lower its loss by answering the
+    majority label whatever it reads. Open-answer categories are left as they are."""
+    from .metrics import label_set
+
+    by_category: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        by_category[record.category].append(record)
+    out = list(records)
+    for category in sorted(by_category):
+        group = by_category[category]
+        labels = label_set([r.answer for r in group])
+        if labels is None or max_factor <= 1:
+            continue
+        by_label: dict[str, list[Record]] = defaultdict(list)
+        for record in group:
+            by_label[record.answer.strip()].append(record)
+        most = max(len(members) for members in by_label.values())
+        for label in sorted(by_label):
+            members = sorted(by_label[label], key=lambda r: (r.key, r.content_hash))
+            random.Random(f"{seed}:{category}:{label}").shuffle(members)
+            extra = min(most, len(members) * max_factor) - len(members)
+            out.extend(members[i % len(members)] for i in range(extra))
+    return out

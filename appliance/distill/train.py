@@ -28,7 +28,7 @@ from .models import device as pick_device
 from .models import end_of_turn, load_model, load_tokenizer
 from .reasoning import join_reasoning
 from .records import Record
-from .split import stratified_split
+from .split import balance_labels, stratified_split
 
 IGNORE = -100
 TRAINING_FILE = "training.json"
@@ -73,6 +73,9 @@ class TrainSettings:
     """Optimizer steps between validations (0: four times an epoch)."""
     patience: int = 3
     """Validations without a new lowest loss before training stops early (0: never stop early)."""
+    balance_max: int = 4
+    """In a label category (answers from a few short labels), rarer labels are repeated up to this many
+    times towards the commonest one's count; 1: train on the labels as harvested."""
 
     @classmethod
     def from_config(cls, cfg: DistillConfig, **overrides: Any) -> "TrainSettings":
@@ -81,7 +84,7 @@ class TrainSettings:
                    batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, checkpoint_every=cfg.checkpoint_every,
                    seed=cfg.seed, kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha,
                    lora_layers=cfg.lora_layers, validation_fraction=cfg.validation_fraction,
-                   patience=cfg.patience)
+                   patience=cfg.patience, balance_max=cfg.balance_max)
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -388,6 +391,10 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     torch.manual_seed(settings.seed)
     tokenizer = load_tokenizer(base)
     train_records, val_records = validation_split(records, settings)
+    harvested = len(train_records)
+    train_records = balance_labels(train_records, settings.balance_max, settings.seed)
+    if len(train_records) > harvested:
+        on_log(f"{len(train_records) - harvested} repeats of rarer labels balance the label categories")
     examples, truncated = [], 0
     for record in train_records:
         prompt, answer = chat_tokens(tokenizer, record, settings.with_reasoning)
