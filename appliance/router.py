@@ -20,6 +20,7 @@ from .engine.llama import LlamaEngine
 from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
 from .engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
+from .distill.pending import pending_entry
 from .distill_log import DistillLog
 from .errors import AthanorError
 from .storage_health import StorageHealth
@@ -386,6 +387,8 @@ class StudentRun(Run):
                 log.warning("teacher failed, serving the student's answer: %s", reason)
         elif unsure:
             reason = "student unsure and no teacher configured"
+        if unsure:
+            await self._keep_pending(completion, sure, reason)
         for delta in held:
             yield delta
         if decision.cache and not unsure:
@@ -457,6 +460,20 @@ class StudentRun(Run):
             confidence=sure,
             cost_usd=answer.cost_usd,
         )
+
+    async def _keep_pending(self, completion: Completion, sure: Confidence, reason: str | None) -> None:
+        """Log an unsure answer served without the teacher's as pending: `harvest --from-log` labels it later."""
+        routing = self.router.routing
+        if routing.distill_log is None:
+            return
+        student = {"model": self.student.name, "version": self.student.version, "text": completion.text,
+                   "confidence": sure.as_dict()}
+        try:
+            await asyncio.to_thread(routing.distill_log.append, pending_entry(self.request.messages, reason, student))
+            routing.storage.wrote("distill_log")
+        except OSError as exc:  # the client still gets its answer
+            log.error("could not write the distillation log: %s", exc)
+            routing.storage.failed("distill_log", exc)
 
     async def _remember(self, text: str, completion_tokens: int, source: str, sure: Confidence) -> None:
         cache = self.router.routing.cache

@@ -147,9 +147,10 @@ def impatient(tmp_path_factory, gemini):
 ])
 def test_a_failing_teacher_still_gives_the_client_an_answer(impatient, gemini, fault, reason_words):
     gemini.fail_times(4, **fault)
+    question = f"Explain fault case {json.dumps(fault)} in a few words."
     try:
         with client(impatient) as c:
-            answer = ask(c, f"Explain fault case {json.dumps(fault)} in a few words.")
+            answer = ask(c, question)
             health = c.get("/healthz").json()
     finally:
         gemini.faults.clear()
@@ -158,6 +159,10 @@ def test_a_failing_teacher_still_gives_the_client_an_answer(impatient, gemini, f
     reason = answer["degraded_reason"].lower()
     assert any(word in reason for word in reason_words), reason
     assert health["status"] == "ok"  # a teacher outage is not a broken daemon
+    # The hard question is kept for `harvest --from-log`, with why the teacher did not answer it.
+    log = Path(impatient).parent.parent / "state" / "distill.jsonl"
+    kept = [e for e in read_records(log) if e.get("pending") and e["messages"][-1]["content"] == question]
+    assert [e["pending"]["reason"] for e in kept] == [answer["degraded_reason"]]
 
 
 # --- disk full -----------------------------------------------------------------------------------------

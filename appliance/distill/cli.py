@@ -29,8 +29,13 @@ def _teacher(config: AthanorConfig, model: str | None = None):
 
 
 @click.command()
-@click.argument("prompts", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+@click.argument("prompts", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.option("--from-log", "from_log", is_flag=True,
+              help="Instead of PROMPTS: have the teacher answer the questions the daemon logged as pending (its "
+                   "student was unsure and no teacher answered), within the budget; answers go to the log.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --from-log: the distillation log (default: <state>/distill.jsonl).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Dataset folder: raw.jsonl, train.jsonl, heldout.jsonl, dropped.jsonl, report.json.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Requests in flight ([distill].concurrency).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Longest answer ([distill].max_tokens).")
@@ -40,9 +45,9 @@ def _teacher(config: AthanorConfig, model: str | None = None):
 @click.option("--no-dedup", is_flag=True, help="Keep near-duplicate prompts.")
 @click.option("--dry-run", is_flag=True, help="Estimate tokens and cost; send nothing.")
 @click.pass_context
-def harvest(ctx: click.Context, prompts: Path, out_dir: Path, concurrency: int | None, max_tokens: int | None,
-            reasoning: bool, judge_model: str | None, heldout_fraction: float | None, no_dedup: bool,
-            dry_run: bool) -> None:
+def harvest(ctx: click.Context, prompts: Path | None, from_log: bool, log_path: Path | None, out_dir: Path | None,
+            concurrency: int | None, max_tokens: int | None, reasoning: bool, judge_model: str | None,
+            heldout_fraction: float | None, no_dedup: bool, dry_run: bool) -> None:
     """Ask the teacher every prompt in PROMPTS (JSONL, CSV or YAML) and build a train / held-out dataset.
 
     Resumable: a re-run skips the prompts already answered. Spends under [teacher]'s rate limit and daily budget.
@@ -52,6 +57,13 @@ def harvest(ctx: click.Context, prompts: Path, out_dir: Path, concurrency: int |
     from .records import RAW_FILE
 
     config = _config(ctx)
+    if from_log:
+        if prompts is not None:
+            raise click.UsageError("give PROMPTS or --from-log, not both")
+        _label_pending(config, log_path, max_tokens or config.distill.max_tokens, dry_run)
+        return
+    if prompts is None or out_dir is None:
+        raise click.UsageError("harvest needs PROMPTS and --out (or --from-log)")
     items = read_prompts(prompts)
     settings = HarvestSettings.from_config(
         config.distill, concurrency=concurrency, max_tokens=max_tokens, reasoning=reasoning,
@@ -109,6 +121,36 @@ def _default_base(config: AthanorConfig) -> Path:
     from ..defaults import embedded_student_path
 
     return config.distill.base or embedded_student_path()
+
+
+def _label_pending(config: AthanorConfig, log_path: Path | None, max_tokens: int, dry_run: bool) -> None:
+    from ..distill_log import DistillLog, read_records
+    from ..paths import state_dir
+    from ..teacher.base import TeacherParams
+    from .pending import label_pending, pending_entries
+
+    log = log_path or state_dir() / "distill.jsonl"
+    entries = pending_entries(read_records(log))
+    if dry_run or not entries:
+        click.echo(f"{len(entries)} pending questions in {log}" + ("" if entries else ": nothing to label"))
+        return
+    teacher = _teacher(config)
+    writer = DistillLog(log)
+
+    async def go():
+        try:
+            with bar("label pending", len(entries), "") as (progress, task):
+                return await label_pending(entries, teacher, writer.append,
+                                           TeacherParams(max_tokens=max_tokens, temperature=config.distill.temperature),
+                                           lambda: progress.update(task, advance=1))
+        finally:
+            await teacher.aclose()
+            writer.close()
+
+    report = asyncio.run(go())
+    click.echo(f"labelled {report.labelled} of {len(entries)} pending questions (${report.spent_usd:.4f}); "
+               f"{report.failed} failed" + (f"; stopped: {report.stopped}; {report.left} left for later"
+                                            if report.stopped else ""))
 
 
 @click.command()

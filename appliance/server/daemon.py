@@ -81,7 +81,8 @@ def build_routing(config: AthanorConfig) -> Routing:
         check_match("如何预热 please", "怎么预热", lambda spans: [1.0] * len(spans))
     if config.teacher.provider != "none":
         routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
-        routing.distill_log = DistillLog(state / "distill.jsonl")
+    # With a teacher it logs the teacher's answers; with or without, the unsure ones it served alone (pending).
+    routing.distill_log = DistillLog(state / "distill.jsonl")
     if routing.teacher is not None:
         routing.price = routing.teacher.estimate_cost
     else:
