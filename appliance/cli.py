@@ -261,6 +261,43 @@ def doctor(ctx: click.Context) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--since", default=None, help="First day to count, YYYY-MM-DD (default: everything).")
+@click.option("--json", "as_json", is_flag=True, help="The figures as JSON on stdout.")
+@click.option("--png", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also draw cumulative savings against spend (default: <state>/report.png).")
+@click.pass_context
+def report(ctx: click.Context, since: str | None, as_json: bool, png: Path | None) -> None:
+    """Money spent and saved, the teacher's share and the return on distillation, per day and month."""
+    import time
+    from datetime import datetime, timezone
+
+    from .ledger import LEDGER_FILE, read_rows
+    from .paths import state_dir
+    from .report import build_report
+    from .report_view import plot_report, print_report
+    from .teacher.factory import LEDGER_FILE as SPEND_FILE
+    from .teacher.limits import read_spend, utc_day
+
+    start = None
+    if since is not None:
+        try:
+            start = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            raise click.BadParameter(f"{since!r} is not a date like 2026-11-30", param_hint="--since") from None
+    state = state_dir()
+    spend = {day: usd for day, usd in read_spend(state / SPEND_FILE).items() if since is None or day >= since}
+    built = build_report(read_rows(state / LEDGER_FILE, start), spend, utc_day(time.time()))
+    if as_json:
+        click.echo(json.dumps(built.as_dict(), indent=2))
+        return
+    if not built.days:
+        click.echo(f"no answers recorded yet in {state / LEDGER_FILE}: the daemon writes one row per answer")
+        return
+    print_report(built)
+    click.echo(f"chart: {plot_report(built, png or state / 'report.png')}")
+
+
 @main.command("config")
 @click.pass_context
 def show_config(ctx: click.Context) -> None:

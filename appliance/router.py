@@ -22,6 +22,7 @@ from .engine.text import TextAssembler
 from .engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
 from .distill.pending import pending_entry
 from .distill_log import DistillLog
+from .ledger import AnswerLedger
 from .errors import AthanorError
 from .storage_health import StorageHealth
 from .teacher.base import Teacher, TeacherError, TeacherParams
@@ -158,6 +159,8 @@ class Routing:
     cache: SemanticCache | None = None
     teacher: Teacher | None = None
     distill_log: DistillLog | None = None
+    ledger: AnswerLedger | None = None
+    """Every answer's route, tokens, spend and saving, for `athanor report`."""
     price: Callable[[int, int], float] | None = None
     """What the teacher would charge for (input, output) tokens: the basis of `saved_usd`."""
     storage: StorageHealth = field(default_factory=StorageHealth)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-STORES = ("cache", "distill_log", "spend_ledger")
+STORES = ("cache", "distill_log", "spend_ledger", "answer_ledger")
 
 
 @dataclass

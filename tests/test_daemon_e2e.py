@@ -229,3 +229,18 @@ def test_sigterm_finishes_the_answer_in_flight(tmp_path):
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] > 0
     assert not path.exists()  # the daemon removed its socket
+
+
+def test_every_answer_reaches_the_ledger_that_athanor_report_reads(daemon):
+    from appliance.ledger import LEDGER_FILE, read_rows
+
+    ledger = daemon.parent.parent / "state" / LEDGER_FILE
+    started = time.time()
+    with AthanorClient(daemon) as client:
+        answer = client.chat([{"role": "user", "content": "Name one colour of the sky, ledger test."}],
+                             max_tokens=4, temperature=0)
+    deadline = time.monotonic() + 10  # the writer commits within a second or so
+    while not (rows := list(read_rows(ledger, since=started))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(r.route, r.completion_tokens) for r in rows] == [
+        (answer["route"], answer["usage"]["completion_tokens"])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import AsyncIterator, Callable
 
@@ -11,6 +12,7 @@ import psutil
 
 from ..engine.scheduler import Overloaded
 from ..engine.types import SamplingParams
+from ..ledger import AnswerLedger, AnswerRow
 from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, UnknownModel
 from ..stats import Stats, quant_type
 from ..teacher import teacher_status
@@ -68,10 +70,12 @@ def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int, namesp
 class Api:
     """Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/stats, GET /healthz."""
 
-    def __init__(self, router: Router, default_max_tokens: int, stats: Stats | None = None) -> None:
+    def __init__(self, router: Router, default_max_tokens: int, stats: Stats | None = None,
+                 ledger: AnswerLedger | None = None) -> None:
         self.router = router
         self.default_max_tokens = default_max_tokens
         self.stats = stats or Stats()
+        self.ledger = ledger
         self.connections: Callable[[], dict[str, int]] | None = None
         """The server's connection counts, when a server is attached (daemon.serve)."""
         self._routes = {
@@ -231,3 +235,8 @@ class Api:
     def _record(self, answer: Answer) -> None:
         note_route(answer.route)
         self.stats.record_answer(answer)
+        if self.ledger is not None:
+            completion = answer.completion
+            self.ledger.add(AnswerRow(time.time(), answer.route, answer.model, completion.prompt_tokens,
+                                      completion.completion_tokens, answer.cost_usd, answer.saved_usd,
+                                      answer.degraded))

@@ -19,6 +19,7 @@ from ..config import AthanorConfig, load_config
 from ..engine.scheduler import Scheduler
 from ..errors import AthanorError
 from ..distill_log import DistillLog
+from ..ledger import LEDGER_FILE, AnswerLedger
 from ..router import Router, Routing, Student
 from ..students import open_engine, resolve_student
 from ..teacher import make_teacher
@@ -83,6 +84,7 @@ def build_routing(config: AthanorConfig) -> Routing:
         routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
     # With a teacher it logs the teacher's answers; with or without, the unsure ones it served alone (pending).
     routing.distill_log = DistillLog(state / "distill.jsonl")
+    routing.ledger = AnswerLedger(state / LEDGER_FILE, health=routing.storage)
     if routing.teacher is not None:
         routing.price = routing.teacher.estimate_cost
     else:
@@ -173,7 +175,7 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
     # A SIGHUP while the model loads would kill the daemon (its default action); the handler comes later.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     router = router or build_router(config)
-    api = Api(router, config.student.default_max_tokens)
+    api = Api(router, config.student.default_max_tokens, ledger=router.routing.ledger)
 
     def reloaded(new: AthanorConfig) -> None:
         api.default_max_tokens = new.student.default_max_tokens
@@ -240,3 +242,5 @@ async def _close_routing(routing: Routing) -> None:
         routing.cache.close()
     if routing.distill_log is not None:
         routing.distill_log.close()
+    if routing.ledger is not None:
+        routing.ledger.close()

@@ -388,3 +388,16 @@ class Guard:
         await asyncio.to_thread(self.ledger.record, cost)
         self._refund_unused(reserved_tokens, input_tokens, output_tokens)
         return cost
+
+
+def read_spend(path: Path) -> dict[str, float]:
+    """Teacher spend per UTC day from a `SpendLedger` file, read-only; empty when there is none."""
+    if not Path(path).is_file():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {day: float(usd) for day, usd in db.execute("SELECT day, usd FROM spend ORDER BY day")}
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.close()
