@@ -140,6 +140,8 @@ def params_key(params: SamplingParams) -> str:
         key["pp"] = round(params.presence_penalty, 3)
     if params.logit_bias:
         key["bias"] = [[token, round(bias, 3)] for token, bias in params.logit_bias]
+    if params.json_format is not None:
+        key["json"] = params.json_format.schema or "object"
     return json.dumps(key, separators=(",", ":"))
 
 
@@ -412,7 +414,8 @@ class StudentRun(Run):
         routing = self.router.routing
         assert routing.teacher is not None
         params = TeacherParams(max_tokens=self.params.max_tokens, temperature=self.params.temperature,
-                               top_p=self.params.top_p, stop=self.params.stop, seed=self.params.seed)
+                               top_p=self.params.top_p, stop=self.params.stop, seed=self.params.seed,
+                               json_format=self.params.json_format)
         parts: list[str] = []
         answer = None
         chunks = routing.teacher.stream(self.request.messages, params)

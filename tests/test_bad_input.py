@@ -322,8 +322,8 @@ BAD_INPUTS: list[Bad] = [
         "unsupported_parameter"),
     Bad("tool-choice", ask(tool_choice="none"), 400, "tool_choice", "unsupported_parameter"),
     Bad("functions", ask(functions=[{"name": "f"}]), 400, "functions", "unsupported_parameter"),
-    Bad("response-format-json-object", ask(response_format={"type": "json_object"}), 400, "response_format",
-        "unsupported_value", words="not supported yet"),
+    Bad("response-format-schema-without-type", ask(response_format={"type": "text", "json_schema": {"name": "x"}}),
+        400, "response_format", "invalid_value", words='goes with type "json_schema"'),
     Bad("message-name", ask(messages=[{"role": "user", "content": "hi", "name": "alice"}]), 400, "messages.0.name",
         "unsupported_parameter"),
     # --- odd but acceptable: served ---------------------------------------------------------------

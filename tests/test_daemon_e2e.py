@@ -244,3 +244,22 @@ def test_every_answer_reaches_the_ledger_that_athanor_report_reads(daemon):
         time.sleep(0.2)
     assert [(r.route, r.completion_tokens) for r in rows] == [
         (answer["route"], answer["usage"]["completion_tokens"])]
+
+
+def test_json_mode_answers_parse_and_a_schema_holds_the_answer(oai):
+    ask = [{"role": "user", "content": "Describe Paris as JSON with a name and a country."}]
+    loose = oai.chat.completions.create(model="smollm2-135m-instruct", messages=ask, max_tokens=60, temperature=0,
+                                        response_format={"type": "json_object"})
+    if loose.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(loose.choices[0].message.content), dict)
+    else:  # cut at max_tokens: still JSON as far as it went
+        assert loose.choices[0].message.content.lstrip().startswith("{")
+    schema = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]}},
+              "required": ["sentiment"], "additionalProperties": False}
+    for review in ("The food was wonderful and the staff kind.", "酒店房间很脏，服务也很差。"):
+        held = oai.chat.completions.create(
+            model="smollm2-135m-instruct", max_tokens=24, temperature=0,
+            messages=[{"role": "user", "content": f"Sentiment of this review: {review}"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}})
+        assert held.choices[0].finish_reason == "stop"
+        assert json.loads(held.choices[0].message.content)["sentiment"] in ("positive", "negative")

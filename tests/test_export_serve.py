@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from appliance.client import AthanorClient
+from appliance.client import AthanorClient, ApiRequestError
 from tests.conftest import start_daemon, stop_daemon
 from tests.tiny_student import LESSONS
 
@@ -41,6 +41,10 @@ def test_exports_served_side_by_side_and_swapped_on_sighup(tiny_export, tmp_path
             # Both builds passed the gate with full agreement on this prompt: the same answer.
             assert gguf["choices"][0]["message"]["content"] == onnx["choices"][0]["message"]["content"]
             assert gguf["model"] == "tiny" and onnx["model"] == "tiny-onnx"
+            # JSON mode needs llama.cpp's grammar sampler: an ONNX student says so instead of answering unheld.
+            with pytest.raises(ApiRequestError) as refused:
+                client.chat(question, model="tiny-onnx", max_tokens=8, response_format={"type": "json_object"})
+            assert refused.value.status == 400 and "cannot hold its answer to JSON" in str(refused.value)
 
             _write_config(home, export, "f16")  # export B: another build replaces the served one
             process.send_signal(signal.SIGHUP)

@@ -48,6 +48,13 @@ def test_penalties_and_bias_default_to_none_and_are_part_of_the_cache_key():
             params_key(replace(params, presence_penalty=0.5)), params_key(replace(params, logit_bias=((5, -100.0),))),
             params_key(replace(params, logit_bias=((6, -100.0),))), params_key(replace(params, logit_bias=((5, 1.0),)))}
     assert len(keys) == 6
+    # JSON mode is part of what a hit must match: text, any object and each schema are different answers.
+    from appliance.engine.types import JsonFormat
+
+    formats = {params_key(params), params_key(replace(params, json_format=JsonFormat())),
+               params_key(replace(params, json_format=JsonFormat('{"type": "object"}'))),
+               params_key(replace(params, json_format=JsonFormat('{"type": "array"}')))}
+    assert len(formats) == 4
 
 
 def test_content_parts_and_developer_role_are_understood():
@@ -99,7 +106,14 @@ def test_top_logprobs_are_only_sent_when_logprobs_are_asked_for():
         (body(logit_bias={"99999999999": 1}), "logit_bias", "not a token id"),
         (body(logit_bias={str(i): 1 for i in range(1025)}), "logit_bias", "at most 1024"),
         (body(logit_bias=[5]), "logit_bias", "valid dictionary"),
-        (body(response_format={"type": "xml"}), "response_format.type", "'text'"),
+        (body(response_format={"type": "xml"}), "response_format.type", "'text', 'json_object' or 'json_schema'"),
+        (body(response_format={"type": "json_schema"}), "response_format", 'goes with type "json_schema"'),
+        (body(response_format={"type": "text", "json_schema": {"name": "x"}}), "response_format",
+         'goes with type "json_schema"'),
+        (body(response_format={"type": "json_schema", "json_schema": {"name": "bad name!"}}),
+         "response_format.json_schema.name", "pattern"),
+        (body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}),
+         "response_format", "cannot be turned into a grammar"),
         (body(stream_options={"include_usage": True, "extra": 1}), "stream_options.extra", "unknown parameter"),
         (body(user=5), "user", "valid string"),
         (body(metadata={"k": 5}), "metadata.k", "valid string"),
@@ -151,9 +165,6 @@ def test_a_known_but_unsupported_field_is_a_400_saying_so(field, value, words):
 @pytest.mark.parametrize("field, value, words", [
     ("n", 2, "only 1"),
     ("n", 128, "only 1"),
-    ("response_format", {"type": "json_object"}, "'json_object' is not supported yet"),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
-     "'json_schema' is not supported yet"),
     ("store", True, "no retrievable copy"),
     ("service_tier", "priority", "one tier"),
     ("modalities", ["text", "audio"], '["text"]'),
@@ -252,3 +263,18 @@ def test_fast_content_chunks_equal_the_general_chunk_shape():
     for text in ["plain", 'quote " and \\ backslash', "ünïcødé ☃", "\n", "\u0000 nul"]:
         fast = json.loads(writer.content(text).decode().removeprefix("data: "))
         assert fast == chunk_body("chatcmpl-1", "m", 5, {"content": text}, extra={"route": "student"})
+
+
+def test_response_format_becomes_the_engines_json_constraint():
+    from appliance.server.api import to_chat_request
+
+    schema = {"type": "object", "properties": {"label": {"enum": ["positive", "negative"]}}, "required": ["label"]}
+    plain = to_chat_request(parse_chat_request(body()), 16)
+    assert plain.params.json_format is None
+    anything = to_chat_request(parse_chat_request(body(response_format={"type": "json_object"})), 16)
+    assert anything.params.json_format is not None and anything.params.json_format.schema is None
+    held = to_chat_request(parse_chat_request(body(response_format={
+        "type": "json_schema", "json_schema": {"name": "sentiment", "schema": schema, "strict": True}})), 16)
+    assert held.params.json_format.name == "sentiment"
+    assert json.loads(held.params.json_format.schema) == schema
+    assert 'positive' in held.params.json_format.grammar() and 'label-kv' in held.params.json_format.grammar()

@@ -172,6 +172,30 @@ def test_openai_request_maps_roles_and_parameters(tmp_path):
     }
 
 
+def test_json_mode_reaches_each_teacher_in_its_own_api_terms(tmp_path):
+    from appliance.engine.types import JsonFormat
+
+    schema = '{"properties": {"label": {"enum": ["positive", "negative"]}}, "type": "object"}'
+    held = TeacherParams(max_tokens=32, json_format=JsonFormat(schema, "verdict"))
+    with fake_for("gemini") as fake:
+        ask(build("gemini", fake, tmp_path / "g"), QUESTION, held)
+        config = fake.last.body["generationConfig"]
+        ask(build("gemini", fake, tmp_path / "g2"), QUESTION, TeacherParams(max_tokens=32, json_format=JsonFormat()))
+        loose = fake.last.body["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    assert config["responseJsonSchema"] == {"properties": {"label": {"enum": ["positive", "negative"]}}, "type": "object"}
+    assert loose["responseMimeType"] == "application/json" and "responseJsonSchema" not in loose
+    with fake_for("openai") as fake:
+        ask(build("openai", fake, tmp_path / "o"), QUESTION, held)
+        body = fake.last.body
+        ask(build("openai", fake, tmp_path / "o2"), QUESTION, TeacherParams(max_tokens=32, json_format=JsonFormat()))
+        plain = fake.last.body
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "verdict", "strict": True, "schema": {"properties": {"label": {"enum": ["positive", "negative"]}},
+                                                      "type": "object"}}}
+    assert plain["response_format"] == {"type": "json_object"}
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_cut_answer_says_length(provider, tmp_path):
     with fake_for(provider, answer=lambda prompt: "one two three four five six") as fake:

@@ -191,6 +191,7 @@ class LlamaEngine:
             n_params=llama_cpp.llama_model_n_params(self._model),
             description=desc.value.decode(errors="replace"),
             gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()) and n_gpu_layers != 0,
+            constrains_output=True,
         )
         self._formatter = self._chat_formatter()
         self._special_texts: list[str] | None = None
@@ -293,6 +294,7 @@ class LlamaEngine:
         free = [seq for seq in range(self.parallel) if seq not in self._active]
         if not free:
             raise EngineError("no free sequence; the scheduler admits at most `parallel` requests")
+        sampler = self._sampler(params)  # first: a grammar llama.cpp refuses leaves the KV cells untouched
         placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS)
         seq, reuse = placement.slot, placement.reuse
         if placement.source == seq:
@@ -310,7 +312,7 @@ class LlamaEngine:
         self._kv[seq] = list(prompt[:reuse])
         self.prompt_tokens_reused += reuse
         self.prompt_tokens_computed += len(prompt) - reuse
-        self._active[seq] = _Sequence(params, self._sampler(params), list(prompt[reuse:]))
+        self._active[seq] = _Sequence(params, sampler, list(prompt[reuse:]))
         self._interrupt_flag[0] = b"\x00"  # whatever asked for an interruption is being served
         return seq
 
@@ -456,6 +458,13 @@ class LlamaEngine:
 
     def _sampler(self, params: SamplingParams) -> llama_cpp.llama_sampler_p:
         chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if params.json_format is not None:
+            # The grammar first: every later stage chooses among the tokens that keep the answer JSON.
+            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, params.json_format.grammar().encode(), b"root")
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise EngineError("llama.cpp could not parse the grammar made from this response_format's schema")
+            llama_cpp.llama_sampler_chain_add(chain, grammar)
         # Bias and penalties first, on the whole vocabulary, as OpenAI applies them: before the
         # choice, greedy or sampled. The reported log-probabilities stay the model's own (the raw row).
         if params.logit_bias:

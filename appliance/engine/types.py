@@ -21,6 +21,25 @@ class ModelInfo:
     n_params: int
     description: str
     gpu_offload: bool
+    constrains_output: bool = False
+    """Whether the engine can hold its output to a grammar (JSON mode); llama.cpp can, ONNX cannot."""
+
+
+@dataclass(frozen=True)
+class JsonFormat:
+    """The answer must be JSON: any JSON value (`schema` None, OpenAI's json_object) or one that
+    validates against a JSON schema (json_schema), held to it by llama.cpp's grammar sampler."""
+
+    schema: str | None = None
+    """The schema as canonical JSON text (sorted keys)."""
+    name: str | None = None
+
+    def grammar(self) -> str:
+        """The GBNF grammar llama.cpp samples under (llama-cpp-python's JSON and schema converters)."""
+        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+        # json_object: any JSON object (the generic grammar's root is an object, as OpenAI promises).
+        return JSON_GBNF if self.schema is None else json_schema_to_gbnf(self.schema)
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,8 @@ class SamplingParams:
     """Subtracted from a token's logit once if it was generated before (OpenAI's, -2..2)."""
     logit_bias: tuple[tuple[int, float], ...] = ()
     """(token id, bias) pairs added to those tokens' logits; a bias of -100 or less bans the token."""
+    json_format: JsonFormat | None = None
+    """Hold the answer to JSON (response_format json_object / json_schema)."""
 
     @property
     def penalized(self) -> bool:

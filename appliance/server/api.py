@@ -62,6 +62,7 @@ def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int, namesp
         frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty,
         logit_bias=body.biases,
+        json_format=body.response_format.json_format() if body.response_format else None,
     )
     return ChatRequest(messages=body.chat(), params=params, model=body.model, max_tokens_given=limit is not None,
                        namespace=namespace, cache_read=cache_read, cache_write=cache_write)
@@ -193,14 +194,19 @@ class Api:
         ))
 
     def _check_vocabulary(self, chat: ChatRequest) -> None:
-        """logit_bias names the student's own token ids: one past its vocabulary is a 400 (an unknown
-        model is left to the router's 404)."""
-        if not chat.params.logit_bias:
+        """logit_bias names the student's own token ids: one past its vocabulary is a 400; JSON mode needs
+        a student that can hold its output to a grammar (an unknown model is left to the router's 404)."""
+        if not chat.params.logit_bias and chat.params.json_format is None:
             return
         try:
-            n_vocab = self.router.student(chat.model).info.n_vocab
+            info = self.router.student(chat.model).info
         except UnknownModel:
             return
+        if chat.params.json_format is not None and not info.constrains_output:
+            raise ApiError(400, f"response_format: the student {info.name!r} ({info.description}) cannot hold its "
+                                "answer to JSON; ask a GGUF student (llama.cpp), or for text", param="response_format",
+                           code="unsupported_value")
+        n_vocab = info.n_vocab
         for token, _ in chat.params.logit_bias:
             if token >= n_vocab:
                 raise ApiError(400, f"logit_bias: token id {token} is outside the vocabulary of "

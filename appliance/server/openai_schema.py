@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..engine.types import TokenEvent
+from ..engine.types import JsonFormat, TokenEvent
 from .errors import ApiError
 
 MAX_JSON_DEPTH = 32
@@ -44,9 +44,39 @@ class StreamOptions(_Strict):
     """Accepted, no effect: OpenAI pads chunks against length side channels on a network; this is a local socket."""
 
 
+class JsonSchemaSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    """Accepted: the grammar holds every answer to the schema whatever this says."""
+
+
 class ResponseFormat(_Strict):
-    type: Literal["text"]
-    """json_object and json_schema are refused by `refuse_unsupported` until they are implemented."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema goes with type "json_schema", and only with it')
+        constraint = self.json_format()
+        if constraint is not None and constraint.schema is not None:
+            # Refused here, as a 400 before any decoding, when the grammar converter cannot express it.
+            try:
+                constraint.grammar()
+            except Exception as exc:  # the converter raises plain exceptions (KeyError, ValueError, ...)
+                raise ValueError(f"json_schema.schema cannot be turned into a grammar ({type(exc).__name__}: "
+                                 f"{exc}); simplify the schema or ask for json_object") from None
+        return self
+
+    def json_format(self) -> JsonFormat | None:
+        """The engine's JSON constraint; None for text."""
+        if self.type == "text":
+            return None
+        if self.json_schema is None or self.json_schema.schema_ is None:
+            return JsonFormat(name=self.json_schema.name if self.json_schema else None)
+        return JsonFormat(json.dumps(self.json_schema.schema_, sort_keys=True), self.json_schema.name)
 
 
 MAX_LOGIT_BIAS = 1024
@@ -222,10 +252,6 @@ def _refuse_values(data: dict[str, Any]) -> None:
     if type(n) is int and n > 1:
         raise _refused("n", f"{n} choices per request are not supported, only 1; send {n} requests "
                             "(with different seeds) instead", "unsupported_value")
-    response_format = data.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
-        raise _refused("response_format", f"type {response_format['type']!r} is not supported yet, only "
-                       '{"type": "text"}; ask for JSON in the prompt and parse the answer', "unsupported_value")
     if data.get("store") is True:
         raise _refused("store", "true is not supported: Athanor keeps no retrievable copy of a completion; "
                        "send false or leave it out", "unsupported_value")

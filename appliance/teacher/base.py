@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncGenerator, Protocol
 
+from ..engine.types import JsonFormat
 from ..errors import AthanorError
 
 
@@ -15,6 +16,8 @@ class TeacherParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    json_format: JsonFormat | None = None
+    """The answer must be JSON (of this schema): the teacher is asked in its own API's terms."""
 
 
 @dataclass(frozen=True)

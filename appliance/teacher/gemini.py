@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import math
 import random
 import time
@@ -219,6 +220,10 @@ class GeminiTeacher:
             top_p=params.top_p,
             stop_sequences=list(params.stop) or None,
             seed=params.seed,
+            # JSON mode: Gemini's own terms for OpenAI's response_format.
+            response_mime_type="application/json" if params.json_format is not None else None,
+            response_json_schema=json.loads(params.json_format.schema)
+            if params.json_format is not None and params.json_format.schema else None,
             # No tools are passed; this only keeps the SDK from logging "AFC is enabled" on every call.
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )

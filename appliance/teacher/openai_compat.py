@@ -14,6 +14,7 @@ from typing import Any, AsyncGenerator, AsyncIterable, Callable
 import httpx
 
 from ..config import TeacherConfig
+from ..engine.types import JsonFormat
 from .base import TeacherAnswer, TeacherChunk, TeacherError, TeacherParams
 from .keys import Secret
 from .limits import Guard, RateLimiter, RetryableError, Settle, Sleep, SpendLedger, estimate_tokens, parse_retry_after
@@ -155,6 +156,8 @@ class OpenAICompatTeacher:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.json_format is not None:
+            body["response_format"] = openai_response_format(params.json_format)
         return body
 
     async def complete(self, messages: list[dict[str, str]], params: TeacherParams) -> TeacherAnswer:
@@ -388,3 +391,11 @@ class _Reading:
         if isinstance(model, str) and model:
             self.model = model
         return text
+
+
+def openai_response_format(json_format: JsonFormat) -> dict[str, Any]:
+    """OpenAI's `response_format` for a JSON constraint."""
+    if json_format.schema is None:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": json_format.name or "answer", "strict": True,
+                                                   "schema": json.loads(json_format.schema)}}
