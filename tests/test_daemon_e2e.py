@@ -263,3 +263,25 @@ def test_json_mode_answers_parse_and_a_schema_holds_the_answer(oai):
             response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}})
         assert held.choices[0].finish_reason == "stop"
         assert json.loads(held.choices[0].message.content)["sentiment"] in ("positive", "negative")
+
+
+def test_embeddings_come_from_the_caches_encoder_through_the_official_client(oai, raw):
+    import numpy as np
+
+    from appliance.cache.embedder import load_embedder
+
+    texts = ["猫可以吃巧克力吗？", "Can cats eat chocolate?", "How do I delete a git branch?"]
+    # The SDK asks for base64 by default and decodes it; plain floats are the other format.
+    packed = oai.embeddings.create(model="use-multilingual-v3", input=texts)
+    floats = raw.post("/v1/embeddings", json={"input": texts, "encoding_format": "float"}).json()
+    assert packed.model == "use-multilingual-v3" and packed.usage.prompt_tokens > len(texts)
+    a = np.array([d.embedding for d in packed.data])
+    b = np.array([d["embedding"] for d in floats["data"]])
+    assert a.shape == (3, 512) and np.allclose(a, b, atol=1e-6)
+    assert np.allclose(a, load_embedder().embed(texts), atol=1e-5)  # the cache's own vectors
+    assert a[0] @ a[1] > a[0] @ a[2] + 0.2  # the same question across languages, nearer than another one
+    for payload, param in (({"input": []}, "input"), ({"input": [1, 2, 3]}, "input"),
+                           ({"input": "hi", "dimensions": 256}, "dimensions"), ({"input": "hi", "model": "ada"}, "model"),
+                           ({"input": "x" * 9000}, "input"), ({"input": "hi", "extra": 1}, "extra")):
+        response = raw.post("/v1/embeddings", json=payload)
+        assert response.status_code in (400, 404) and response.json()["error"]["param"] == param, payload

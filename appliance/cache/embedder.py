@@ -36,6 +36,8 @@ class Embedder(Protocol):
 
     def unknown_share(self, text: str) -> float: ...
 
+    def count_tokens(self, texts: list[str]) -> int: ...
+
 
 class Embeds(Protocol):
     def embed(self, texts: list[str]) -> np.ndarray: ...
@@ -95,6 +97,11 @@ class UseEmbedder:
         unk = tokenizer._unk_id
         return sum(1 for i in ids if i == unk) / max(1, len(ids))
 
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the encoder reads for `texts` (its own SentencePiece pieces): the usage it reports."""
+        with self._lock:
+            return sum(len(ids) for ids in self._model._tokenizer.encode(list(texts), add_bos=False, add_eos=False))
+
 
 class SentenceTransformerEmbedder:
     """A sentence-transformers folder, run with torch on the CPU."""
@@ -123,6 +130,10 @@ class SentenceTransformerEmbedder:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         unk = tokenizer.unk_token_id
         return 0.0 if unk is None else sum(1 for i in ids if i == unk) / max(1, len(ids))
+
+    def count_tokens(self, texts: list[str]) -> int:
+        with self._lock:
+            return sum(len(ids) for ids in self._model.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
 
 
 def model_version(path: Path) -> str:

@@ -749,6 +749,11 @@ class SemanticCache:
             self._count -= len(ids)
             return len(ids)
 
+    @property
+    def embedder(self) -> _Embedder:
+        """The sentence encoder the cache searches with (also what `/v1/embeddings` serves)."""
+        return self._embedder
+
     def stats(self) -> dict[str, Any]:
         """Entries (total and per namespace), hits and misses since open, lifetime hits, bytes on disk."""
         with self._lock:

@@ -27,6 +27,7 @@ from ..teacher.pricing import price_for
 from .access_log import AccessLog
 from .admin import AdminApi
 from .cache_api import CacheApi
+from .embeddings_api import EmbeddingsApi
 from ..routing.decide import load_policy
 from .api import Api
 from .http import HttpServer, Limits, fit_connections_to_fd_limit
@@ -189,7 +190,9 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         max_connections=fit_connections_to_fd_limit(config.server.max_connections),
         max_connections_per_user=config.server.max_connections_per_user,
     )
-    cache_api = CacheApi(api, lambda: router.routing.cache, os.getuid())
+    embeddings = EmbeddingsApi(api, lambda: router.routing.cache.embedder if router.routing.cache else None,
+                               lambda: load_embedder(config.cache.embedder, threads=1))
+    cache_api = CacheApi(embeddings, lambda: router.routing.cache, os.getuid())
     server = HttpServer(AccessLog(AdminApi(cache_api, reloader, os.getuid())), limits)
     api.connections = server.connection_stats
     sock = inherited_socket()
