@@ -285,3 +285,27 @@ def test_embeddings_come_from_the_caches_encoder_through_the_official_client(oai
                            ({"input": "x" * 9000}, "input"), ({"input": "hi", "extra": 1}, "extra")):
         response = raw.post("/v1/embeddings", json=payload)
         assert response.status_code in (400, 404) and response.json()["error"]["param"] == param, payload
+
+
+def test_metrics_in_prometheus_format_count_answers_and_show_queues(oai, raw):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        response = raw.get("/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+    before = scrape()
+    list(oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=4, temperature=0,
+                                     stream=True))
+    after = scrape()
+    answers = ("athanor:answers_total", (("route", "student"),))
+    assert after[answers] == before.get(answers, 0) + 1
+    ttft = ("athanor:time_to_first_token_seconds_count", ())
+    assert after[ttft] == before.get(ttft, 0) + 1
+    assert after[("athanor:generation_tokens_total", ())] > before.get(("athanor:generation_tokens_total", ()), 0)
+    assert after[("athanor:num_requests_waiting", (("model_name", "smollm2-135m-instruct"),))] == 0
+    assert after[("athanor:http_requests_total", (("status", "200"),))] > before[("athanor:http_requests_total",
+                                                                                  (("status", "200"),))]
+    assert ("athanor:prefix_cache_reused_tokens_total", (("model_name", "smollm2-135m-instruct"),)) in after

@@ -19,6 +19,7 @@ from ..teacher import teacher_status
 from .access_log import note_route
 from .errors import ApiError
 from .http import HttpRequest, HttpResponse, json_response
+from .metrics import LiveFigures, Metrics, StudentLive
 from .openai_schema import ChatCompletionRequest, ChunkWriter, completion_body, parse_chat_request, sse
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Api:
         self.default_max_tokens = default_max_tokens
         self.stats = stats or Stats()
         self.ledger = ledger
+        self.metrics = Metrics(self._live)
         self.connections: Callable[[], dict[str, int]] | None = None
         """The server's connection counts, when a server is attached (daemon.serve)."""
         self._routes = {
@@ -84,6 +86,7 @@ class Api:
             ("GET", "/v1/models"): self.models,
             ("GET", "/v1/stats"): self.stats_view,
             ("GET", "/healthz"): self.health,
+            ("GET", "/metrics"): self.metrics_view,
         }
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -92,7 +95,22 @@ class Api:
         except ApiError as exc:
             response = json_response(exc.status, exc.body(), exc.headers)
         self.stats.record_status(response.status)
+        self.metrics.http_requests.labels(str(response.status)).inc()
         return response
+
+    def _live(self) -> LiveFigures:
+        students = []
+        for student in self.router.students.values():
+            b = student.scheduler.stats()
+            students.append(StudentLive(student.name, int(b["running"] or 0), int(b["waiting"] or 0),
+                                        b["mean_batch"], _int_or_none(b["prompt_tokens_reused"]),
+                                        _int_or_none(b["prompt_tokens_computed"])))
+        cache = self.router.routing.cache
+        return LiveFigures(students, cache.stats() if cache is not None else None)
+
+    async def metrics_view(self, request: HttpRequest) -> HttpResponse:
+        body, content_type = await asyncio.to_thread(self.metrics.exposition)
+        return HttpResponse(200, body, [("content-type", content_type)])
 
     async def _dispatch(self, request: HttpRequest) -> HttpResponse:
         path = request.path.rstrip("/") or "/"
@@ -179,7 +197,8 @@ class Api:
             return HttpResponse(
                 200,
                 headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
-                stream=self._stream(run.events(), completion_id, run.student.name, body.logprobs, include_usage),
+                stream=self._stream(run.events(), completion_id, run.student.name, body.logprobs, include_usage,
+                                    time.monotonic()),
             )
         answer = None
         async for event in run.events():
@@ -214,9 +233,11 @@ class Api:
                                code="invalid_value")
 
     async def _stream(
-        self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool
+        self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool,
+        started: float,
     ) -> AsyncIterator[bytes]:
         chunks = None
+        first = True
         try:
             async for event in events:
                 if chunks is None:  # the route is known with the first event
@@ -224,6 +245,9 @@ class Api:
                     yield chunks.role()
                 if isinstance(event, Delta):
                     if event.text or (logprobs and event.tokens):
+                        if first:
+                            self.metrics.ttft.observe(time.monotonic() - started)
+                            first = False
                         yield chunks.content(event.text, event.tokens if logprobs else None)
                     continue
                 self._record(event)
@@ -241,8 +265,14 @@ class Api:
     def _record(self, answer: Answer) -> None:
         note_route(answer.route)
         self.stats.record_answer(answer)
+        completion = answer.completion
+        self.metrics.observe_answer(answer.route, completion.prompt_tokens, completion.completion_tokens,
+                                    answer.elapsed_s, answer.queued_s, answer.cost_usd, answer.saved_usd)
         if self.ledger is not None:
-            completion = answer.completion
             self.ledger.add(AnswerRow(time.time(), answer.route, answer.model, completion.prompt_tokens,
                                       completion.completion_tokens, answer.cost_usd, answer.saved_usd,
                                       answer.degraded))
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
