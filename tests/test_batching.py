@@ -104,3 +104,9 @@ def test_only_a_step_of_generated_tokens_in_one_micro_batch_may_be_cut_short():
     assert not interruptible([Feed(0, (7,), 9, True), Feed(1, (8, 9), 4, True)])  # a prompt chunk
     assert not interruptible([Feed(0, (7,), 9, True), Feed(2, (8,), 4, True)])  # two micro-batches
     assert not interruptible([])
+
+
+def test_a_seeded_prompt_reuses_no_cells_and_takes_the_emptiest_slot():
+    contents = {0: [1, 2, 3, 4], 1: [9], 2: [1, 2, 3, 4, 5, 6]}
+    assert place_prompt([0, 1], contents, [1, 2, 3, 4, 7], reuse_prefix=False) == Placement(slot=1, source=1, reuse=0)
+    assert place_prompt([0, 1], contents, [1, 2, 3, 4, 7]).reuse == 4  # unseeded: the prefix is reused

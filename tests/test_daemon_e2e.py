@@ -82,6 +82,12 @@ def test_stop_sequences_and_seed(oai):
     seeded = [oai.chat.completions.create(model="smollm2-135m-instruct", messages=QUESTION, max_tokens=15,
                                           temperature=1.0, seed=7).choices[0].message.content for _ in range(2)]
     assert seeded[0] == seeded[1]
+    # A question never asked before: the first request computes its prompt, the later ones could reuse those
+    # KV cells; with a seed they do not, so the first answer is the same as the rest.
+    fresh = [{"role": "user", "content": f"Invent a name for a seeded test run {time.time_ns()}."}]
+    runs = [oai.chat.completions.create(model="smollm2-135m-instruct", messages=fresh, max_tokens=24,
+                                        temperature=1.0, seed=11).choices[0].message.content for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
 
 
 def test_models_and_health(oai, raw):

@@ -31,7 +31,7 @@ class Placement:
 
 
 def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], prompt: Sequence[int],
-                 min_copy: int = 0) -> Placement:
+                 min_copy: int = 0, reuse_prefix: bool = True) -> Placement:
     """Choose a free slot for `prompt` and the sequence whose cached prefix it can reuse.
 
     Any sequence's cells can be copied (busy ones too: their prefix is not going to change), so
@@ -40,9 +40,17 @@ def place_prompt(free: Sequence[int], contents: Mapping[int, Sequence[int]], pro
     costs a pass over the slot's memory. The free slot itself is chosen to lose the least: its
     own matching prefix first, then the shortest content. The last prompt token is always fed
     again, because its logits start the answer.
+
+    `reuse_prefix=False` (a request with a seed) computes the whole prompt afresh in the emptiest free
+    slot: reused cells were computed in other chunks and batches, whose floating-point sums differ in
+    the last bits, enough to change a sampled token; computed afresh, the same request gives the same
+    answer every time it is decoded alone.
     """
     if not free:
         raise ValueError("no free slot")
+    if not reuse_prefix:
+        slot = min(free, key=lambda s: (len(contents.get(s, ())), s))
+        return Placement(slot, slot, 0)
     limit = max(0, len(prompt) - 1)
     own = {slot: min(limit, common_prefix(contents.get(slot, ()), prompt)) for slot in free}
     slot = max(free, key=lambda s: (own[s], -len(contents.get(s, ())), -s))

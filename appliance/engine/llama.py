@@ -295,7 +295,7 @@ class LlamaEngine:
         if not free:
             raise EngineError("no free sequence; the scheduler admits at most `parallel` requests")
         sampler = self._sampler(params)  # first: a grammar llama.cpp refuses leaves the KV cells untouched
-        placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS)
+        placement = place_prompt(free, self._kv, prompt, min_copy=_MIN_COPY_TOKENS, reuse_prefix=params.seed is None)
         seq, reuse = placement.slot, placement.reuse
         if placement.source == seq:
             if not llama_cpp.llama_memory_seq_rm(self._memory, seq, reuse, -1):
