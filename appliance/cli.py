@@ -298,6 +298,52 @@ def report(ctx: click.Context, since: str | None, as_json: bool, png: Path | Non
     click.echo(f"chart: {plot_report(built, png or state / 'report.png')}")
 
 
+@main.group()
+def keys() -> None:
+    """API keys for the TCP listener ([server].listen): stored hashed, each its own cache namespace."""
+
+
+def _keys_file(ctx: click.Context) -> Path:
+    from .config import api_keys_path
+
+    return api_keys_path(_config(ctx))
+
+
+@keys.command("add")
+@click.argument("name")
+@click.pass_context
+def keys_add(ctx: click.Context, name: str) -> None:
+    """Make a key for NAME and print it (once: only its hash is kept)."""
+    from .server.api_keys import add_key
+
+    path = _keys_file(ctx)
+    key = add_key(path, name)
+    click.echo(key)
+    click.echo(f"stored as a hash in {path}; the daemon takes it at the next request. Clients send "
+               "`Authorization: Bearer <key>` (OpenAI clients: api_key=<key>).", err=True)
+
+
+@keys.command("list")
+@click.pass_context
+def keys_list(ctx: click.Context) -> None:
+    """The names of the keys (the keys themselves are not stored)."""
+    from .server.api_keys import read_keys
+
+    for name in sorted(read_keys(_keys_file(ctx)).values()):
+        click.echo(name)
+
+
+@keys.command("remove")
+@click.argument("name")
+@click.pass_context
+def keys_remove(ctx: click.Context, name: str) -> None:
+    """Revoke NAME's key (at the daemon's next request)."""
+    from .server.api_keys import remove_key
+
+    remove_key(_keys_file(ctx), name)
+    click.echo(f"removed {name}")
+
+
 @main.command("config")
 @click.pass_context
 def show_config(ctx: click.Context) -> None:

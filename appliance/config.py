@@ -48,6 +48,19 @@ class ServerConfig(_Section):
     (with a warning) if the open-file limit (LimitNOFILE=) cannot hold this many."""
     max_connections_per_user: int = Field(default=128, ge=1)
     """Connections one uid may hold open at once: a flood from one local user leaves room for the rest."""
+    listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
+    """Also listen on TCP, `HOST:PORT` (e.g. `0.0.0.0:8080`, `[::]:8080`): off when empty. Every request there
+    needs an API key (`athanor keys add NAME`); TLS belongs to a reverse proxy in front (README: Caddy)."""
+    api_keys_file: Path | None = None
+    """Hashed API keys for the TCP listener; empty: `api-keys` next to the config file in use."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins whose browser pages may call the TCP listener (e.g. `http://nas.local:3000`, or `*`)."""
+
+    def tcp_address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class StudentConfig(_Section):
@@ -329,6 +342,15 @@ def _describe(error: Mapping[str, Any]) -> ConfigError:
             message = f"{message} (got {value!r})"
         fix = _FIXES.get(location[:2], "")
     return ConfigError(setting, message, fix)
+
+
+def api_keys_path(config: AthanorConfig) -> Path:
+    """The API key file: `[server].api_keys_file`, else `api-keys` beside the config file in use (or where the
+    first config file would be looked for)."""
+    if config.server.api_keys_file is not None:
+        return config.server.api_keys_file
+    folder = config.source.parent if config.source is not None else paths.config_file_candidates()[0].parent
+    return folder / "api-keys"
 
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> AthanorConfig:

@@ -29,11 +29,12 @@ _NAMESPACE_HEADER = "x-athanor-namespace"
 
 
 def namespace_for(request: HttpRequest) -> str:
-    """The caller's cache namespace: its uid (from SO_PEERCRED), optionally narrowed by a header.
+    """The caller's cache namespace: its uid (from SO_PEERCRED), or `key:NAME` over TCP, optionally narrowed
+    by a header.
 
     The header can only add a sub-namespace under the caller's own uid, never name another's.
     """
-    owner = str(request.peer.uid) if request.peer is not None else "anonymous"
+    owner = request.client or (str(request.peer.uid) if request.peer is not None else "anonymous")
     sub = request.headers.get(_NAMESPACE_HEADER, "").strip()
     if not sub:
         return owner

@@ -15,7 +15,7 @@ from typing import Callable
 from .. import paths
 from ..cache import SemanticCache, check_match, load_embedder
 from ..cache.store import cache_path
-from ..config import AthanorConfig, load_config
+from ..config import AthanorConfig, api_keys_path, load_config
 from ..engine.scheduler import Scheduler
 from ..errors import AthanorError
 from ..distill_log import DistillLog
@@ -27,6 +27,7 @@ from ..teacher.pricing import price_for
 from .access_log import AccessLog
 from .admin import AdminApi
 from .cache_api import CacheApi
+from .api_keys import Cors, KeyAuth, read_keys
 from .embeddings_api import EmbeddingsApi
 from ..routing.decide import load_policy
 from .api import Api
@@ -193,7 +194,12 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
     embeddings = EmbeddingsApi(api, lambda: router.routing.cache.embedder if router.routing.cache else None,
                                lambda: load_embedder(config.cache.embedder, threads=1))
     cache_api = CacheApi(embeddings, lambda: router.routing.cache, os.getuid())
-    server = HttpServer(AccessLog(AdminApi(cache_api, reloader, os.getuid())), limits)
+    handler = AdminApi(cache_api, reloader, os.getuid())
+    tcp = config.server.tcp_address()
+    if tcp is not None:
+        keys = api_keys_path(config)
+        handler = Cors(KeyAuth(handler, keys), config.server.cors_origins)
+    server = HttpServer(AccessLog(handler), limits)
     api.connections = server.connection_stats
     sock = inherited_socket()
     owned_path = None
@@ -201,6 +207,19 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         sock = bind_socket(config.server.socket, config.server.socket_mode)
         owned_path = config.server.socket
     await server.start(sock)
+    if tcp is not None:
+        try:
+            host, port = await server.start_tcp(*tcp)
+        except OSError as exc:
+            raise AthanorError(f"cannot listen on {config.server.listen} ([server].listen): {exc.strerror or exc}; "
+                               "choose a free port or an address of this machine") from None
+        try:
+            count = len(read_keys(keys)) if keys.is_file() else 0
+        except (AthanorError, OSError) as exc:  # requests over TCP say so too, with the fix
+            log.error("the API key file %s cannot be used: %s", keys, exc)
+            count = 0
+        log.info("listening on TCP %s:%d too; %d API keys in %s%s", host, port, count, keys,
+                 "" if count else " (none yet: every request there gets 401; `athanor keys add NAME`)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

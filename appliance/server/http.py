@@ -70,6 +70,10 @@ class HttpRequest:
     body: bytes
     peer: Peer | None
     request_id: str
+    remote: str | None = None
+    """The client's address over TCP ("host:port"); None on the Unix socket, where `peer` says who it is."""
+    client: str | None = None
+    """Who an API key says is asking over TCP ("key:NAME", set by `KeyAuth`); None on the socket."""
 
     @property
     def path(self) -> str:
@@ -127,21 +131,22 @@ class _ClientGone(Exception):
 
 
 class HttpServer:
-    """Serves `handler` on a listening Unix socket."""
+    """Serves `handler` on a listening Unix socket, and optionally on TCP (`start_tcp`) with the same limits."""
 
     def __init__(self, handler: Handler, limits: Limits) -> None:
         self.handler = handler
         self.limits = limits
         self._connections: set[asyncio.Task] = set()
         self._active_requests = 0
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self.refused = 0
         """Connections turned away with 503 because `max_connections` were open."""
         self._refused_logged_at = -1.0
         self._busy = _busy_response(f"{limits.max_connections} are open, the limit ([server].max_connections)")
         self._busy_user = _busy_response(f"you have {limits.max_connections_per_user} open, the limit for one user "
                                          "([server].max_connections_per_user)")
-        self._per_uid: dict[int, int] = {}
+        self._per_uid: dict[int | str, int] = {}
+        """Open connections per uid on the socket, per client host over TCP."""
 
     @property
     def active_requests(self) -> int:
@@ -153,11 +158,20 @@ class HttpServer:
 
     async def start(self, sock: socket.socket) -> None:
         _name_fd_exhaustion(asyncio.get_running_loop())
-        self._server = await asyncio.start_unix_server(self._connection, sock=sock, limit=self.limits.max_head_bytes)
+        self._servers.append(
+            await asyncio.start_unix_server(self._connection, sock=sock, limit=self.limits.max_head_bytes))
+
+    async def start_tcp(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on TCP as well; returns the bound (host, port) (port 0 picks a free one)."""
+        server = await asyncio.start_server(self._connection, host, port, limit=self.limits.max_head_bytes,
+                                            reuse_address=True)
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
 
     async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` for in-flight requests, then drop every connection."""
@@ -178,8 +192,17 @@ class HttpServer:
         if len(self._connections) >= self.limits.max_connections:
             await self._refuse(writer, self._busy)
             return
-        peer = peer_credentials(writer.get_extra_info("socket"))
-        uid = peer.uid if peer is not None else -1
+        sock = writer.get_extra_info("socket")
+        remote = None
+        if sock is not None and sock.family == socket.AF_UNIX:
+            peer = peer_credentials(sock)
+            uid: int | str = peer.uid if peer is not None else -1
+        else:
+            # Over TCP there are no credentials (SO_PEERCRED there would read as uid 0, root): the client
+            # is its address, and an API key says who it is.
+            peer = None
+            address = writer.get_extra_info("peername") or ("?", 0)
+            remote, uid = f"{address[0]}:{address[1]}", f"host:{address[0]}"
         if self._per_uid.get(uid, 0) >= self.limits.max_connections_per_user:
             await self._refuse(writer, self._busy_user)
             return
@@ -190,7 +213,7 @@ class HttpServer:
         try:
             while True:
                 try:
-                    request = await self._read_request(conn, reader, writer, peer, first)
+                    request = await self._read_request(conn, reader, writer, peer, first, remote)
                 except _ClientGone:
                     return
                 except h11.RemoteProtocolError as exc:
@@ -256,7 +279,7 @@ class HttpServer:
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer | None,
-        first: bool = False,
+        first: bool = False, remote: str | None = None,
     ) -> HttpRequest | None:
         """The next request with its whole body, or None when the client closed cleanly.
 
@@ -322,6 +345,7 @@ class HttpServer:
             body=bytes(body),
             peer=peer,
             request_id=request_id_for(headers),
+            remote=remote,
         )
 
     async def _respond(

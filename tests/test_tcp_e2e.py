@@ -1,0 +1,68 @@
+"""The optional TCP listener: the official SDK with a key, 401 without one, no admin over TCP, the same limits."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import openai
+import pytest
+
+from appliance.server.api_keys import add_key
+from tests.conftest import start_daemon, stop_daemon
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tcp(tmp_path_factory):
+    home = tmp_path_factory.mktemp("tcp-home")
+    port = _free_port()
+    home.mkdir(exist_ok=True)
+    key = add_key(home / "api-keys", "webui")
+    (home / "athanor.toml").write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\ncors_origins = ["http://webui.local:3000"]\nmax_body_bytes = 4096\n'
+        '[cache]\nenabled = false\n')
+    process, _ = start_daemon(home)
+    yield f"http://127.0.0.1:{port}", key
+    stop_daemon(process)
+
+
+def test_the_official_sdk_works_over_tcp_with_a_key(tcp):
+    base, key = tcp
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+    answer = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=6, temperature=0,
+                                            messages=[{"role": "user", "content": "Say hello."}])
+    assert answer.choices[0].message.content and answer.model_extra["route"] == "student"
+    streamed = list(client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=6, temperature=0,
+                                                   messages=[{"role": "user", "content": "Say hello."}],
+                                                   stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer.choices[0].message.content
+    assert [m.id for m in client.models.list()] == ["smollm2-135m-instruct"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base}/v1", api_key="athk-wrong", max_retries=0).models.list()
+
+
+def test_without_a_key_nothing_is_served_and_admin_is_never_reachable(tcp):
+    base, key = tcp
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for method, path in (("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/models")):
+            assert http.request(method, path).status_code == 401
+        # A key is not the daemon's uid: admin stays on the socket.
+        reload = http.post("/v1/admin/reload", headers={"authorization": f"Bearer {key}"})
+        assert reload.status_code == 403
+        # The socket's limits hold over TCP too.
+        big = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, content=b"x" * 8192)
+        assert big.status_code == 413
+        bad = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, content=b"{not json")
+        assert bad.status_code == 400 and "error" in bad.json()
+        preflight = http.options("/v1/chat/completions", headers={"origin": "http://webui.local:3000",
+                                                                    "access-control-request-method": "POST"})
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "http://webui.local:3000"
