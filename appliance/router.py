@@ -59,6 +59,9 @@ class ChatRequest:
     """False for `Cache-Control: no-cache`: always generate."""
     cache_write: bool = True
     """False for `Cache-Control: no-store`: never remember this answer."""
+    raw_prompt: str | None = None
+    """`/v1/completions`: text continued as it is, without the chat template. The student alone answers it:
+    no cache, no teacher (a chat model) and no distillation log, whose records are conversations."""
 
 
 @dataclass
@@ -196,7 +199,10 @@ class Router:
     def prepare(self, request: ChatRequest) -> tuple[Student, list[int], SamplingParams]:
         """Render and tokenize the prompt and fit max_tokens to the context (raises PromptTooLong)."""
         student = self.student(request.model)
-        prompt = student.engine.chat_prompt(request.messages)
+        if request.raw_prompt is not None:
+            prompt = student.engine.tokenize(request.raw_prompt)
+        else:
+            prompt = student.engine.chat_prompt(request.messages)
         n_ctx = student.info.n_ctx
         params = request.params
         room = n_ctx - len(prompt)
@@ -225,6 +231,9 @@ class Router:
         # In a thread: a 1 MiB body of many short messages takes llama.cpp seconds to tokenize
         # (special-token parsing grows with their count), which would stall every other client.
         student, prompt, params = await asyncio.to_thread(self.prepare, request)
+        if request.raw_prompt is not None:
+            job = student.scheduler.submit(prompt, params, stream=stream)
+            return StudentRun(self, student, prompt, params, job, request, None, "", False)
         cache = self.routing.cache
         key = None
         prompt_text = ""
@@ -392,7 +401,7 @@ class StudentRun(Run):
                 log.warning("teacher failed, serving the student's answer: %s", reason)
         elif unsure:
             reason = "student unsure and no teacher configured"
-        if unsure:
+        if unsure and self.request.raw_prompt is None:
             await self._keep_pending(completion, sure, reason)
         for delta in held:
             yield delta

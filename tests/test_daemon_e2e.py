@@ -315,3 +315,27 @@ def test_metrics_in_prometheus_format_count_answers_and_show_queues(oai, raw):
     assert after[("athanor:http_requests_total", (("status", "200"),))] > before[("athanor:http_requests_total",
                                                                                   (("status", "200"),))]
     assert ("athanor:prefix_cache_reused_tokens_total", (("model_name", "smollm2-135m-instruct"),)) in after
+
+
+def test_text_completions_continue_the_prompt_as_it_is(oai, raw):
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    plain = oai.completions.create(model="smollm2-135m-instruct", prompt=prompt, max_tokens=8, temperature=0,
+                                   logprobs=2)
+    choice = plain.choices[0]
+    # The chat template written out by hand gives the chat endpoint's answer: the prompt is used as it is.
+    chat = oai.chat.completions.create(model="smollm2-135m-instruct", max_tokens=8, temperature=0,
+                                       messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert choice.text == chat.choices[0].message.content
+    assert plain.object == "text_completion" and plain.usage.completion_tokens == len(choice.logprobs.tokens)
+    assert "".join(choice.logprobs.tokens) == choice.text and len(choice.logprobs.top_logprobs[0]) == 2
+    assert choice.logprobs.text_offset[0] == 0
+    streamed = list(oai.completions.create(model="smollm2-135m-instruct", prompt=prompt, max_tokens=8,
+                                           temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == choice.text
+    assert streamed[-1].choices[0].finish_reason == choice.finish_reason
+    assert oai.completions.create(model="smollm2-135m-instruct", prompt="Once upon a time").usage.completion_tokens <= 16
+    for payload, param in (({"prompt": "a", "echo": True}, "echo"), ({"prompt": "a", "suffix": "b"}, "suffix"),
+                           ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": [1, 2]}, "prompt"), ({"prompt": ""}, "prompt"),
+                           ({"prompt": "a", "best_of": 3}, "best_of"), ({"prompt": "a", "logprobs": 9}, "logprobs")):
+        response = raw.post("/v1/completions", json=payload)
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, (payload, response.text)

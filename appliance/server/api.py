@@ -13,10 +13,11 @@ import psutil
 from ..engine.scheduler import Overloaded
 from ..engine.types import SamplingParams
 from ..ledger import AnswerLedger, AnswerRow
-from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, UnknownModel
+from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, Run, UnknownModel
 from ..stats import Stats, quant_type
 from ..teacher import teacher_status
 from .access_log import note_route
+from .completions_schema import DEFAULT_MAX_TOKENS, parse_completion_request, text_chunk, text_completion_body
 from .errors import ApiError
 from .http import HttpRequest, HttpResponse, json_response
 from .metrics import LiveFigures, Metrics, StudentLive
@@ -88,6 +89,7 @@ class Api:
             ("GET", "/v1/stats"): self.stats_view,
             ("GET", "/healthz"): self.health,
             ("GET", "/metrics"): self.metrics_view,
+            ("POST", "/v1/completions"): self.text_completions,
         }
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -181,16 +183,7 @@ class Api:
         cache_read, cache_write = cache_directives(request)
         chat = to_chat_request(body, self.default_max_tokens, namespace_for(request), cache_read, cache_write)
         self._check_vocabulary(chat)
-        try:
-            run = await self.router.start(chat, stream=body.stream)
-        except UnknownModel as exc:
-            raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-        except PromptTooLong as exc:
-            raise ApiError(400, str(exc), param="max_tokens" if chat.max_tokens_given else "messages",
-                           code="context_length_exceeded") from None
-        except Overloaded as exc:
-            raise ApiError(503, str(exc), type_="server_overloaded", code="overloaded",
-                           headers=[("retry-after", str(exc.retry_after))]) from None
+        run = await self._admit(chat, stream=body.stream)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         log.info("%s %s: %s prompt tokens -> %s", request.request_id, completion_id, len(run.prompt), run.student.name)
         if body.stream:
@@ -212,6 +205,75 @@ class Api:
             completion_id, answer.model, completion.text, completion.finish_reason, completion.prompt_tokens,
             completion.completion_tokens, completion.tokens, body.logprobs, answer.provenance(),
         ))
+
+    async def _admit(self, chat: ChatRequest, stream: bool) -> Run:
+        """The router's admission, its refusals as OpenAI errors."""
+        try:
+            return await self.router.start(chat, stream=stream)
+        except UnknownModel as exc:
+            raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+        except PromptTooLong as exc:
+            where = "max_tokens" if chat.max_tokens_given else "prompt" if chat.raw_prompt is not None else "messages"
+            raise ApiError(400, str(exc), param=where, code="context_length_exceeded") from None
+        except Overloaded as exc:
+            raise ApiError(503, str(exc), type_="server_overloaded", code="overloaded",
+                           headers=[("retry-after", str(exc.retry_after))]) from None
+
+    async def text_completions(self, request: HttpRequest) -> HttpResponse:
+        """`/v1/completions`: the prompt continued as it is, by the student alone (see completions_schema)."""
+        body = parse_completion_request(request.body)
+        params = SamplingParams(
+            max_tokens=body.max_tokens or DEFAULT_MAX_TOKENS, temperature=body.temperature, top_p=body.top_p,
+            seed=body.seed, stop=body.stops, top_logprobs=body.logprobs or 0,
+            frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty, logit_bias=body.biases)
+        chat = ChatRequest(messages=[], params=params, model=body.model, max_tokens_given=body.max_tokens is not None,
+                           namespace=namespace_for(request), cache_read=False, cache_write=False,
+                           raw_prompt=body.text)
+        self._check_vocabulary(chat)
+        run = await self._admit(chat, stream=body.stream)
+        completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return HttpResponse(200, headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
+                                stream=self._stream_text(run.events(), completion_id, run.student.name, body.logprobs,
+                                                         include_usage, time.monotonic()))
+        answer = None
+        async for event in run.events():
+            if isinstance(event, Answer):
+                answer = event
+        assert answer is not None
+        self._record(answer)
+        c = answer.completion
+        return json_response(200, text_completion_body(completion_id, answer.model, c.text, c.finish_reason,
+                                                       c.prompt_tokens, c.completion_tokens, c.tokens, body.logprobs,
+                                                       answer.provenance()))
+
+    async def _stream_text(self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str,
+                           logprobs: int | None, include_usage: bool, started: float) -> AsyncIterator[bytes]:
+        created, offset, first = int(time.time()), 0, True
+        try:
+            async for event in events:
+                if isinstance(event, Delta):
+                    if event.text or (logprobs is not None and event.tokens):
+                        if first:
+                            self.metrics.ttft.observe(time.monotonic() - started)
+                            first = False
+                        yield text_chunk(completion_id, model, event.text, None, created, event.tokens, logprobs,
+                                         offset)
+                        offset += len(event.text)
+                    continue
+                self._record(event)
+                c = event.completion
+                yield text_chunk(completion_id, model, "", c.finish_reason, created, extra=event.provenance())
+                if include_usage:
+                    yield text_chunk(completion_id, model, "", None, created, usage_of=(c.prompt_tokens,
+                                                                                         c.completion_tokens))
+            yield sse("[DONE]")
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
     def _check_vocabulary(self, chat: ChatRequest) -> None:
         """logit_bias names the student's own token ids: one past its vocabulary is a 400; JSON mode needs

@@ -114,15 +114,7 @@ class ChatCompletionRequest(_Strict):
     @field_validator("logit_bias")
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return None
-        if len(value) > MAX_LOGIT_BIAS:
-            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
-        for key in value:
-            if not _TOKEN_ID.fullmatch(key):
-                raise ValueError(f"key {key!r} is not a token id; keys are the student's token ids as decimal "
-                                 'strings, such as {"1234": -100}')
-        return value
+        return check_logit_bias(value)
 
     @model_validator(mode="after")
     def _check(self) -> "ChatCompletionRequest":
@@ -405,6 +397,19 @@ def token_logprob(event: TokenEvent) -> dict[str, Any]:
         "bytes": list(event.raw),
         "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.raw)} for t in event.top],
     }
+
+
+def check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    """logit_bias's keys must be token ids (decimal strings), at most `MAX_LOGIT_BIAS` of them."""
+    if value is None:
+        return None
+    if len(value) > MAX_LOGIT_BIAS:
+        raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+    for key in value:
+        if not _TOKEN_ID.fullmatch(key):
+            raise ValueError(f"key {key!r} is not a token id; keys are the student's token ids as decimal "
+                             'strings, such as {"1234": -100}')
+    return value
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
