@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import glob
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -22,6 +21,7 @@ from . import paths
 from .client import AthanorClient
 from .config import AthanorConfig, StudentConfig, TeacherConfig, load_config
 from .errors import AthanorError, ConfigError
+from .fingerprint import sha256_file
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -105,14 +105,6 @@ def _embedded_student() -> Path:
     from .defaults import embedded_student_path
 
     return embedded_student_path()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def recorded_sha256(path: Path) -> tuple[str | None, str]:

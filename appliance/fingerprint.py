@@ -1,4 +1,5 @@
-"""A cheap identity for a model file, so cache entries of a replaced student are never served."""
+"""File identities: the whole file's sha256, and a cheap fingerprint of a model file (so cache entries of a
+replaced student are never served)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,12 @@ def file_fingerprint(path: Path) -> str:
             handle.seek(max(_EDGE, size - _EDGE))
             digest.update(handle.read(_EDGE))
     return digest.hexdigest()[:16]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (manifests, training.json's dataset hash, the doctor's model check)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,25 +12,17 @@ Paths are relative to the manifest's folder, so an export folder can be moved as
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.fingerprint import sha256_file
+
 from .errors import ChecksumMismatch, ExportError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

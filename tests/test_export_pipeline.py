@@ -20,7 +20,8 @@ from appliance.engine.onnx import OnnxEngine
 from appliance.engine.types import SamplingParams
 from appliance.students import resolve_student
 from export.errors import ChecksumMismatch, ExportError
-from export.manifest import read_manifest, sha256_file
+from appliance.fingerprint import sha256_file
+from export.manifest import read_manifest
 from export.pipeline import ExportOptions, make_plan, run_export
 from export.verify import Gate
 from tests.tiny_student import LESSONS

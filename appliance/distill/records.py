@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from ..distill_log import read_records
 from . import DistillError
+from ..fingerprint import sha256_file
 
 # Files `athanor harvest --out DIR` writes.
 RAW_FILE = "raw.jsonl"
@@ -124,10 +125,5 @@ def write_dataset(path: Path, records: Iterable[Record | dict[str, Any]]) -> int
     return count
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (recorded in training.json so a run names its data)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# The dataset's sha256, recorded in training.json so a run names its data.
+file_sha256 = sha256_file
