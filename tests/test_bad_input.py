@@ -318,9 +318,7 @@ BAD_INPUTS: list[Bad] = [
         words="outside the vocabulary"),
     # --- fields not acted on: a 400 naming them, never silently ignored --------------------------
     Bad("unknown-field", ask(foo={"bar": [1, 2]}), 400, "foo", "unknown_parameter", words="supported: model"),
-    Bad("tools", ask(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools",
-        "unsupported_parameter"),
-    Bad("tool-choice", ask(tool_choice="none"), 400, "tool_choice", "unsupported_parameter"),
+    Bad("tool-choice-without-tools", ask(tool_choice="required"), 400, None, "invalid_value", words="needs tools"),
     Bad("functions", ask(functions=[{"name": "f"}]), 400, "functions", "unsupported_parameter"),
     Bad("response-format-schema-without-type", ask(response_format={"type": "text", "json_schema": {"name": "x"}}),
         400, "response_format", "invalid_value", words='goes with type "json_schema"'),

@@ -339,3 +339,37 @@ def test_text_completions_continue_the_prompt_as_it_is(oai, raw):
                            ({"prompt": "a", "best_of": 3}, "best_of"), ({"prompt": "a", "logprobs": 9}, "logprobs")):
         response = raw.post("/v1/completions", json=payload)
         assert response.status_code == 400 and response.json()["error"]["param"] == param, (payload, response.text)
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"],
+                   "additionalProperties": False}}}
+
+
+def test_tools_through_the_official_client_required_named_streamed_and_the_result_sent_back(oai):
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    required = oai.chat.completions.create(model="smollm2-135m-instruct", messages=ask, max_tokens=30,
+                                           temperature=0, tools=[WEATHER_TOOL], tool_choice="required")
+    choice = required.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    assert set(json.loads(call.function.arguments)) == {"city"}  # held to the function's schema
+    named = oai.chat.completions.create(model="smollm2-135m-instruct", messages=ask, max_tokens=30, temperature=0,
+                                        tools=[WEATHER_TOOL], tool_choice={"type": "function",
+                                                                           "function": {"name": "get_weather"}})
+    assert named.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+    chunks = list(oai.chat.completions.create(model="smollm2-135m-instruct", messages=ask, max_tokens=30,
+                                              temperature=0, tools=[WEATHER_TOOL], tool_choice="required",
+                                              stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert len(deltas) == 1 and deltas[0].tool_calls[0].function.arguments == call.function.arguments
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # The client runs the tool and sends the result back; the model answers from it (in words or another call).
+    after = oai.chat.completions.create(model="smollm2-135m-instruct", max_tokens=30, temperature=0,
+                                        tools=[WEATHER_TOOL], messages=[
+                                            *ask, choice.message.model_dump(exclude_none=True),
+                                            {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}])
+    answered = after.choices[0]
+    assert answered.message.content or answered.message.tool_calls

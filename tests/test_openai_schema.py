@@ -145,10 +145,8 @@ def test_an_unknown_field_is_a_400_naming_it_and_what_is_supported(field):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("tools", [{"type": "function", "function": {"name": "f"}}], "tool calling"),
-    ("tool_choice", "auto", "tool calling"),
-    ("functions", [{"name": "f"}], "function calling"),
-    ("function_call", "auto", "function calling"),
+    ("functions", [{"name": "f"}], "send tools and tool_choice"),
+    ("function_call", "auto", "send tools and tool_choice"),
     ("audio", {"voice": "alloy", "format": "mp3"}, "text only"),
     ("prediction", {"type": "content", "content": "x"}, "predicted outputs"),
     ("web_search_options", {"search_context_size": "low"}, "web search"),
@@ -197,9 +195,6 @@ def test_a_null_or_empty_unsupported_field_carries_nothing_and_is_accepted():
 
 @pytest.mark.parametrize("field, value, code, words", [
     ("name", "alice", "unsupported_parameter", "participant name"),
-    ("tool_calls", [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
-     "unsupported_parameter", "tool calling"),
-    ("tool_call_id", "1", "unsupported_parameter", "tool calling"),
     ("refusal", "I cannot", "unsupported_parameter", "put the text in content"),
     ("weight", 1, "unknown_parameter", "takes role and content"),
 ])
@@ -278,3 +273,60 @@ def test_response_format_becomes_the_engines_json_constraint():
     assert held.params.json_format.name == "sentiment"
     assert json.loads(held.params.json_format.schema) == schema
     assert 'positive' in held.params.json_format.grammar() and 'label-kv' in held.params.json_format.grammar()
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tools_are_offered_in_a_system_turn_and_a_required_call_is_held_by_its_schema():
+    from appliance.server.api import to_chat_request
+
+    offered = parse_chat_request(body(messages=[{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER]))
+    assert offered.tool_mode == "auto" and offered.output_format() is None
+    chat = offered.chat()
+    assert [m["role"] for m in chat] == ["system", "user"]  # folded into the one system turn
+    assert chat[0]["content"].startswith("Be brief.\n\nYou can call these functions:") and "get_weather" in chat[0]["content"]
+    request = to_chat_request(offered, 16)
+    assert not request.cache_read and not request.cache_write  # a call acts on the world as it is now
+    required = parse_chat_request(body(tools=[WEATHER, TIME], tool_choice="required"))
+    schema = json.loads(required.output_format().schema)
+    assert [o["properties"]["name"]["const"] for o in schema["anyOf"]] == ["get_weather", "get_time"]
+    named = parse_chat_request(body(tools=[WEATHER, TIME], tool_choice={"type": "function",
+                                                                        "function": {"name": "get_time"}}))
+    assert json.loads(named.output_format().schema)["properties"]["name"]["const"] == "get_time"
+    assert "Call the function get_time now." in named.chat()[0]["content"]
+    assert parse_chat_request(body(tools=[WEATHER], tool_choice="none")).chat() == [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"tool_choice": "required"}, "needs tools"),
+    ({"tools": [WEATHER, WEATHER]}, "same name"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not among the tools"),
+    ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "cannot both hold"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "pattern"),
+])
+def test_tool_requests_that_cannot_be_honoured_are_400(extra, words):
+    with pytest.raises(ApiError) as raised:
+        parse_chat_request(body(**extra))
+    assert words in raised.value.message
+
+
+def test_a_call_parses_only_as_a_call_of_an_offered_function_and_history_calls_round_trip():
+    from appliance.server.tools import FunctionSpec, parse_call
+
+    functions = [FunctionSpec("get_weather", None, None)]
+    call = parse_call('{"name": "get_weather", "arguments": {"city": "奥斯陆"}}', functions)
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "奥斯陆"}
+    assert call.id.startswith("call_")
+    assert parse_call('```json\n{"name": "get_weather", "arguments": {}}\n```', functions) is not None
+    for words in ("It is sunny.", '{"name": "other", "arguments": {}}', '{"name": "get_weather"}', "[1, 2]"):
+        assert parse_call(words, functions) is None
+    history = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "12 C, rain"}
+    request = parse_chat_request(json.dumps({"messages": [*USER, history, result], "tools": [WEATHER]}).encode())
+    assert request.chat()[2] == {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'}
+    assert request.chat()[3] == {"role": "tool", "content": "12 C, rain"}

@@ -19,6 +19,7 @@ from ..teacher import teacher_status
 from .access_log import note_route
 from .completions_schema import DEFAULT_MAX_TOKENS, parse_completion_request, text_chunk, text_completion_body
 from .errors import ApiError
+from .tools import FunctionSpec, parse_call
 from .http import HttpRequest, HttpResponse, json_response
 from .metrics import LiveFigures, Metrics, StudentLive
 from .openai_schema import ChatCompletionRequest, ChunkWriter, completion_body, parse_chat_request, sse
@@ -65,10 +66,12 @@ def to_chat_request(body: ChatCompletionRequest, default_max_tokens: int, namesp
         frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty,
         logit_bias=body.biases,
-        json_format=body.response_format.json_format() if body.response_format else None,
+        json_format=body.output_format(),
     )
+    # A tool call is an action on the world as it is now (the weather, a calendar): never from the cache.
+    tools = body.tool_mode != "none"
     return ChatRequest(messages=body.chat(), params=params, model=body.model, max_tokens_given=limit is not None,
-                       namespace=namespace, cache_read=cache_read, cache_write=cache_write)
+                       namespace=namespace, cache_read=cache_read and not tools, cache_write=cache_write and not tools)
 
 
 class Api:
@@ -192,7 +195,7 @@ class Api:
                 200,
                 headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
                 stream=self._stream(run.events(), completion_id, run.student.name, body.logprobs, include_usage,
-                                    time.monotonic()),
+                                    time.monotonic(), body.functions() if body.tool_mode != "none" else None),
             )
         answer = None
         async for event in run.events():
@@ -201,9 +204,10 @@ class Api:
         assert answer is not None
         self._record(answer)
         completion = answer.completion
+        call = parse_call(completion.text, body.functions()) if body.tool_mode != "none" else None
         return json_response(200, completion_body(
             completion_id, answer.model, completion.text, completion.finish_reason, completion.prompt_tokens,
-            completion.completion_tokens, completion.tokens, body.logprobs, answer.provenance(),
+            completion.completion_tokens, completion.tokens, body.logprobs, answer.provenance(), tool_call=call,
         ))
 
     async def _admit(self, chat: ChatRequest, stream: bool) -> Run:
@@ -297,15 +301,33 @@ class Api:
 
     async def _stream(
         self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool,
-        started: float,
+        started: float, functions: list[FunctionSpec] | None = None,
     ) -> AsyncIterator[bytes]:
+        """SSE chunks as the answer comes. With tools offered the text is held to its end: only then is it
+        known to be a call (sent as one tool_calls delta) or words (sent as one content delta)."""
         chunks = None
         first = True
+        held: list[str] = []
         try:
             async for event in events:
                 if chunks is None:  # the route is known with the first event
                     chunks = ChunkWriter(completion_id, model, {"route": event.route})
                     yield chunks.role()
+                if isinstance(event, Delta) and functions is not None:
+                    held.append(event.text)
+                    continue
+                if isinstance(event, Answer) and functions is not None:
+                    call = parse_call("".join(held), functions)
+                    if call is not None:
+                        yield chunks.tool_call(call)
+                        self._record(event)
+                        yield chunks.finish("tool_calls", event.provenance())
+                        if include_usage:
+                            yield chunks.usage(event.completion.prompt_tokens, event.completion.completion_tokens,
+                                               event.provenance())
+                        continue
+                    if held:
+                        yield chunks.content("".join(held))
                 if isinstance(event, Delta):
                     if event.text or (logprobs and event.tokens):
                         if first:

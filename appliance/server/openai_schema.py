@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..engine.types import JsonFormat, TokenEvent
+from .tools import FunctionSpec, ToolCall, call_format, instructions, render_history_call
 from .errors import ApiError
 
 MAX_JSON_DEPTH = 32
@@ -26,16 +27,60 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCallWire(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallWire(_Strict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallWire
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallWire] | None = None
+    """An earlier assistant turn's calls (the client echoes them back in the history)."""
+    tool_call_id: str | None = None
+    """A tool message: which call it answers."""
 
     def text(self) -> str:
+        if self.tool_calls:
+            # The model sees its own earlier calls as the JSON it wrote for them.
+            return "\n".join(filter(None, (self._content(), render_history_call(
+                [c.model_dump() for c in self.tool_calls]))))
+        return self._content()
+
+    def _content(self) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    """Accepted: a required call is held to `parameters` by the grammar whatever this says."""
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -101,6 +146,8 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     # Accepted without effect on the answer (see HARMLESS).
     user: str | None = None
     safety_identifier: str | None = None
@@ -124,7 +171,45 @@ class ChatCompletionRequest(_Strict):
             raise ValueError("stop takes at most 4 sequences")
         if not any(m.role in ("user", "system", "developer") for m in self.messages):
             raise ValueError("messages need at least one user, system or developer message")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two functions have the same name")
+        if self.tool_choice not in (None, "none") and not names:
+            raise ValueError("tool_choice needs tools to choose from")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not among the tools")
+        if self.tool_mode != "none" and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("tools and a JSON response_format cannot both hold the answer; ask for one")
+        for function in (t.function for t in self.tools or []):
+            if function.parameters is not None:
+                try:
+                    JsonFormat(json.dumps(function.parameters, sort_keys=True)).grammar()
+                except Exception as exc:  # the converter raises plain exceptions for what it cannot express
+                    raise ValueError(f"tools: the parameters of {function.name!r} cannot be turned into a grammar "
+                                     f"({type(exc).__name__}: {exc})") from None
         return self
+
+    @property
+    def tool_mode(self) -> str:
+        """none (no tools offered), auto, required, or the name of the one function to call."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "function:" + self.tool_choice.function.name
+        return self.tool_choice or "auto"
+
+    def functions(self) -> list[FunctionSpec]:
+        return [FunctionSpec(t.function.name, t.function.description, t.function.parameters)
+                for t in self.tools or []]
+
+    def output_format(self) -> JsonFormat | None:
+        """What holds the answer: a required call's schema, the response format's, or nothing."""
+        mode = self.tool_mode
+        if mode == "required":
+            return call_format(self.functions())
+        if mode.startswith("function:"):
+            return call_format(self.functions(), mode.removeprefix("function:"))
+        return self.response_format.json_format() if self.response_format else None
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -143,8 +228,16 @@ class ChatCompletionRequest(_Strict):
         return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     def chat(self) -> list[dict[str, str]]:
-        """Messages as the chat template wants them."""
-        return [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in self.messages]
+        """Messages as the chat template wants them, after a system message offering the tools, if any."""
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in self.messages]
+        mode = self.tool_mode
+        if mode == "none":
+            return messages
+        required = None if mode == "auto" else "" if mode == "required" else mode.removeprefix("function:")
+        offer = {"role": "system", "content": instructions(self.functions(), required)}
+        if messages[0]["role"] == "system":  # one system turn: templates often keep only the first
+            return [{"role": "system", "content": messages[0]["content"] + "\n\n" + offer["content"]}, *messages[1:]]
+        return [offer, *messages]
 
 
 _TOKEN_ID = re.compile(r"(0|[1-9][0-9]{0,8})")  # below 2**31: a llama_token
@@ -159,7 +252,7 @@ _TOKEN_ID = re.compile(r"(0|[1-9][0-9]{0,8})")  # below 2**31: a llama_token
 IMPLEMENTED = (
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
     "stream", "stream_options", "logprobs", "top_logprobs", "n", "frequency_penalty", "presence_penalty",
-    "logit_bias", "response_format",
+    "logit_bias", "response_format", "tools", "tool_choice",
 )
 # HARMLESS: accepted, validated for type, and not acted on, because acting on them would not change
 # the answer. Each with why:
@@ -172,7 +265,7 @@ HARMLESS = {
              "completion (its semantic cache is not OpenAI's stored-completions API)",
     "prompt_cache_key": "a routing hint for OpenAI's prompt cache; Athanor reuses shared prompt prefixes "
                         "by itself, and the answer is the same with or without it",
-    "parallel_tool_calls": "governs tool calls only; tools are refused, so there is nothing for it to govern",
+    "parallel_tool_calls": "an answer makes at most one call, which both true and false allow",
     "service_tier": '"auto" or "default": the one tier there is; any other tier is refused',
     "modalities": '["text"]: the one output there is; anything else (audio) is refused',
 }
@@ -183,23 +276,19 @@ HARMLESS = {
 #
 # UNSUPPORTED: known, refused, with what to do instead.
 UNSUPPORTED = {
-    "tools": "this daemon has no tool calling",
-    "tool_choice": "this daemon has no tool calling",
-    "functions": "this daemon has no function calling",
-    "function_call": "this daemon has no function calling",
+    "functions": "the deprecated form of tools: send tools and tool_choice",
+    "function_call": "the deprecated form of tool_choice: send tools and tool_choice",
     "audio": "this daemon answers in text only",
     "prediction": "predicted outputs are not implemented",
     "web_search_options": "the student answers offline, without web search",
     "reasoning_effort": "the student is not a reasoning model",
     "verbosity": "ask for a short or long answer in the prompt, or set max_tokens",
 }
-_MESSAGE_FIELDS = ("role", "content")
+_MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id")
 _MESSAGE_UNSUPPORTED = {
     "name": "the student's chat template has no place for a participant name, so it could not reach the "
             'model; write it into the content instead ("Alice: ...")',
-    "tool_calls": "this daemon has no tool calling",
-    "tool_call_id": "this daemon has no tool calling",
-    "function_call": "this daemon has no function calling",
+    "function_call": "the deprecated form of tool_calls: send tool_calls",
     "audio": "this daemon reads and writes text only",
     "refusal": "put the text in content",
     "annotations": "annotations are OpenAI's own output",
@@ -265,7 +354,8 @@ def _clean_message(message: dict[str, Any], index: int) -> dict[str, Any]:
                 continue
             raise _refused(param, f"not supported ({_MESSAGE_UNSUPPORTED[key]})", "unsupported_parameter")
         if key not in _MESSAGE_FIELDS:
-            raise _refused(param, "unknown message field; a message takes role and content", "unknown_parameter")
+            raise _refused(param, "unknown message field; a message takes role and content (and tool_calls or "
+                                  "tool_call_id)", "unknown_parameter")
         cleaned[key] = value
     return cleaned
 
@@ -431,8 +521,14 @@ def completion_body(
     with_logprobs: bool,
     extra: dict[str, Any],
     created: int | None = None,
+    tool_call: ToolCall | None = None,
 ) -> dict[str, Any]:
-    """A `chat.completion` object with Athanor's provenance fields (`route`, ...) beside the standard ones."""
+    """A `chat.completion` object with Athanor's provenance fields (`route`, ...) beside the standard ones;
+    with `tool_call`, the answer is that call (content null, finish_reason tool_calls)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_call is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": [tool_call.as_dict()]}
+        finish_reason = "tool_calls"
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -441,7 +537,7 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": {"content": [token_logprob(t) for t in tokens]} if with_logprobs else None,
                 "finish_reason": finish_reason,
             }
@@ -508,6 +604,10 @@ class ChunkWriter:
             return sse(chunk_body(self.completion_id, self.model, self.created, {"content": text}, tokens=tokens,
                                   extra=self.extra))
         return self._before + json.dumps(text, ensure_ascii=False).encode() + self._after
+
+    def tool_call(self, call: ToolCall) -> bytes:
+        return sse(chunk_body(self.completion_id, self.model, self.created, {"tool_calls": [call.as_dict(0)]},
+                              extra=self.extra))
 
     def role(self) -> bytes:
         return sse(chunk_body(self.completion_id, self.model, self.created, {"role": "assistant", "content": ""},
