@@ -79,10 +79,14 @@ class UseEmbedder:
         self._lock = threading.Lock()
 
     def _blas_limit(self) -> Any:
-        # numpy's BLAS would otherwise take every core away from the student's decode threads.
-        from threadpoolctl import threadpool_limits
+        # numpy's BLAS would otherwise take every core away from the student's decode threads. The
+        # controller is made once: threadpool_limits() finds the BLAS libraries again on every call by
+        # reading /proc/self/maps, a quarter of a short question's embedding time.
+        if self._limits is None:
+            from threadpoolctl import ThreadpoolController
 
-        return threadpool_limits(limits=self._threads)
+            self._limits = ThreadpoolController()
+        return self._limits.limit(limits=self._threads)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
