@@ -72,26 +72,18 @@ class UseEmbedder:
         except ImportError:
             raise ConfigError(_SETTING, "the embedded multilingual sentence encoder is not installed", _FIX) from None
         self._model = USE(threads=max(1, threads))
-        self._threads = max(1, threads)
-        self._limits: Any = None
         self.dim = 512
         self.name = DEFAULT_EMBEDDER
         self._lock = threading.Lock()
 
-    def _blas_limit(self) -> Any:
-        # numpy's BLAS would otherwise take every core away from the student's decode threads. The
-        # controller is made once: threadpool_limits() finds the BLAS libraries again on every call by
-        # reading /proc/self/maps, a quarter of a short question's embedding time.
-        if self._limits is None:
-            from threadpoolctl import ThreadpoolController
-
-            self._limits = ThreadpoolController()
-        return self._limits.limit(limits=self._threads)
-
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock, self._blas_limit():
+        # USE(threads=) holds numpy's BLAS to that many threads around each encode itself (with a
+        # controller made once), so it cannot take the cores of the student's decode threads. A
+        # threadpool_limits() here as well cost a quarter of a short question's time: it finds the
+        # BLAS libraries again on every call by reading /proc/self/maps.
+        with self._lock:
             return _unit_rows(self._model.encode(list(texts)))
 
     def unknown_share(self, text: str) -> float:
