@@ -237,8 +237,9 @@ class DistillConfig(_Section):
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     """Share of the training records held back for validation loss (early stopping, and the adapter kept
     is the one with the lowest); 0 turns it off. Datasets under 40 records train on everything."""
-    patience: int = Field(default=3, ge=0)
-    """Validations (four an epoch) without a new lowest loss before training stops; 0: never early."""
+    patience: int = Field(default=8, ge=0)
+    """Validations (four an epoch) without a new lowest loss before training stops; 0: never early. Two
+    epochs by default: a student often plateaus once it has the answer's form, before it learns the content."""
     balance_max: int = Field(default=4, ge=1)
     """Label categories train balanced: rarer labels repeated, each record at most this many times (1: off)."""
     lora_layers: int | None = Field(default=None, ge=1)

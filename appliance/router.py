@@ -387,6 +387,8 @@ class StudentRun(Run):
             # The first tokens were trusted and the answer has gone out; as a whole it does not convince
             # the router: it is served as it is, flagged, and not cached.
             reason = "the student's answer streamed once its first tokens looked sure; as a whole it is unsure"
+        elif unsure and self.request.raw_prompt is not None:
+            reason = "student unsure; text completions are the student's alone, so the teacher was not asked"
         elif unsure and self.teacher_failed:
             reason = self.teacher_failed
         elif unsure and routing.teacher is not None and self.params.logit_bias:

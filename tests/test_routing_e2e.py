@@ -270,3 +270,17 @@ def test_a_question_the_student_will_fail_goes_to_the_teacher_before_any_decode(
                 assert c.get("/v1/stats").json()["students"][0]["batching"]["steps"] == 0  # no student decode
         finally:
             stop_daemon(process)
+
+
+def test_text_completions_are_the_students_alone_even_when_unsure(hybrid, gemini):
+    """/v1/completions continues raw text: a chat teacher is never asked, and the answer says why it is unsure."""
+    _, path, _ = hybrid
+    before = len(gemini.requests)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://athanor", timeout=120) as c:
+        response = c.post("/v1/completions", json={"prompt": "The capital of France is", "max_tokens": 6,
+                                                   "temperature": 0})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["route"] == "student" and answer["degraded"] is True
+    assert "text completions are the student's alone" in answer["degraded_reason"]
+    assert len(gemini.requests) == before

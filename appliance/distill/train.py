@@ -71,7 +71,7 @@ class TrainSettings:
     lowest, and training stops when it has not improved for `patience` validations. 0: no validation."""
     eval_every: int = 0
     """Optimizer steps between validations (0: four times an epoch)."""
-    patience: int = 3
+    patience: int = 8
     """Validations without a new lowest loss before training stops early (0: never stop early)."""
     balance_max: int = 4
     """In a label category (answers from a few short labels), rarer labels are repeated up to this many

@@ -108,9 +108,9 @@ class Api:
         students = []
         for student in self.router.students.values():
             b = student.scheduler.stats()
-            students.append(StudentLive(student.name, int(b["running"] or 0), int(b["waiting"] or 0),
-                                        b["mean_batch"], _int_or_none(b["prompt_tokens_reused"]),
-                                        _int_or_none(b["prompt_tokens_computed"])))
+            students.append(StudentLive(student.name, int(b.get("running") or 0), int(b.get("waiting") or 0),
+                                        b.get("mean_batch"), _int_or_none(b.get("prompt_tokens_reused")),
+                                        _int_or_none(b.get("prompt_tokens_computed"))))
         cache = self.router.routing.cache
         return LiveFigures(students, cache.stats() if cache is not None else None)
 

@@ -76,7 +76,8 @@ class _LiveCollector(Collector):
 
 class Metrics:
     def __init__(self, read_live: Callable[[], LiveFigures]) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # No auto_describe: it would collect (read the live daemon) at registration, before it is running.
+        self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter("athanor:http_requests", "HTTP requests answered, by status.", ["status"],
                                      registry=r)
