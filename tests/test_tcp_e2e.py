@@ -66,3 +66,33 @@ def test_without_a_key_nothing_is_served_and_admin_is_never_reachable(tcp):
                                                                     "access-control-request-method": "POST"})
         assert preflight.status_code == 204
         assert preflight.headers["access-control-allow-origin"] == "http://webui.local:3000"
+
+
+def test_the_sdk_checks_of_the_socket_hold_over_tcp(tcp):
+    """JSON mode, a schema, tools, text completions, embeddings and a seed, as an Open WebUI-style client
+    configured with nothing but a base URL and a key would use them."""
+    import json
+
+    base, key = tcp
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+    model = "smollm2-135m-instruct"
+    schema = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]}},
+              "required": ["sentiment"], "additionalProperties": False}
+    held = client.chat.completions.create(
+        model=model, max_tokens=24, temperature=0, messages=[{"role": "user", "content": "Review: lovely stay."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}})
+    assert json.loads(held.choices[0].message.content)["sentiment"] in ("positive", "negative")
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}}, "required": ["zone"]}}}
+    called = client.chat.completions.create(model=model, max_tokens=30, temperature=0, tools=[tool],
+                                            tool_choice="required",
+                                            messages=[{"role": "user", "content": "What time is it in Tokyo?"}])
+    assert called.choices[0].message.tool_calls[0].function.name == "get_time"
+    text = client.completions.create(model=model, prompt="One, two, three,", max_tokens=4, temperature=0)
+    assert text.choices[0].text and text.object == "text_completion"
+    vectors = client.embeddings.create(model="use-multilingual-v3", input=["你好", "hello"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 512
+    seeded = {client.chat.completions.create(model=model, max_tokens=12, temperature=1.0, seed=5,
+                                             messages=[{"role": "user", "content": "Name a fruit, TCP seed test."}]
+                                             ).choices[0].message.content for _ in range(2)}
+    assert len(seeded) == 1
