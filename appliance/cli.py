@@ -48,6 +48,61 @@ _socket_option = click.option("--socket", type=click.Path(path_type=Path), defau
                               help="Daemon socket (default: [server].socket).")
 
 
+def _stream_answer(client: AthanorClient, messages: list[dict[str, str]], params: dict) -> tuple[str, dict]:
+    """Print an answer as it streams; (its text, its usage and route)."""
+    parts, info = [], {}
+    for chunk in client.stream_chat(messages, **params, stream_options={"include_usage": True}):
+        info["route"] = chunk.get("route", info.get("route"))
+        if chunk.get("usage"):
+            info.update(chunk["usage"])
+        for choice in chunk.get("choices", []):
+            text = choice.get("delta", {}).get("content") or ""
+            parts.append(text)
+            click.echo(text, nl=False)
+    click.echo()
+    return "".join(parts), info
+
+
+@main.command()
+@_socket_option
+@click.option("--system", "system_prompt", default=None, help="System message.")
+@click.option("-m", "--model", default=None, help="Student to ask (default: the daemon's default).")
+@click.option("--max-tokens", type=int, default=None)
+@click.option("--temperature", type=float, default=None)
+@click.option("--usage", "show_usage", is_flag=True, help="After each answer: its route and tokens (stderr).")
+@click.pass_context
+def chat(ctx: click.Context, socket: Path | None, system_prompt: str | None, model: str | None,
+         max_tokens: int | None, temperature: float | None, show_usage: bool) -> None:
+    """Talk with the daemon; the conversation is kept (`/reset` forgets it; `/exit`, Ctrl-D or an empty line at
+    the start ends it)."""
+    config = _config(ctx, socket)
+    start = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages = list(start)
+    params = {k: v for k, v in {"model": model, "max_tokens": max_tokens, "temperature": temperature}.items()
+              if v is not None}
+    with AthanorClient(config.server.socket) as client:
+        while True:
+            try:
+                line = click.prompt(">", prompt_suffix=" ", default="", show_default=False)
+            except (EOFError, click.Abort):
+                break
+            line = line.strip()
+            if line in ("/exit", "/quit") or (not line and not messages[len(start):]):
+                break
+            if not line:
+                continue
+            if line == "/reset":
+                messages = list(start)
+                click.echo("(conversation forgotten)", err=True)
+                continue
+            messages.append({"role": "user", "content": line})
+            answer, info = _stream_answer(client, messages, params)
+            messages.append({"role": "assistant", "content": answer})
+            if show_usage:
+                click.echo(f"[{info.get('route')}, {info.get('prompt_tokens')} prompt tokens, "
+                           f"{info.get('completion_tokens')} answer tokens]", err=True)
+
+
 @main.command()
 @_socket_option
 @click.option("--student", "student_path", type=click.Path(path_type=Path), default=None,
@@ -102,6 +157,11 @@ def ask(ctx: click.Context, question: str | None, socket: Path | None, system_pr
         if not question.strip():
             raise click.UsageError("no question: give one as an argument or on standard input")
         question = question.strip()
+    elif not sys.stdin.isatty():
+        # `cat notes.txt | athanor ask "summarise"`: the piped text, then the question (as `llm` does).
+        piped = sys.stdin.read().strip()
+        if piped:
+            question = f"{piped}\n\n{question}"
     config = _config(ctx, socket)
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": question}

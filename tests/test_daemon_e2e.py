@@ -373,3 +373,26 @@ def test_tools_through_the_official_client_required_named_streamed_and_the_resul
                                             {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}])
     answered = after.choices[0]
     assert answered.message.content or answered.message.tool_calls
+
+
+def test_chat_keeps_the_conversation_and_ask_takes_piped_text(daemon):
+    import re
+
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    runner = CliRunner()
+    talk = runner.invoke(main, ["chat", "--socket", str(daemon), "--max-tokens", "6", "--temperature", "0", "--usage"],
+                         input="My name is Zed.\nWhat is my name?\n/reset\nWhat is my name?\n/exit\n")
+    assert talk.exit_code == 0, talk.output
+    prompts = [int(n) for n in re.findall(r"\[\w+, (\d+) prompt tokens", talk.output)]
+    assert len(prompts) == 3
+    assert prompts[1] > prompts[0] + 5  # the second turn carries the first question and answer
+    assert prompts[2] < prompts[1]  # /reset forgot them
+    piped = runner.invoke(main, ["ask", "--socket", str(daemon), "--max-tokens", "4", "--temperature", "0", "--json",
+                                 "Summarise the text above in one word."], input="Paris is the capital of France.")
+    assert piped.exit_code == 0, piped.output
+    alone = runner.invoke(main, ["ask", "--socket", str(daemon), "--max-tokens", "4", "--temperature", "0", "--json",
+                                 "Summarise the text above in one word."], input="")
+    assert json.loads(piped.output)["usage"]["prompt_tokens"] > json.loads(alone.output)["usage"]["prompt_tokens"] + 5
