@@ -102,10 +102,14 @@ def test_ask_reads_the_question_from_standard_input(daemon, args):
     assert daemon.chats[-1]["max_tokens"] == 4
 
 
-def test_ask_still_takes_the_question_as_an_argument(daemon):
-    result = CliRunner().invoke(main, ["ask", "hi there", "--no-stream"], input="not this")
+def test_ask_takes_the_question_as_an_argument_after_any_piped_text(daemon):
+    result = CliRunner().invoke(main, ["ask", "hi there", "--no-stream"])
     assert result.exit_code == 0, result.output
     assert result.stdout == "ok\n" and daemon.chats[-1]["messages"][-1]["content"] == "hi there"
+    # `cat notes.txt | athanor ask "summarise"`: the piped text, then the question.
+    piped = CliRunner().invoke(main, ["ask", "summarise", "--no-stream"], input="the notes\n")
+    assert piped.exit_code == 0, piped.output
+    assert daemon.chats[-1]["messages"][-1]["content"] == "the notes\n\nsummarise"
 
 
 def test_ask_with_nothing_on_standard_input_is_a_usage_error(daemon):
