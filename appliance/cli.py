@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import select
 import sys
 from pathlib import Path
 
@@ -46,6 +48,19 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 
 _socket_option = click.option("--socket", type=click.Path(path_type=Path), default=None,
                               help="Daemon socket (default: [server].socket).")
+
+
+def _piped_text(wait_s: float = 0.2) -> str:
+    """Text piped or redirected into standard input, or "" for a terminal. A pipe that stays open with
+    nothing in it (a CI runner's, a service's) is not waited on past `wait_s`."""
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        return ""
+    try:
+        ready, _, _ = select.select([stdin], [], [], wait_s)
+    except (ValueError, OSError, io.UnsupportedOperation):  # no file descriptor (a test runner's stream)
+        return stdin.read()
+    return stdin.read() if ready else ""
 
 
 def _stream_answer(client: AthanorClient, messages: list[dict[str, str]], params: dict) -> tuple[str, dict]:
@@ -157,9 +172,9 @@ def ask(ctx: click.Context, question: str | None, socket: Path | None, system_pr
         if not question.strip():
             raise click.UsageError("no question: give one as an argument or on standard input")
         question = question.strip()
-    elif not sys.stdin.isatty():
+    else:
         # `cat notes.txt | athanor ask "summarise"`: the piped text, then the question (as `llm` does).
-        piped = sys.stdin.read().strip()
+        piped = _piped_text().strip()
         if piped:
             question = f"{piped}\n\n{question}"
     config = _config(ctx, socket)
