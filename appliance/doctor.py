@@ -284,13 +284,14 @@ def check_retrain(provider: str, plan_text: str, retrains: bool, usable: int, in
 def retrain_outlook(config: AthanorConfig) -> Check:
     """`check_retrain` from the log and the retrain state on this machine (no model is loaded: the
     regression half of the decision is left to the timer)."""
+    from .distill.records import read_dataset
     from .distill.retrain import build_dataset
     from .distill.retrain_plan import DRAWN_HELDOUT, MIN_RECORDS, RetrainInputs, plan_retrain, read_state
 
     folder = paths.retrain_dir()
     usable, _ = build_dataset(paths.state_dir() / "distill.jsonl", [], [], None, config.distill.language, None)
     drawn = folder / DRAWN_HELDOUT
-    held = sum(1 for line in drawn.open() if line.strip()) if drawn.is_file() else 0
+    held = len(read_dataset(drawn)) if drawn.is_file() else 0
     state = read_state(folder)
     plan = plan_retrain(RetrainInputs(
         usable=len(usable), seen_at_last=state.seen, retrain_after=config.distill.retrain_after,

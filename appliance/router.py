@@ -20,7 +20,7 @@ from .engine.llama import LlamaEngine
 from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
 from .engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
-from .distill.pending import pending_entry
+from .distill.pending import pending_entry, teacher_entry
 from .distill_log import DistillLog
 from .ledger import AnswerLedger
 from .errors import AthanorError
@@ -453,20 +453,7 @@ class StudentRun(Run):
             await chunks.aclose()
         if answer is None:
             raise TeacherError("the teacher's stream ended without its final usage; the student's answer stands")
-        if routing.distill_log is not None:
-            record = {
-                "messages": self.request.messages,
-                "teacher": {"model": answer.model, "text": answer.text, "input_tokens": answer.input_tokens,
-                            "output_tokens": answer.output_tokens, "cost_usd": answer.cost_usd},
-                "student": {"model": self.student.name, "version": self.student.version,
-                            "text": student_answer.text, "confidence": sure.as_dict()},
-            }
-            try:
-                await asyncio.to_thread(routing.distill_log.append, record)
-                routing.storage.wrote("distill_log")
-            except OSError as exc:  # disk full: the client still gets the answer it paid for
-                log.error("could not write the distillation log: %s", exc)
-                routing.storage.failed("distill_log", exc)
+        await self._log(teacher_entry(self.request.messages, answer, self._student_record(student_answer, sure)))
         await self._remember(answer.text, answer.output_tokens, "teacher", sure)
         yield Answer(
             model=self.student.name,
@@ -480,15 +467,21 @@ class StudentRun(Run):
 
     async def _keep_pending(self, completion: Completion, sure: Confidence, reason: str | None) -> None:
         """Log an unsure answer served without the teacher's as pending: `harvest --from-log` labels it later."""
+        await self._log(pending_entry(self.request.messages, reason, self._student_record(completion, sure)))
+
+    def _student_record(self, completion: Completion, sure: Confidence) -> dict[str, Any]:
+        return {"model": self.student.name, "version": self.student.version, "text": completion.text,
+                "confidence": sure.as_dict()}
+
+    async def _log(self, record: dict[str, Any]) -> None:
+        """Append to the distillation log, if there is one; a failed write is reported to the storage health."""
         routing = self.router.routing
         if routing.distill_log is None:
             return
-        student = {"model": self.student.name, "version": self.student.version, "text": completion.text,
-                   "confidence": sure.as_dict()}
         try:
-            await asyncio.to_thread(routing.distill_log.append, pending_entry(self.request.messages, reason, student))
+            await asyncio.to_thread(routing.distill_log.append, record)
             routing.storage.wrote("distill_log")
-        except OSError as exc:  # the client still gets its answer
+        except OSError as exc:  # disk full: the client still gets its answer
             log.error("could not write the distillation log: %s", exc)
             routing.storage.failed("distill_log", exc)
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from ..teacher.base import BudgetExceeded, Teacher, TeacherError, TeacherParams
+from ..teacher.base import BudgetExceeded, Teacher, TeacherAnswer, TeacherError, TeacherParams
 
 
 def question_key(messages: Any) -> str | None:
@@ -24,6 +24,15 @@ def question_key(messages: Any) -> str | None:
 def pending_entry(messages: list[dict[str, Any]], reason: str | None, student: dict[str, Any]) -> dict[str, Any]:
     """The log line for an unsure answer served without a teacher's."""
     return {"messages": messages, "pending": {"reason": reason or "student unsure"}, "student": student}
+
+
+def teacher_entry(messages: list[dict[str, Any]], answer: TeacherAnswer, student: dict[str, Any] | None,
+                  **extra: Any) -> dict[str, Any]:
+    """The log line for a teacher's answer (what `retrain` learns from)."""
+    return {"messages": messages,
+            "teacher": {"model": answer.model, "text": answer.text, "input_tokens": answer.input_tokens,
+                        "output_tokens": answer.output_tokens, "cost_usd": answer.cost_usd},
+            "student": student, **extra}
 
 
 def answered(entry: dict[str, Any]) -> bool:
@@ -71,10 +80,7 @@ async def label_pending(entries: list[dict[str, Any]], teacher: Teacher, append:
             report.failed += 1
             on_item()
             continue
-        append({"messages": entry["messages"],
-                "teacher": {"model": answer.model, "text": answer.text, "input_tokens": answer.input_tokens,
-                            "output_tokens": answer.output_tokens, "cost_usd": answer.cost_usd},
-                "student": entry.get("student"), "labelled_later": True})
+        append(teacher_entry(entry["messages"], answer, entry.get("student"), labelled_later=True))
         report.labelled += 1
         report.spent_usd += answer.cost_usd
         on_item()

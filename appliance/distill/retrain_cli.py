@@ -92,7 +92,7 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
     if dry_run or not plan.retrain:
         return
     if plan.draw_heldout:
-        rest, held = stratified_split(usable, plan.draw_heldout / len(usable), seed=config.distill.seed)
+        _, held = stratified_split(usable, plan.draw_heldout / len(usable), seed=config.distill.seed)
         folder.mkdir(parents=True, exist_ok=True)
         write_dataset(drawn, held)
         click.echo(f"held-out set: {len(held)} log records drawn to {drawn}; they are never trained on")

@@ -190,25 +190,26 @@ class Api:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         log.info("%s %s: %s prompt tokens -> %s", request.request_id, completion_id, len(run.prompt), run.student.name)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return HttpResponse(
-                200,
-                headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
-                stream=self._stream(run.events(), completion_id, run.student.name, body.logprobs, include_usage,
-                                    time.monotonic(), body.functions() if body.tool_mode != "none" else None),
-            )
-        answer = None
-        async for event in run.events():
-            if isinstance(event, Answer):
-                answer = event
-        assert answer is not None
-        self._record(answer)
+            return _event_stream(self._stream(run.events(), completion_id, run.student.name, body.logprobs,
+                                              body.include_usage, time.monotonic(),
+                                              body.functions() if body.tool_mode != "none" else None))
+        answer = await self._final_answer(run)
         completion = answer.completion
         call = parse_call(completion.text, body.functions()) if body.tool_mode != "none" else None
         return json_response(200, completion_body(
             completion_id, answer.model, completion.text, completion.finish_reason, completion.prompt_tokens,
             completion.completion_tokens, completion.tokens, body.logprobs, answer.provenance(), tool_call=call,
         ))
+
+    async def _final_answer(self, run: Run) -> Answer:
+        """Run a request nobody streams to its end; its answer, recorded."""
+        answer = None
+        async for event in run.events():
+            if isinstance(event, Answer):
+                answer = event
+        assert answer is not None
+        self._record(answer)
+        return answer
 
     async def _admit(self, chat: ChatRequest, stream: bool) -> Run:
         """The router's admission, its refusals as OpenAI errors."""
@@ -237,16 +238,9 @@ class Api:
         run = await self._admit(chat, stream=body.stream)
         completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return HttpResponse(200, headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
-                                stream=self._stream_text(run.events(), completion_id, run.student.name, body.logprobs,
-                                                         include_usage, time.monotonic()))
-        answer = None
-        async for event in run.events():
-            if isinstance(event, Answer):
-                answer = event
-        assert answer is not None
-        self._record(answer)
+            return _event_stream(self._stream_text(run.events(), completion_id, run.student.name, body.logprobs,
+                                                   body.include_usage, time.monotonic()))
+        answer = await self._final_answer(run)
         c = answer.completion
         return json_response(200, text_completion_body(completion_id, answer.model, c.text, c.finish_reason,
                                                        c.prompt_tokens, c.completion_tokens, c.tokens, body.logprobs,
@@ -361,3 +355,9 @@ class Api:
 
 def _int_or_none(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _event_stream(chunks: AsyncIterator[bytes]) -> HttpResponse:
+    """A 200 whose body is server-sent events, sent as `chunks` yields them."""
+    return HttpResponse(200, headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
+                        stream=chunks)

@@ -9,55 +9,28 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from ..engine.types import TokenEvent
 from .errors import ApiError
-from .openai_schema import StreamOptions, _describe, _Strict, check_logit_bias, parse_json_body, usage
+from .openai_schema import SamplingRequest, _describe, parse_json_body, usage
 
 DEFAULT_MAX_TOKENS = 16
 """OpenAI's default for this endpoint (chat completions default to the rest of the context)."""
 
 
-class CompletionRequest(_Strict):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    n: int = Field(default=1, ge=1, le=1)
     best_of: int | None = Field(default=None, ge=1, le=1)
     echo: bool = False
     suffix: str | None = None
-    user: str | None = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        return check_logit_bias(value)
 
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-
-    @property
-    def stops(self) -> tuple[str, ...]:
-        stops = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        return tuple(s for s in stops if s)
-
-    @property
-    def biases(self) -> tuple[tuple[int, float], ...]:
-        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
 
 def _refuse(param: str, message: str) -> ApiError:

@@ -128,28 +128,54 @@ MAX_LOGIT_BIAS = 1024
 """Entries one request's logit_bias may hold."""
 
 
-class ChatCompletionRequest(_Strict):
+class SamplingRequest(_Strict):
+    """The fields chat and text completions share: model, sampling, streaming."""
+
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     n: int = Field(default=1, ge=1, le=1)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    user: str | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return check_logit_bias(value)
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return tuple(s for s in stops if s)
+
+    @property
+    def biases(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs in token order."""
+        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    # Accepted without effect on the answer (see HARMLESS).
-    user: str | None = None
+    # Accepted without effect on the answer (see HARMLESS), as is `user`.
     safety_identifier: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -157,11 +183,6 @@ class ChatCompletionRequest(_Strict):
     parallel_tool_calls: bool | None = None
     service_tier: str | None = None
     modalities: list[str] | None = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        return check_logit_bias(value)
 
     @model_validator(mode="after")
     def _check(self) -> "ChatCompletionRequest":
@@ -212,20 +233,8 @@ class ChatCompletionRequest(_Strict):
         return self.response_format.json_format() if self.response_format else None
 
     @property
-    def stops(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        return tuple(s for s in stops if s)
-
-    @property
     def answer_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-    @property
-    def biases(self) -> tuple[tuple[int, float], ...]:
-        """logit_bias as (token id, bias) pairs in token order."""
-        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     def chat(self) -> list[dict[str, str]]:
         """Messages as the chat template wants them, after a system message offering the tools, if any."""
