@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,10 +37,17 @@ class JsonFormat:
 
     def grammar(self) -> str:
         """The GBNF grammar llama.cpp samples under (llama-cpp-python's JSON and schema converters)."""
-        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+        return _grammar(self.schema)
 
-        # json_object: any JSON object (the generic grammar's root is an object, as OpenAI promises).
-        return JSON_GBNF if self.schema is None else json_schema_to_gbnf(self.schema)
+
+@functools.lru_cache(maxsize=64)
+def _grammar(schema: str | None) -> str:
+    # Converted once per schema: the request's validation and the engine's sampler both ask, and a client
+    # usually sends the same schema (or the same tools) with every request.
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    # json_object: any JSON object (the generic grammar's root is an object, as OpenAI promises).
+    return JSON_GBNF if schema is None else json_schema_to_gbnf(schema)
 
 
 @dataclass(frozen=True)
