@@ -437,6 +437,9 @@ def show_config(ctx: click.Context) -> None:
 from .distill.cli import register as _register_distill  # noqa: E402 - harvest, train, evaluate, retrain
 
 _register_distill(main)
+from .routing.cli import router as _router_group  # noqa: E402 - router refit
+
+main.add_command(_router_group)
 from export.cli import export_command  # noqa: E402 - merge, convert, quantize, verify, publish
 
 main.add_command(export_command)

@@ -43,6 +43,9 @@ class ServerConfig(_Section):
     idle_timeout_s: float = Field(default=60.0, gt=0)
     """Keep-alive connections idle longer than this are closed, as are clients that read nothing of
     their answer for this long."""
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    """A streamed answer silent this long (held while the router decides, or the teacher thinks) gets an
+    SSE comment, so that proxies and clients with read timeouts do not drop it."""
     max_connections: int = Field(default=256, ge=1)
     """Connections open at once; one more gets 503 with Retry-After at once, unread. Lowered at start
     (with a warning) if the open-file limit (LimitNOFILE=) cannot hold this many."""

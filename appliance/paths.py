@@ -38,6 +38,12 @@ def retrain_dir() -> Path:
     return state_dir() / "retrain"
 
 
+def refit_router_file() -> Path:
+    """Where `athanor router refit` installs a router learned from this appliance's own traffic; with
+    `[routing].router = "default"` the daemon prefers it to the shipped one."""
+    return state_dir() / "router" / "router.json"
+
+
 def retrained_student_dir() -> Path:
     """Where `athanor retrain` installs a student when `[student].path` is unset; the daemon serves the
     export there in place of the embedded default once there is one."""

@@ -15,7 +15,7 @@ from .cache.store import TEACHER_VERSION
 from .confidence import Confidence
 from .routing.decide import decide
 from .routing.learned import LogisticRouter
-from .routing.signals import prompt_features
+from .routing.signals import prompt_features, signals
 from .engine.llama import LlamaEngine
 from .engine.scheduler import Closed, Job, Scheduler
 from .engine.text import TextAssembler
@@ -365,7 +365,7 @@ class StudentRun(Run):
                               routing.confidence_quantile).confidence
                 try:
                     async for event in self._ask_teacher(Completion(assembler.text, "stop", len(self.prompt),
-                                                                    list(tokens)), sure):
+                                                                    list(tokens)), sure, partial=True):
                         yield event
                     return
                 except TeacherError as exc:
@@ -421,7 +421,8 @@ class StudentRun(Run):
             degraded_reason=reason,
         )
 
-    async def _ask_teacher(self, student_answer: Completion, sure: Confidence) -> AsyncIterator[Delta | Answer]:
+    async def _ask_teacher(self, student_answer: Completion, sure: Confidence,
+                           partial: bool = False) -> AsyncIterator[Delta | Answer]:
         routing = self.router.routing
         assert routing.teacher is not None
         params = TeacherParams(max_tokens=self.params.max_tokens, temperature=self.params.temperature,
@@ -453,7 +454,7 @@ class StudentRun(Run):
             await chunks.aclose()
         if answer is None:
             raise TeacherError("the teacher's stream ended without its final usage; the student's answer stands")
-        await self._log(teacher_entry(self.request.messages, answer, self._student_record(student_answer, sure)))
+        await self._log(teacher_entry(self.request.messages, answer, self._student_record(student_answer, sure, partial)))
         await self._remember(answer.text, answer.output_tokens, "teacher", sure)
         yield Answer(
             model=self.student.name,
@@ -469,9 +470,16 @@ class StudentRun(Run):
         """Log an unsure answer served without the teacher's as pending: `harvest --from-log` labels it later."""
         await self._log(pending_entry(self.request.messages, reason, self._student_record(completion, sure)))
 
-    def _student_record(self, completion: Completion, sure: Confidence) -> dict[str, Any]:
-        return {"model": self.student.name, "version": self.student.version, "text": completion.text,
-                "confidence": sure.as_dict()}
+    def _student_record(self, completion: Completion, sure: Confidence, partial: bool = False) -> dict[str, Any]:
+        # The router's signals go into the log with the answer, so that `athanor router refit` can learn,
+        # from the teacher's verdicts on this student, which signal values mean a wrong answer.
+        record: dict[str, Any] = {"model": self.student.name, "version": self.student.version, "text": completion.text,
+                                  "confidence": sure.as_dict()}
+        if completion.tokens:
+            record["signals"] = signals(last_user_text(self.request.messages), completion.tokens).as_dict()
+        if partial:
+            record["partial"] = True  # escalated after its first tokens: not the whole answer
+        return record
 
     async def _log(self, record: dict[str, Any]) -> None:
         """Append to the distillation log, if there is one; a failed write is reported to the storage health."""

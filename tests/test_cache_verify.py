@@ -137,3 +137,14 @@ def test_normalize_prompt_puts_the_last_user_turn_first() -> None:
     text = normalize_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                              {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Why?"}])
     assert text.startswith("Why?") and "system: Be brief." in text and "Hello" not in text
+
+
+@pytest.mark.parametrize("a, b, swap", [
+    ("什么是机器学习？", "机器学习是什么？", False),        # an identity asked either way round
+    ("哪个是最大的行星？", "最大的行星是哪个？", False),
+    ("谁打了小明？", "小明打了谁？", True),                # around another verb: who did what to whom
+    ("谁是张三的父亲？", "张三是谁的父亲？", True),        # the question word moved inside a phrase
+    ("谁喜欢小红？", "小红喜欢谁？", True),
+])
+def test_a_question_word_may_trade_places_only_across_the_copula(a: str, b: str, swap: bool) -> None:
+    assert (blocked(a, b) == "word order swaps roles") is swap

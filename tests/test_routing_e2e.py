@@ -7,9 +7,10 @@ import httpx
 import pytest
 
 from appliance.distill_log import read_records
+from appliance.routing.signals import Signals
 
 from .conftest import gemini_env, start_daemon, stop_daemon
-from .fakes import FakeGemini
+from .fakes import Fault, FakeGemini
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +43,8 @@ def gemini():
 def hybrid(tmp_path_factory, gemini):
     """A daemon whose student is never sure enough (threshold 1.0): every miss goes to the teacher."""
     home = tmp_path_factory.mktemp("hybrid")
-    process, path = start_daemon(home, env=gemini_env(gemini, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
+    process, path = start_daemon(home, env=gemini_env(gemini, ATHANOR_ROUTING__ROUTER="off", ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0",
+                                                     ATHANOR_SERVER__SSE_KEEPALIVE_S="0.25"))
     yield home, path, process
     stop_daemon(process)
 
@@ -75,6 +77,9 @@ def test_unsure_student_goes_to_the_teacher_then_the_cache_answers(hybrid, gemin
                                                                     ONE_WORD_CHANGE[0]["content"]]
     assert records[-1]["teacher"]["text"] == other["choices"][0]["message"]["content"]
     assert records[-1]["teacher"]["cost_usd"] > 0
+    # With the student's answer, the router's signals for it: what `athanor router refit` learns from.
+    assert set(records[-1]["student"]["signals"]) == set(Signals.names())
+    assert "partial" not in records[-1]["student"]
 
 
 def test_namespaces_do_not_share_answers(hybrid, gemini):
@@ -108,6 +113,22 @@ def test_streaming_a_cache_hit_and_a_teacher_answer(hybrid):
         assert {chunk["route"] for chunk in chunks} == {expected}
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
         assert text.startswith("Teacher says:")
+
+
+def test_a_silent_stream_is_kept_alive_while_the_teacher_thinks(hybrid, gemini):
+    _, path, _ = hybrid
+    gemini.fail(Fault(delay=1.5))  # the teacher says nothing for 1.5 s
+    question = [{"role": "user", "content": "Why is the sea salty?"}]
+    with client(path) as c, c.stream("POST", "/v1/chat/completions",
+                                      json={"messages": question, "max_tokens": 16, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    first_content = next(i for i, line in enumerate(lines) if line.startswith("data: {") and '"content":"' in line
+                         and '"content":""' not in line)
+    # SSE comments (ignored by every SSE reader) went out while nothing else could.
+    assert lines[:first_content].count(": keep-alive") >= 2
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert {chunk["route"] for chunk in chunks} == {"teacher"}
+    assert lines[-1] == "data: [DONE]"
 
 
 def test_teacher_down_gives_the_students_answer_marked_degraded(hybrid, gemini):

@@ -230,12 +230,29 @@ def _roles_swapped(a: Sequence[str], b: Sequence[str]) -> bool:
                         # Adjacent content phrases: a swap when function words join them the same
                         # way on both sides ("from X to Y" / "from Y to X"), else one phrase moved.
                         joint_a, joint_b = _between(a, x, y), _between(b, y, x)
-                        if joint_a and joint_b and set(joint_a) & set(joint_b):
+                        if p == s == 0 and _copular_question(x, y, joint_a, joint_b):
+                            moved = True  # "什么是X" / "X是什么": an identity asked either way round
+                        elif joint_a and joint_b and set(joint_a) & set(joint_b):
                             swapped = True
                         else:
                             moved = True
     # A repeated word can make one reorder readable both ways; moving a phrase is the plainer reading.
     return swapped and not moved or not (swapped or moved)
+
+
+# Interrogatives and the copula are closed classes. A copula joins two sides that can trade places
+# when one of them is the question word ("什么是蒸馏" / "蒸馏是什么", "谁是他的老师" / "他的老师是谁");
+# around any other verb the trade changes who does what ("谁打了他" / "他打了谁"), so only the copula counts,
+# and only when the two sides are the whole question ("谁是张三的父亲" / "张三是谁的父亲" ask different things).
+_INTERROGATIVES = frozenset({"what", "who", "which", "什么", "谁", "哪个", "哪些", "啥"})
+_COPULAS = frozenset({"is", "are", "是"})
+
+
+def _copular_question(x: Sequence[str], y: Sequence[str], joint_a: Sequence[str] | None,
+                      joint_b: Sequence[str] | None) -> bool:
+    if not joint_a or not joint_b or set(joint_a) != set(joint_b) or not set(joint_a) <= _COPULAS:
+        return False
+    return (len(x) == 1 and x[0] in _INTERROGATIVES) != (len(y) == 1 and y[0] in _INTERROGATIVES)
 
 
 def _has_content(words: Sequence[str]) -> bool:

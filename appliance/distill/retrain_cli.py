@@ -123,6 +123,13 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
     install(gguf, work / "export", target)
     write_state(folder, len(usable), target)
     console().print(f"new student installed at {target} (retention {new_retention:.3f}, was {old_retention:.3f})")
+    from ..paths import refit_router_file
+
+    if refit_router_file().is_file():
+        # It learned which signals mean a wrong answer from the old student; the new one is routed by the
+        # shipped router until `athanor router refit` has verdicts on it.
+        refit_router_file().unlink()
+        console().print(f"removed the router refitted on the old student ({refit_router_file()})")
     if not no_reload:
         from ..client import AthanorClient
 

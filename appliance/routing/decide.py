@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .. import paths
 from ..confidence import Confidence, confidence
 from ..engine.types import TokenEvent
 from .learned import LogisticRouter
@@ -54,17 +55,26 @@ def decide(question: str, events: Sequence[TokenEvent], policy: LogisticRouter |
     return Decision(scored, p_right >= policy.threshold, p_right >= policy.cache_threshold)
 
 
+def default_router_file() -> Path:
+    """The router "default" means: the one refitted from this appliance's log, when there is one, else the shipped one."""
+    refitted = paths.refit_router_file()
+    return refitted if refitted.is_file() else DEFAULT_ROUTER
+
+
 def load_policy(setting: str, early: bool = False, pre: bool = False) -> LogisticRouter | None:
-    """`[routing].router`: "default" (the shipped router), "off" (the quantile rule), or a file.
+    """`[routing].router`: "default" (refitted from the log, else shipped), "off" (the quantile rule), or a file.
 
     `early=True` loads the router of the answer's first tokens (`<name>_early.json` beside it), which
     decides, while a streamed answer is held back, whether to escalate at once; None when there is none.
     """
     if setting == "off":
         return None
-    path = DEFAULT_ROUTER if setting == "default" else Path(setting)
+    path = default_router_file() if setting == "default" else Path(setting)
     if early or pre:
-        path = early_path(path) if early else pre_path(path)
+        beside = early_path if early else pre_path
+        if setting == "default" and not beside(path).is_file():
+            path = DEFAULT_ROUTER  # a refit learns the whole-answer router only; the others stay shipped
+        path = beside(path)
         return LogisticRouter.load(path) if path.is_file() else None
     if setting == "default" and not path.is_file():
         log.warning("no shipped router at %s; routing by the quantile rule", path)

@@ -50,6 +50,9 @@ class Signals:
     def vector(self) -> list[float]:
         return [float(v) for v in asdict(self).values()]
 
+    def as_dict(self) -> dict[str, float]:
+        return {name: round(float(v), 6) for name, v in asdict(self).items()}
+
     @staticmethod
     def names() -> list[str]:
         return list(Signals.__dataclass_fields__)

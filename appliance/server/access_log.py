@@ -18,12 +18,20 @@ log = logging.getLogger("athanor.access")
 
 # The handler and the stream it returns run in the request's own task, so a context variable
 # carries the route from the API to this log without threading it through every signature.
-_route: ContextVar[str | None] = ContextVar("athanor_route", default=None)
+class _RouteNote:
+    value: str | None = None
+
+
+# The variable holds a box, set once per request, and the box is written: a streamed answer is produced
+# in a task (keep-alives), whose copy of the context still points at the same box.
+_route: ContextVar[_RouteNote | None] = ContextVar("athanor_route", default=None)
 
 
 def note_route(route: str) -> None:
     """Record where the current request's answer came from (cache, student, teacher)."""
-    _route.set(route)
+    note = _route.get()
+    if note is not None:
+        note.value = route
 
 
 class AccessLog:
@@ -34,7 +42,7 @@ class AccessLog:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.monotonic()
-        _route.set(None)
+        _route.set(_RouteNote())
         try:
             response = await self.inner(request)
         except asyncio.CancelledError:
@@ -73,4 +81,9 @@ async def _logged(
 def _log(request: HttpRequest, status: str, started: float) -> None:
     uid = request.peer.uid if request.peer is not None else "-"
     log.info("%s uid=%s %s %s %s route=%s %.3fs", request.request_id, uid, request.method, request.path, status,
-             _route.get() or "-", time.monotonic() - started)
+             _route_name(), time.monotonic() - started)
+
+
+def _route_name() -> str:
+    note = _route.get()
+    return note.value if note is not None and note.value else "-"

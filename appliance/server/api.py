@@ -20,6 +20,7 @@ from .access_log import note_route
 from .completions_schema import DEFAULT_MAX_TOKENS, parse_completion_request, text_chunk, text_completion_body
 from .errors import ApiError
 from .tools import FunctionSpec, parse_call
+from .keepalive import with_keepalive
 from .http import HttpRequest, HttpResponse, json_response
 from .metrics import LiveFigures, Metrics, StudentLive
 from .openai_schema import ChatCompletionRequest, ChunkWriter, completion_body, parse_chat_request, sse
@@ -78,8 +79,9 @@ class Api:
     """Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/stats, GET /healthz."""
 
     def __init__(self, router: Router, default_max_tokens: int, stats: Stats | None = None,
-                 ledger: AnswerLedger | None = None) -> None:
+                 ledger: AnswerLedger | None = None, keepalive_s: float = 15.0) -> None:
         self.router = router
+        self.keepalive_s = keepalive_s
         self.default_max_tokens = default_max_tokens
         self.stats = stats or Stats()
         self.ledger = ledger
@@ -190,7 +192,7 @@ class Api:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         log.info("%s %s: %s prompt tokens -> %s", request.request_id, completion_id, len(run.prompt), run.student.name)
         if body.stream:
-            return _event_stream(self._stream(run.events(), completion_id, run.student.name, body.logprobs,
+            return _event_stream(self.keepalive_s, self._stream(run.events(), completion_id, run.student.name, body.logprobs,
                                               body.include_usage, time.monotonic(),
                                               body.functions() if body.tool_mode != "none" else None))
         answer = await self._final_answer(run)
@@ -238,7 +240,7 @@ class Api:
         run = await self._admit(chat, stream=body.stream)
         completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return _event_stream(self._stream_text(run.events(), completion_id, run.student.name, body.logprobs,
+            return _event_stream(self.keepalive_s, self._stream_text(run.events(), completion_id, run.student.name, body.logprobs,
                                                    body.include_usage, time.monotonic()))
         answer = await self._final_answer(run)
         c = answer.completion
@@ -357,7 +359,7 @@ def _int_or_none(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[call-overload]
 
 
-def _event_stream(chunks: AsyncIterator[bytes]) -> HttpResponse:
-    """A 200 whose body is server-sent events, sent as `chunks` yields them."""
+def _event_stream(keepalive_s: float, chunks: AsyncIterator[bytes]) -> HttpResponse:
+    """A 200 whose body is server-sent events, sent as `chunks` yields them, kept alive while they are silent."""
     return HttpResponse(200, headers=[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
-                        stream=chunks)
+                        stream=with_keepalive(chunks, keepalive_s))

@@ -177,7 +177,8 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
     # A SIGHUP while the model loads would kill the daemon (its default action); the handler comes later.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     router = router or build_router(config)
-    api = Api(router, config.student.default_max_tokens, ledger=router.routing.ledger)
+    api = Api(router, config.student.default_max_tokens, ledger=router.routing.ledger,
+              keepalive_s=config.server.sse_keepalive_s)
 
     def reloaded(new: AthanorConfig) -> None:
         api.default_max_tokens = new.student.default_max_tokens

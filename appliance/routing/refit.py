@@ -1,0 +1,147 @@
+"""Refit the router from the appliance's own distillation log (pure).
+
+Every teacher call the daemon logs holds the student's answer, the router's signals for it and the
+teacher's answer. Where the teacher's answer is checkable (a yes/no, a number, a few words), whether
+the student said the same is a label: the router learns, from this student's own traffic, which
+signal values mean a wrong answer. Free-text answers are not guessed at: they stay unlabelled.
+
+The labelled records are split by question (a stable hash, so a question asked twice lands on one
+side): the router is fitted on one part and judged on the other, against the router in use on the
+same records. It is installed only when it does at least as well there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Sequence
+
+from .grading import _norm, _numbers, correct
+from .learned import LogisticRouter, fit
+from .measures import auroc, cheapest, operating_points
+
+MAX_WRONG_KEPT = 0.05
+HOLDOUT_SHARE = 0.3
+SHORT_ANSWER_WORDS = 4
+_YES_NO_HEAD = re.compile(r"^[*\"' ]*(yes|no|是的|不是|是|否|对|不对|不)(?![a-z])")
+
+
+def teacher_claim(text: str) -> tuple[str, str] | None:
+    """What a teacher's answer states in a form a student's answer can be checked against, if anything.
+
+    ("yesno", "yes"|"no") when it opens with yes or no; ("number", last number) when it is short and
+    states numbers; ("short", text) when it is a few words; None for free text.
+    """
+    head = _norm(text)
+    match = _YES_NO_HEAD.match(head)
+    if match:
+        return "yesno", "no" if match.group(1) in ("no", "不是", "否", "不对", "不") else "yes"
+    words = head.split()
+    short = len(words) <= 12 and len(head) <= 80
+    numbers = _numbers(head)
+    if short and numbers:
+        return "number", f"{numbers[-1]:g}"
+    if len(words) <= SHORT_ANSWER_WORDS and len(head) <= 40:
+        return "short", head.rstrip(".。!！")
+    return None
+
+
+def agrees(student: str, teacher: str) -> bool | None:
+    """Whether the student's answer states the teacher's claim; None when the teacher's is not checkable."""
+    claim = teacher_claim(teacher)
+    if claim is None:
+        return None
+    kind, value = claim
+    if kind == "yesno":
+        return correct(student, "yes" if value == "yes" else "no", category="yesno")
+    return correct(student, value)
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    features: dict[str, float]
+    right: bool
+
+
+def examples(records: Iterable[dict[str, Any]], student_version: str | None) -> tuple[list[Example], int]:
+    """The labelled examples in log records (of this student version, when given) and how many were not checkable."""
+    found: list[Example] = []
+    unlabelled = 0
+    for record in records:
+        student, teacher = record.get("student"), record.get("teacher")
+        if not isinstance(student, dict) or not isinstance(teacher, dict):
+            continue
+        if student.get("partial") or not isinstance(student.get("signals"), dict) or not teacher.get("text"):
+            continue
+        if student_version is not None and student.get("version") != student_version:
+            continue
+        label = agrees(str(student.get("text", "")), str(teacher["text"]))
+        if label is None:
+            unlabelled += 1
+            continue
+        found.append(Example(_question(record), {k: float(v) for k, v in student["signals"].items()}, label))
+    return found, unlabelled
+
+
+def _question(record: dict[str, Any]) -> str:
+    messages = record.get("messages") or []
+    users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return str(users[-1]) if users else ""
+
+
+def in_holdout(question: str, share: float = HOLDOUT_SHARE) -> bool:
+    digest = hashlib.sha256(question.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < share
+
+
+@dataclass(frozen=True)
+class Refit:
+    router: LogisticRouter | None
+    """The refitted router, with its thresholds; None when there was too little to fit."""
+    labelled: int
+    unlabelled: int
+    holdout: int
+    auroc_new: float | None
+    auroc_current: float | None
+    install: bool
+    reason: str
+
+
+def refit(found: Sequence[Example], unlabelled: int, current: LogisticRouter | None, min_labels: int) -> Refit:
+    """Fit on the examples outside the holdout, judge on it, and say whether the new router should replace `current`."""
+    features = list(current.features) if current is not None else sorted(found[0].features) if found else []
+    usable = [e for e in found if all(name in e.features for name in features)]
+    fit_part = [e for e in usable if not in_holdout(e.question)]
+    held = [e for e in usable if in_holdout(e.question)]
+
+    def outcome(router: LogisticRouter | None, auroc_new: float | None, auroc_current: float | None, install: bool,
+                reason: str) -> Refit:
+        return Refit(router, len(found), unlabelled, len(held), auroc_new, auroc_current, install, reason)
+
+    if len(usable) < min_labels:
+        return outcome(None, None, None, False, f"{len(usable)} checkable teacher verdicts on this student; "
+                                               f"at least {min_labels} are needed")
+    x_fit = [[e.features[n] for n in features] for e in fit_part]
+    y_fit = [e.right for e in fit_part]
+    y_held = [e.right for e in held]
+    if len(set(y_fit)) < 2 or len(set(y_held)) < 2:
+        return outcome(None, None, None, False, "the verdicts are all right or all wrong on one side of the split; "
+                                               "wait for more traffic")
+    new = fit(features, x_fit, y_fit)
+    x_held = [[e.features[n] for n in features] for e in held]
+    scores = [new.probability(v) for v in x_held]
+    auroc_new = auroc(scores, y_held)
+    auroc_current = auroc([current.probability(v) for v in x_held], y_held) if current is not None else None
+    keep = cheapest(operating_points(scores, y_held), MAX_WRONG_KEPT)
+    cache = cheapest(operating_points(scores, y_held), MAX_WRONG_KEPT / 2)
+    tuned = replace(new, threshold=keep.threshold, cache_threshold=max(keep.threshold, cache.threshold),
+                    trained_on=len(fit_part))
+    if auroc_current is not None and auroc_new < auroc_current:
+        return outcome(tuned, auroc_new, auroc_current, False,
+                       f"the refitted router separates right from wrong less well on held-back verdicts "
+                       f"(AUROC {auroc_new:.3f} < {auroc_current:.3f}); the current one stays")
+    return outcome(tuned, auroc_new, auroc_current, True,
+                   f"fitted on {len(fit_part)} verdicts, AUROC {auroc_new:.3f} on {len(held)} held back"
+                   + (f" (current router: {auroc_current:.3f})" if auroc_current is not None else ""))

@@ -1,0 +1,149 @@
+"""Refitting the router from the appliance's own log: labels from the teacher's verdicts, a held-back judge."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.cli import main
+from appliance.distill_log import DistillLog, read_records
+from appliance.routing.decide import DEFAULT_ROUTER, load_policy
+from appliance.routing.learned import LogisticRouter
+from appliance.routing.refit import agrees, examples, in_holdout, refit, teacher_claim
+from appliance.routing.signals import Signals
+
+
+@pytest.mark.parametrize("student, teacher, verdict", [
+    ("Yes, cats can see in dim light.", "Yes. Cats see well in low light.", True),
+    ("No, they cannot.", "Yes, they can.", False),
+    ("是的，可以。", "是的，猫在暗处也能看见。", True),
+    ("不是。", "是的。", False),
+    ("12 times 12 is equal to 120.", "12 × 12 = 144.", False),
+    ("The answer is 144.", "144", True),
+    ("一百四十四", "答案是144。", True),
+    ("The largest planet is Neptune.", "Jupiter", False),
+    ("Jupiter is the largest planet in the solar system.", "Jupiter.", True),
+    ("最大的行星是木星。", "木星", True),
+])
+def test_agreement_with_a_checkable_teacher_answer(student, teacher, verdict):
+    assert agrees(student, teacher) is verdict
+
+
+def test_free_text_is_not_guessed_at():
+    essay = ("Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to "
+             "make glucose and oxygen, mostly in the chloroplasts of their leaves.")
+    assert teacher_claim(essay) is None
+    assert agrees("Plants make food from light.", essay) is None
+    assert teacher_claim("光合作用是绿色植物利用光能，把二氧化碳和水转化为储存能量的有机物并释放氧气的过程，主要在叶绿体中进行。") is None
+
+
+def _record(question: str, student: str, teacher: str, signals: dict[str, float] | None, version: str = "v1",
+            partial: bool = False) -> dict:
+    record_student: dict = {"model": "s", "version": version, "text": student}
+    if signals is not None:
+        record_student["signals"] = signals
+    if partial:
+        record_student["partial"] = True
+    return {"messages": [{"role": "user", "content": question}], "student": record_student,
+            "teacher": {"text": teacher, "cost_usd": 0.001}}
+
+
+def _signals(best_mean: float) -> dict[str, float]:
+    values = dict.fromkeys(Signals.names(), 0.0)
+    values["best_mean"] = best_mean
+    return values
+
+
+def test_examples_keep_only_checkable_whole_answers_of_the_current_student():
+    records = [
+        _record("q1", "Yes.", "Yes.", _signals(0.9)),
+        _record("q2", "Yes.", "No.", _signals(0.2), partial=True),        # escalated early: not a whole answer
+        _record("q3", "Yes.", "No.", None),                               # logged before signals were
+        _record("q4", "Yes.", "No.", _signals(0.2), version="old"),       # another student
+        _record("q5", "Plants.", "A long free-text explanation of how photosynthesis turns light into sugar.",
+                _signals(0.5)),
+        {"messages": [{"role": "user", "content": "q6"}], "pending": True, "student": {"text": "x"}},
+    ]
+    found, unlabelled = examples(records, "v1")
+    assert [(e.question, e.right) for e in found] == [("q1", True)]
+    assert unlabelled == 1
+
+
+def _synthetic(n: int, noise: float, seed: int) -> list:
+    """Answers whose rightness follows best_mean (plus noise): a signal a router can learn."""
+    rng = random.Random(seed)
+    found = []
+    for i in range(n):
+        best = rng.random()
+        right = best + rng.gauss(0, noise) > 0.5
+        found.append(_record(f"question {i}", "Yes." if right else "No.", "Yes.", _signals(best)))
+    return examples(found, "v1")[0]
+
+
+def test_refit_learns_a_signal_and_judges_it_on_held_back_questions():
+    found = _synthetic(300, 0.05, seed=1)
+    outcome = refit(found, 7, None, min_labels=60)
+    assert outcome.install and outcome.router is not None
+    assert outcome.unlabelled == 7 and outcome.labelled == 300
+    assert 0.2 * 300 < outcome.holdout < 0.4 * 300
+    assert outcome.auroc_new is not None and outcome.auroc_new > 0.95
+    assert outcome.router.trained_on == 300 - outcome.holdout
+    # The threshold keeps at most 5% wrong on the held-back questions.
+    held = [e for e in found if in_holdout(e.question)]
+    kept = [e for e in held if outcome.router.probability([e.features[n] for n in outcome.router.features])
+            >= outcome.router.threshold]
+    assert kept and sum(not e.right for e in kept) / len(kept) <= 0.05
+
+
+def test_a_worse_refit_does_not_replace_the_router_in_use():
+    names = Signals.names()
+    good = LogisticRouter(tuple(names), tuple([0.0] * len(names)), tuple([1.0] * len(names)),
+                          tuple(10.0 if n == "best_mean" else 0.0 for n in names), -5.0)
+    # Verdicts on the questions it fits on say the opposite of those held back: what it learns fails there.
+    rng = random.Random(2)
+    records = []
+    for i in range(300):
+        best = rng.random()
+        right = (best > 0.5) if in_holdout(f"question {i}") else (best <= 0.5)
+        records.append(_record(f"question {i}", "Yes." if right else "No.", "Yes.", _signals(best)))
+    outcome = refit(examples(records, "v1")[0], 0, good, min_labels=60)
+    assert outcome.auroc_current == pytest.approx(1.0) and outcome.auroc_new is not None and outcome.auroc_new < 0.1
+    assert not outcome.install and "the current one stays" in outcome.reason
+
+
+def test_too_few_verdicts_fit_nothing():
+    outcome = refit(_synthetic(30, 0.05, seed=3), 0, None, min_labels=60)
+    assert outcome.router is None and not outcome.install and "at least 60" in outcome.reason
+
+
+def test_refit_cli_installs_the_router_the_daemon_then_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATHANOR_HOME", str(tmp_path))
+    state = tmp_path / "state"
+    log = DistillLog(state / "distill.jsonl")
+    rng = random.Random(4)
+    shipped = load_policy("default")
+    assert shipped is not None
+    for i in range(240):
+        best = rng.random()
+        right = best > 0.5
+        log.append(_record(f"question {i}", "Yes." if right else "No.", "Yes.", _signals(best)))
+    log.close()
+    assert len(list(read_records(state / "distill.jsonl"))) == 240
+    runner = CliRunner()
+    dry = runner.invoke(main, ["router", "refit", "--json", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["installed"] is False
+    assert not (state / "router" / "router.json").exists()
+    result = runner.invoke(main, ["router", "refit", "--json", "--no-reload"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["installed"] and outcome["labelled"] == 240 and outcome["student_version"] == "v1"
+    refitted = load_policy("default")
+    assert refitted is not None and refitted.trained_on == 240 - outcome["held_back"]
+    assert refitted != shipped
+    # The routers of the first tokens and of the question alone stay the shipped ones.
+    assert load_policy("default", early=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_early.json"))
+    assert load_policy("default", pre=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_pre.json"))
