@@ -102,6 +102,9 @@ class StudentConfig(_Section):
     """Layers offloaded when llama.cpp is built with CUDA; -1 means all. Ignored on CPU builds."""
     flash_attn: Literal["auto", "on", "off"] = "auto"
     """llama.cpp's flash attention; `auto` lets llama.cpp decide per device."""
+    onnx_provider: Literal["auto", "cpu", "cuda"] = "auto"
+    """onnxruntime's device for ONNX students: `auto` is CUDA when onnxruntime-gpu offers it, else the
+    CPU; `cuda` refuses to start without it rather than serve slowly; `cpu` leaves the GPU to others."""
     default_max_tokens: int = Field(default=512, ge=1)
     """Answer length when a request gives no max_tokens."""
 

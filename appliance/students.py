@@ -133,7 +133,8 @@ def open_engine(cfg: StudentConfig, source: StudentSource):
     if source.format == "onnx":
         from .engine.onnx import OnnxEngine  # onnxruntime loads only for ONNX students
 
-        return OnnxEngine(source.path, cfg.name, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
+        return OnnxEngine(source.path, cfg.name, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
+                          provider=cfg.onnx_provider)
     from .engine.llama import LlamaEngine
 
     return LlamaEngine(

@@ -20,7 +20,7 @@ def _types(value: str) -> list[str]:
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Export folder (manifest.json goes here).")
 @click.option("--gguf", "gguf", default="q8_0,q4_k_m", show_default=True,
               help="GGUF types to build, comma-separated (f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0 ...); '' for none.")
-@click.option("--onnx", "onnx", default="", show_default=True, help="ONNX types to build: fp32, int8; '' for none.")
+@click.option("--onnx", "onnx", default="", show_default=True, help="ONNX types to build: fp32, fp16, int8; '' for none.")
 @click.option("--name", default=None, help="Student name (file names, default model id); default: the adapter folder's name.")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
               help="Held-out prompts for verification: one per line, or JSONL with `prompt`.")

@@ -41,7 +41,7 @@ class Artifact:
     format: str
     """`gguf` or `onnx`."""
     quant: str
-    """f16, q8_0, q4_k_m ... for GGUF; fp32 or int8 for ONNX."""
+    """f16, q8_0, q4_k_m ... for GGUF; fp32, fp16 or int8 for ONNX."""
     path: str
     """The GGUF file, or the ONNX folder."""
     sha256: str

@@ -1,4 +1,4 @@
-"""ONNX students: export with past key values through optimum, int8 weights through onnxruntime."""
+"""ONNX students: export with past key values through optimum, fp16 and int8 weights through onnxruntime."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import ExportError
 
-ONNX_TYPES = ("fp32", "int8")
+ONNX_TYPES = ("fp32", "fp16", "int8")
 MODEL_FILE = "model.onnx"
 
 
@@ -36,15 +36,36 @@ def export_fp32(merged: Path, out: Path) -> Path:
     return out
 
 
-def quantize_int8(fp32: Path, out: Path) -> Path:
-    """Dynamic int8 quantization of the weights (activations stay float, quantized on the fly)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def _start_derived(fp32: Path, out: Path) -> bool:
+    """Copy the fp32 folder's config and tokenizer into `out`; True when its weights are external data."""
     out.mkdir(parents=True, exist_ok=True)
     for item in fp32.iterdir():
         if item.is_file() and not item.name.startswith(MODEL_FILE):
             shutil.copy2(item, out / item.name)
-    external = any(p.name != MODEL_FILE for p in fp32.glob(MODEL_FILE + "*"))
+    # optimum moves weights into model.onnx_data past protobuf's 2 GB limit; the derived build must too.
+    return any(p.name != MODEL_FILE for p in fp32.glob(MODEL_FILE + "*"))
+
+
+def convert_fp16(fp32: Path, out: Path) -> Path:
+    """float16 weights and activations; the graph's inputs and outputs (past key values included) stay float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    external = _start_derived(fp32, out)
+    # keep_io_types: the engine and the verifier feed and read float32 whatever the build, and the
+    # casts it adds at the edges cost nothing next to the matmuls. Given a path, the converter infers
+    # shapes through a file, which works past 2 GB where an in-memory model cannot.
+    model = convert_float_to_float16(str(fp32 / MODEL_FILE), keep_io_types=True)
+    onnx.save_model(model, str(out / MODEL_FILE), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=MODEL_FILE + "_data")
+    return out
+
+
+def quantize_int8(fp32: Path, out: Path) -> Path:
+    """Dynamic int8 quantization of the weights (activations stay float, quantized on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    external = _start_derived(fp32, out)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger; not needed here

@@ -68,7 +68,7 @@ class Plan:
     def progress_total(self) -> int:
         """Steps the progress bar counts: merge, reference, manifest, and each build and verification."""
         gguf = (1 + sum(q != "f16" for q in self.gguf) + len(self.gguf)) if self.gguf else 0
-        onnx = (1 + ("int8" in self.onnx) + len(self.onnx)) if self.onnx else 0
+        onnx = (1 + ("fp16" in self.onnx) + ("int8" in self.onnx) + len(self.onnx)) if self.onnx else 0
         return 3 + gguf + onnx
 
     def steps(self) -> list[str]:
@@ -79,6 +79,7 @@ class Plan:
             lines += [f"quantize GGUF to {q} (llama_model_quantize)" for q in self.gguf if q != "f16"]
         if self.onnx:
             lines.append("export ONNX fp32 with past key values (optimum)")
+            lines += ["convert ONNX to fp16 (onnxruntime's float16 converter)" for q in self.onnx if q == "fp16"]
             lines += ["quantize ONNX to int8 (onnxruntime dynamic)" for q in self.onnx if q == "int8"]
         built = [f"gguf:{q}" for q in self.gguf] + [f"onnx:{q}" for q in self.onnx]
         lines.append(f"verify {', '.join(built)} against the merged model; gate; publish")
@@ -285,7 +286,7 @@ class _Builder:
         self._judge("gguf", quant, [built], built, target, figures, extra, reasons)
 
     def onnx(self) -> None:
-        from .onnx_export import export_fp32, quantize_int8
+        from .onnx_export import convert_fp16, export_fp32, quantize_int8
 
         fp32 = self.work / "onnx-fp32"
         self.progress.begin("exporting ONNX fp32")
@@ -293,7 +294,11 @@ class _Builder:
             export_fp32(self.merged_dir, fp32)
         self.progress.done("ONNX fp32")
         built = {"fp32": fp32}
-        if "int8" in self.plan.onnx:  # before fp32 is verified: publishing moves fp32 away
+        if "fp16" in self.plan.onnx:  # before fp32 is verified: publishing moves fp32 away
+            self.progress.begin("converting ONNX to fp16")
+            built["fp16"] = convert_fp16(fp32, self.work / "onnx-fp16")
+            self.progress.done("ONNX fp16")
+        if "int8" in self.plan.onnx:
             self.progress.begin("quantizing ONNX to int8")
             built["int8"] = quantize_int8(fp32, self.work / "onnx-int8")
             self.progress.done("ONNX int8")

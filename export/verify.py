@@ -77,9 +77,9 @@ class Threshold:
 
 # Defaults from scripts/bench_export.py (SmolLM2-135M + a LoRA adapter, 8 held-out prompts, teacher-
 # forced agreement / mean KL in nats): f16 0.990 / 0.00003, q8_0 0.896 / 0.022, q4_k_m 0.792 / 0.37,
-# ONNX fp32 1.000 / 0, ONNX int8 (dynamic, per-tensor) 0.42 / 2.4. Each limit sits below what a sound
-# build of its type measured, with room for other prompts, and far above a broken file (agreement ~0,
-# KL > 5). The int8 limit is meant to reject damage like SmolLM2's: a build that cannot answer like the
+# ONNX fp32 1.000 / 0, ONNX fp16 1.000 / 0.00003, ONNX int8 (dynamic, per-tensor) 0.42 / 2.4. Each
+# limit sits below what a sound build of its type measured, with room for other prompts, and far above
+# a broken file (agreement ~0, KL > 5). The int8 limit is meant to reject damage like SmolLM2's: a build that cannot answer like the
 # merged model is not worth serving whatever its size.
 DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "f32": Threshold(0.97, 0.01),
@@ -94,6 +94,7 @@ DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "q4_k_s": Threshold(0.68, 0.55),
     "q4_0": Threshold(0.65, 0.60),
     "fp32": Threshold(0.97, 0.01),
+    "fp16": Threshold(0.95, 0.02),  # the same rounding as GGUF f16, so the same limit
     "int8": Threshold(0.80, 0.20),
 }
 _FALLBACK = Threshold(0.60, 0.70)

@@ -1,5 +1,5 @@
 """Export figures for the embedded SmolLM2-135M with a small LoRA adapter: size, agreement with the
-merged model, mean KL and tokens/s of f16 / q8_0 / q4_k_m GGUF and fp32 / int8 ONNX on this machine.
+merged model, mean KL and tokens/s of f16 / q8_0 / q4_k_m GGUF and fp32 / fp16 / int8 ONNX on this machine.
 
     .venv/bin/python scripts/bench_export.py [--out bench-out/export] [--steps 20]
 
@@ -85,7 +85,7 @@ def main() -> None:
     started = time.monotonic()
     # Lenient gate: the point is to measure every build, not to filter them.
     manifest = run_export(ExportOptions(adapter=adapter, out=args.out, name="smollm2-bench",
-                                        gguf=["f16", "q8_0", "q4_k_m"], onnx=["fp32", "int8"], prompts=list(HELD_OUT),
+                                        gguf=["f16", "q8_0", "q4_k_m"], onnx=["fp32", "fp16", "int8"], prompts=list(HELD_OUT),
                                         max_new_tokens=args.max_new_tokens, gate=Gate().overridden(0.0, 1e9)))
     export_s = time.monotonic() - started
     rows = [{"artifact": a.label, "size_mb": round(a.size_bytes / 1e6, 1), **a.verification}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -79,14 +80,14 @@ def test_adapter_changed_the_model_and_merge_kept_it(merged, tiny_adapter):
 def test_every_requested_artifact_is_measured_and_published_or_rejected(tiny_export):
     out, manifest = tiny_export
     labels = sorted(a.label for a in manifest.artifacts + manifest.rejected)
-    assert labels == ["gguf:f16", "gguf:q4_k_m", "gguf:q8_0", "onnx:fp32", "onnx:int8"]
+    assert labels == ["gguf:f16", "gguf:q4_k_m", "gguf:q8_0", "onnx:fp16", "onnx:fp32", "onnx:int8"]
     for artifact in manifest.artifacts:
         figures = artifact.verification
         assert {"agreement", "kl_mean", "greedy_match", "tokens_per_s", "positions", "gate"} <= set(figures)
         assert figures["agreement"] >= figures["gate"]["min_agreement"]
         assert artifact.size_bytes > 0 and (out / artifact.path).exists()
     assert manifest.dataset_sha256 == "0" * 64  # read from the adapter's training.json
-    assert {a.label for a in manifest.artifacts} >= {"gguf:f16", "gguf:q8_0", "onnx:fp32"}
+    assert {a.label for a in manifest.artifacts} >= {"gguf:f16", "gguf:q8_0", "onnx:fp32", "onnx:fp16"}
 
 
 def test_manifest_checksums_match_the_files(tiny_export):
@@ -112,7 +113,7 @@ def test_gguf_greedy_output_equals_the_merged_model(tiny_export, merged, quant):
         engine.close()
 
 
-@pytest.mark.parametrize("quant", ["fp32", "int8"])
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8"])
 def test_onnx_greedy_output_equals_the_merged_model(tiny_export, merged, quant):
     out, _ = tiny_export
     _, tokenizer, answers = merged
@@ -132,6 +133,33 @@ def test_onnx_greedy_output_equals_the_merged_model(tiny_export, merged, quant):
             assert got == expected
     finally:
         engine.close()
+
+
+def test_onnx_fp16_halves_the_weights_passes_the_gate_and_decodes_like_fp32_on_the_cpu(tiny_export):
+    import onnx
+    from onnx.numpy_helper import to_array
+
+    out, manifest = tiny_export
+    built = {a.quant: a for a in manifest.artifacts if a.format == "onnx"}
+    fp16, fp32 = built["fp16"], built["fp32"]  # published: the same gate as every other build passed it
+    assert fp16.verification["agreement"] >= fp16.verification["gate"]["min_agreement"] == 0.95
+    assert fp16.verification["kl_mean"] <= fp16.verification["gate"]["max_kl"]
+    graph = onnx.load(str(out / fp16.path / "model.onnx")).graph
+    kinds = {to_array(w).dtype for w in graph.initializer if np.issubdtype(to_array(w).dtype, np.floating)}
+    assert kinds == {np.dtype(np.float16)}
+    assert 0.45 < fp16.size_bytes / fp32.size_bytes < 0.55  # tokenizer files are the same in both
+    # Inputs and outputs stay float32: the engine feeds float32 past key values to every build.
+    assert {i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values.")} == {
+        onnx.TensorProto.FLOAT}
+    answers = {}
+    for quant in ("fp32", "fp16"):
+        engine = OnnxEngine(out / built[quant].path, "tiny-onnx", n_ctx=256, provider="cpu")
+        try:
+            assert engine._decoder is not None and engine._decoder.providers == ["CPUExecutionProvider"]
+            answers[quant] = [_engine_answer(engine, question) for question, _ in LESSONS]
+        finally:
+            engine.close()
+    assert answers["fp16"] == answers["fp32"]
 
 
 def test_a_corrupted_artifact_is_refused_with_a_clear_error(tiny_export, tmp_path):
@@ -169,10 +197,10 @@ def test_the_gate_rejects_and_does_not_publish(tiny_adapter, tmp_path):
 
 def test_plan_and_user_errors(tiny_adapter, tmp_path):
     base, adapter = tiny_adapter
-    plan = make_plan(ExportOptions(adapter=adapter, out=tmp_path, gguf=["q4_k_m"], onnx=["int8"]))
+    plan = make_plan(ExportOptions(adapter=adapter, out=tmp_path, gguf=["q4_k_m"], onnx=["fp16", "int8"]))
     assert plan.base.path == base  # from training.json
     steps = "\n".join(plan.steps())
-    assert "quantize GGUF to q4_k_m" in steps and "int8" in steps
+    assert "quantize GGUF to q4_k_m" in steps and "int8" in steps and "convert ONNX to fp16" in steps
     with pytest.raises(ExportError, match="run `athanor train` first"):
         make_plan(ExportOptions(adapter=tmp_path / "nothing", out=tmp_path))
     with pytest.raises(ExportError, match="unknown GGUF type q9"):

@@ -104,7 +104,7 @@ def tiny_export(tiny_adapter, tmp_path_factory):
     base, adapter = tiny_adapter
     out = tmp_path_factory.mktemp("tiny-export") / "export"
     manifest = run_export(ExportOptions(adapter=adapter, out=out, gguf=["f16", "q8_0", "q4_k_m"],
-                                        onnx=["fp32", "int8"], prompts=[q for q, _ in LESSONS],
+                                        onnx=["fp32", "fp16", "int8"], prompts=[q for q, _ in LESSONS],
                                         max_new_tokens=16, keep_work=True))
     return out, manifest
 

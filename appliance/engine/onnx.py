@@ -3,7 +3,7 @@
 `OnnxDecoder` runs the graph (input ids + past key values in, logits + present key values out);
 the export stage verifies artifacts with it. `OnnxEngine` puts the scheduler's interface on top
 (`add`/`step`/`remove`, parallel = 1) so the daemon can serve an ONNX export like a GGUF one.
-onnxruntime's CUDA provider is used when onnxruntime-gpu offers it, the CPU otherwise.
+`[student].onnx_provider` picks onnxruntime's execution provider (`choose_providers`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,10 +21,32 @@ from .chat_markup import chat_tokens
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 MODEL_FILE = "model.onnx"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+CUDA_FIX = "`ATHANOR_GPU=cuda bash scripts/quickstart.sh` installs onnxruntime-gpu"
+
+Provider = Literal["auto", "cpu", "cuda"]
 
 
 class OnnxEngineError(AthanorError):
     """onnxruntime refused a model or a step."""
+
+
+def choose_providers(available: list[str], setting: Provider) -> list[str]:
+    """onnxruntime's providers for `setting`, given what this onnxruntime build offers.
+
+    auto: CUDA when offered, else the CPU; cpu: the CPU alone; cuda: CUDA or an error naming the fix.
+    The CPU stays listed behind CUDA because onnxruntime places nodes CUDA has no kernel for there.
+    """
+    if setting == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if setting == "cuda":
+        raise OnnxEngineError(f"[student].onnx_provider = \"cuda\" but onnxruntime offers no {CUDA} "
+                              f"(it offers {', '.join(available) or 'none'}); {CUDA_FIX}, "
+                              f"or set onnx_provider to \"auto\" or \"cpu\"")
+    return [CPU]
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:
@@ -37,7 +59,7 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
 class OnnxDecoder:
     """One onnxruntime session over an optimum `text-generation-with-past` export."""
 
-    def __init__(self, folder: Path, threads: int = 0, device: str = "auto") -> None:
+    def __init__(self, folder: Path, threads: int = 0, provider: Provider = "auto") -> None:
         import onnxruntime as ort
 
         model = folder / MODEL_FILE
@@ -46,14 +68,16 @@ class OnnxDecoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = choose_providers(ort.get_available_providers(), provider)
         try:
             self.session = ort.InferenceSession(str(model), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise OnnxEngineError(f"onnxruntime could not load {model}: {exc}; re-run `athanor export`") from None
+        if provider == "cuda" and CUDA not in self.session.get_providers():
+            # onnxruntime-gpu lists CUDA even when the CUDA/cuDNN libraries or the driver are missing,
+            # then quietly runs on the CPU: a required GPU must fail here, not serve slowly.
+            raise OnnxEngineError(f"[student].onnx_provider = \"cuda\" but onnxruntime could not start {CUDA} "
+                                  f"(CUDA or cuDNN libraries, or the NVIDIA driver, missing?); {CUDA_FIX}")
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._input_names = set(inputs)
         self._past = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
@@ -104,10 +128,11 @@ def _byte_decoder() -> dict[str, int]:
 class OnnxEngine:
     """An exported ONNX student decoding one sequence at a time (parallel = 1)."""
 
-    def __init__(self, folder: Path, name: str, n_ctx: int = 2048, n_threads: int = 0) -> None:
+    def __init__(self, folder: Path, name: str, n_ctx: int = 2048, n_threads: int = 0,
+                 provider: Provider = "auto") -> None:
         from transformers import AutoTokenizer
 
-        self._decoder: OnnxDecoder | None = OnnxDecoder(folder, threads=n_threads)
+        self._decoder: OnnxDecoder | None = OnnxDecoder(folder, threads=n_threads, provider=provider)
         # transformers leaves from_pretrained unannotated.
         self._tokenizer = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
         # Every added token is matched in text before BPE runs: the texts chat markup is made of.
@@ -124,7 +149,7 @@ class OnnxEngine:
         self.info = ModelInfo(
             name=name, path=folder / MODEL_FILE, n_ctx=self.n_ctx, n_vocab=self.n_vocab,
             size_bytes=sum(p.stat().st_size for p in files), n_params=0,
-            description=f"{config.get('model_type', 'onnx')} ONNX", gpu_offload="CUDAExecutionProvider" in self._decoder.providers,
+            description=f"{config.get('model_type', 'onnx')} ONNX", gpu_offload=CUDA in self._decoder.providers,
         )
 
     def _end_tokens(self, folder: Path, config: dict[str, Any]) -> set[int]:
