@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
@@ -34,6 +35,8 @@ FAIL_FREE_BYTES = 100 * MIB
 SYSTEM_UNIT = Path("/etc/systemd/system/athanor.service")
 SYSTEM_STATE = Path("/var/lib/athanor")
 CREDENTIAL_STORE = Path("/etc/athanor/credentials")
+# Rebuilds llama-cpp-python with CUDA and swaps in onnxruntime-gpu (scripts/lib/install.sh).
+GPU_INSTALL = "ATHANOR_GPU=cuda bash scripts/quickstart.sh"
 
 
 @dataclass(frozen=True)
@@ -204,13 +207,8 @@ def check_gpu(n_gpu_layers: int, offload_built: bool, devices: list[str], servic
     """
     if n_gpu_layers == 0:
         return Check("gpu", "ok", "not used ([student].n_gpu_layers = 0)")
-    if not offload_built:
-        if devices:
-            return Check("gpu", "warn", f"a GPU is present ({devices[0]}) but llama.cpp is a CPU build: "
-                                        "the student decodes on the CPU",
-                         'reinstall with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
-                         "--no-cache-dir llama-cpp-python==0.3.36")
-        return Check("gpu", "ok", "none expected (llama.cpp is a CPU build)")
+    if not offload_built:  # a GPU left idle by a CPU build is check_llama_build's to report
+        return Check("gpu", "ok", "not used (llama.cpp is a CPU build)")
     if not devices:
         return Check("gpu", "fail", f"llama.cpp is built for the GPU and [student].n_gpu_layers = {n_gpu_layers}, "
                                     "but no NVIDIA GPU is visible (/dev/nvidia0)",
@@ -231,6 +229,73 @@ def probe_gpu() -> tuple[bool, list[str]]:
     except Exception:  # a broken llama.cpp install shows up in the model check when the daemon starts
         offload = False
     return offload, sorted(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def check_llama_build(offload_built: bool, gpu_seen: str | None, n_gpu_layers: int) -> Check:
+    """Which llama.cpp build is loaded, and whether it suits the machine.
+
+    `offload_built`: `llama_supports_gpu_offload()`; `gpu_seen`: what showed an NVIDIA GPU here (None
+    when nothing did).
+    """
+    layers = f"[student].n_gpu_layers = {n_gpu_layers}"
+    if offload_built:
+        return Check("llama.cpp", "ok", f"GPU build; {layers}" + (": the student decodes on the CPU" if n_gpu_layers == 0 else ""))
+    if gpu_seen is None:
+        return Check("llama.cpp", "ok", "CPU build; no GPU visible" + (f", so {layers} offloads nothing" if n_gpu_layers else ""))
+    if n_gpu_layers == 0:
+        return Check("llama.cpp", "ok", f"CPU build; a GPU is visible ({gpu_seen}), left alone as {layers} asks")
+    return Check("llama.cpp", "warn", f"CPU build, but a GPU is visible ({gpu_seen}): {layers} offloads nothing "
+                                      "and the student decodes on the CPU", GPU_INSTALL)
+
+
+def check_onnxruntime(providers: list[str] | None, gpu_seen: str | None) -> Check:
+    """onnxruntime's execution providers (ONNX students): CUDA's belongs there when a GPU is visible.
+
+    `providers`: `onnxruntime.get_available_providers()`, None when onnxruntime does not import.
+    """
+    if providers is None:
+        return Check("onnxruntime", "warn", "onnxruntime does not import: ONNX students cannot load",
+                     GPU_INSTALL if gpu_seen else "bash scripts/quickstart.sh")
+    listed = ", ".join(providers) or "none"
+    if gpu_seen is not None and "CUDAExecutionProvider" not in providers:
+        return Check("onnxruntime", "warn", f"providers: {listed}; a GPU is visible ({gpu_seen}) but without "
+                                            "CUDAExecutionProvider ONNX students run on the CPU", GPU_INSTALL)
+    return Check("onnxruntime", "ok", f"providers: {listed}")
+
+
+def probe_gpu_seen(devices: list[str]) -> str | None:
+    """What shows an NVIDIA GPU on this machine: a /dev/nvidia<N> node, `nvidia-smi -L`, or NVML."""
+    if devices:
+        return devices[0]
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            listed = None
+        if listed is not None and listed.returncode == 0 and listed.stdout.strip():
+            first = listed.stdout.strip().splitlines()[0].split(" (UUID")[0]  # "GPU 0: NVIDIA H200"
+            return f"nvidia-smi: {first}"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver: no GPU to report
+        return None
+    return f"NVML: {count} GPU{'s' if count > 1 else ''}" if count else None
+
+
+def probe_onnx_providers() -> list[str] | None:
+    try:
+        import onnxruntime
+
+        return list(onnxruntime.get_available_providers())
+    except Exception:  # a broken install is what check_onnxruntime reports
+        return None
 
 
 # --- teacher key ------------------------------------------------------------------------------
@@ -341,6 +406,9 @@ def run_checks(config_path: Path | None = None, environ: Mapping[str, str] | Non
         offload, devices = probe_gpu()
         allows = (SYSTEM_UNIT.with_name("athanor.service.d") / "gpu.conf").exists() if SYSTEM_UNIT.exists() else None
         checks.append(check_gpu(config.student.n_gpu_layers, offload, devices, allows))
+        seen = probe_gpu_seen(devices)
+        checks.append(check_llama_build(offload, seen, config.student.n_gpu_layers))
+        checks.append(check_onnxruntime(probe_onnx_providers(), seen))
         checks.append(check_teacher_key(config.teacher, environ))
         checks.append(retrain_outlook(config))
     free, where = free_bytes(state_dir_in_use(environ))

@@ -11,6 +11,9 @@
 #   - the Python environment: --venv DIR uses an existing one (DIR/bin/athanor); by default
 #     /opt/athanor/.venv is created and this checkout installed into it (the first time compiles
 #     llama-cpp-python: minutes). Not under /home or /root: the unit's ProtectHome=yes hides them.
+#     llama.cpp's build is chosen as scripts/quickstart.sh chooses it (scripts/lib/install.sh): CUDA
+#     when nvcc and an NVIDIA driver are found, or with --gpu (which then needs nvcc); CPU with
+#     --no-gpu; ATHANOR_GPU=auto|cuda|cpu overrides both. Running again with another choice rebuilds.
 #   - the units in /etc/systemd/system, ExecStart= pointing at that environment; with a GPU (found
 #     as /dev/nvidia0 or nvidia-smi, or forced with --gpu) a drop-in athanor.service.d/gpu.conf that
 #     opens /dev/nvidia* (the units keep every other device closed)
@@ -29,6 +32,8 @@ enable=1
 
 say() { echo "athanor-install: $*"; }
 die() { echo "athanor-install: error: $*" >&2; exit 1; }
+# shellcheck source=scripts/lib/install.sh
+source "$repo/scripts/lib/install.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -100,12 +105,24 @@ fi
 # --- Python environment -----------------------------------------------------------------------
 if [ -z "$venv" ]; then
     venv="/opt/athanor/.venv"
-    if [ ! -x "$root$venv/bin/athanor" ]; then
-        say "creating $root$venv and installing Athanor from $repo (the first time takes minutes)"
+    case "$gpu" in yes) build=cuda ;; no) build=cpu ;; *) build=auto ;; esac
+    ATHANOR_GPU="${ATHANOR_GPU:-$build}" athanor_gpu_variant >/dev/null \
+        || die "cannot build llama.cpp as asked (--gpu means the CUDA build; ATHANOR_GPU=cpu with --gpu installs the CPU build and still opens /dev/nvidia*)"
+    installed="$(athanor_installed_variant "$root$venv")"
+    if [ ! -x "$root$venv/bin/athanor" ] || [ "$installed" != "$athanor_variant" ]; then
+        say "installing Athanor from $repo into $root$venv (the first time takes minutes)"
+        say "llama.cpp build: $athanor_variant ($athanor_variant_why)"
         install -d "$root/opt/athanor"
-        "${PYTHON:-python3}" -m venv "$root$venv"
+        if [ ! -x "$root$venv/bin/python" ]; then
+            "${PYTHON:-python3}" -m venv "$root$venv"
+            touch "$root/opt/athanor/.created-by-athanor-install"
+        fi
+        athanor_before_install "$root$venv/bin/python" "$installed" "$athanor_variant" "$repo/pyproject.toml" \
+            || die "installing llama.cpp's $athanor_variant build failed (above); the CUDA build needs the whole CUDA toolkit (nvcc and cuBLAS, the -dev packages), ATHANOR_GPU=cpu installs the CPU build"
         "$root$venv/bin/python" -m pip install --disable-pip-version-check --quiet "$repo"
-        touch "$root/opt/athanor/.created-by-athanor-install"
+        athanor_after_install "$root$venv/bin/python" "$athanor_variant" "$repo/pyproject.toml" \
+            || die "replacing onnxruntime with onnxruntime-gpu failed (above)"
+        echo "$athanor_variant" > "$root$venv/.athanor-variant"
     fi
     athanor_bin="$venv/bin/athanor"
 else

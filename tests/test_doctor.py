@@ -24,7 +24,9 @@ from appliance.doctor import (
     check_config,
     check_disk,
     check_gpu,
+    check_llama_build,
     check_model,
+    check_onnxruntime,
     check_socket,
     check_teacher_key,
     failed,
@@ -155,8 +157,8 @@ def test_a_socket_nobody_listens_on_fails(tmp_path):
     (0, True, [], None, "ok", "not used"),
     # A CPU build of llama.cpp on a machine without a GPU: the normal small-server case.
     (-1, False, [], None, "ok", "CPU build"),
-    # A GPU sits idle because llama.cpp was built without CUDA.
-    (-1, False, ["/dev/nvidia0"], None, "warn", "CPU build"),
+    # A GPU sits idle because llama.cpp was built without CUDA: check_llama_build warns, not this.
+    (-1, False, ["/dev/nvidia0"], None, "ok", "CPU build"),
     # Built for CUDA, asked to offload, but no device: the model would fall back or fail.
     (-1, True, [], None, "fail", "no NVIDIA GPU is visible"),
     # Visible here, but the installed unit keeps /dev closed (no gpu.conf drop-in).
@@ -171,6 +173,60 @@ def test_gpu_visibility(layers, built, devices, unit_allows, status, words):
     assert check.status == status and words in check.message
     if status != "ok":
         assert check.fix
+
+
+@pytest.mark.parametrize("built, seen, layers, status, words", [
+    # The small-server case: CPU build, no GPU.
+    (False, None, -1, "ok", "CPU build; no GPU visible, so [student].n_gpu_layers = -1 offloads nothing"),
+    (False, None, 0, "ok", "CPU build; no GPU visible"),
+    # A GPU sits idle because llama.cpp was built without CUDA, whichever way the GPU showed.
+    (False, "/dev/nvidia0", -1, "warn", "CPU build, but a GPU is visible (/dev/nvidia0)"),
+    (False, "nvidia-smi: GPU 0: NVIDIA H200", 20, "warn", "[student].n_gpu_layers = 20 offloads nothing"),
+    (False, "NVML: 2 GPUs", -1, "warn", "NVML: 2 GPUs"),
+    # ... unless the config asks for no offload.
+    (False, "/dev/nvidia0", 0, "ok", "as [student].n_gpu_layers = 0 asks"),
+    # The CUDA build, used or not.
+    (True, "/dev/nvidia0", -1, "ok", "GPU build; [student].n_gpu_layers = -1"),
+    (True, "/dev/nvidia0", 0, "ok", "the student decodes on the CPU"),
+    (True, None, -1, "ok", "GPU build"),  # no device: check_gpu fails it, once
+])
+def test_which_llama_build_is_loaded(built, seen, layers, status, words):
+    check = check_llama_build(built, seen, layers)
+    assert check.name == "llama.cpp" and check.status == status and words in check.message
+    if status == "warn":
+        assert check.fix == "ATHANOR_GPU=cuda bash scripts/quickstart.sh"
+
+
+@pytest.mark.parametrize("providers, seen, status, words", [
+    (["CPUExecutionProvider"], None, "ok", "providers: CPUExecutionProvider"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], "/dev/nvidia0", "ok",
+     "providers: CUDAExecutionProvider, CPUExecutionProvider"),
+    # onnxruntime (CPU) where onnxruntime-gpu belongs.
+    (["AzureExecutionProvider", "CPUExecutionProvider"], "nvidia-smi: GPU 0: NVIDIA L4", "warn", "without CUDAExecutionProvider"),
+    # Not importable (say, one of onnxruntime / onnxruntime-gpu uninstalled over the other).
+    (None, None, "warn", "does not import"),
+])
+def test_onnxruntime_providers(providers, seen, status, words):
+    check = check_onnxruntime(providers, seen)
+    assert check.name == "onnxruntime" and check.status == status and words in check.message
+    if status == "warn" and seen:
+        assert check.fix == "ATHANOR_GPU=cuda bash scripts/quickstart.sh"
+
+
+def test_the_gpu_is_seen_through_nvidia_smi_when_no_device_node_shows(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0123)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert doctor.probe_gpu_seen([]) == "nvidia-smi: GPU 0: NVIDIA H200"
+    assert doctor.probe_gpu_seen(["/dev/nvidia1"]) == "/dev/nvidia1"
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\nexit 6\n")
+
+    def no_driver() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr("pynvml.nvmlInit", no_driver)  # NVML is the last resort, and finds nothing either
+    assert doctor.probe_gpu_seen([]) is None
 
 
 # --- teacher key ------------------------------------------------------------------------------------
