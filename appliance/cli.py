@@ -384,28 +384,73 @@ def _keys_file(ctx: click.Context) -> Path:
     return api_keys_path(_config(ctx))
 
 
+def _budget(value: str | None) -> float | None:
+    if value is None or value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give USD (e.g. 0.50) or `none`") from None
+
+
 @keys.command("add")
 @click.argument("name")
+@click.option("--daily-budget", "daily_budget", default=None, metavar="USD",
+              help="The most the teacher may cost for this key's requests per UTC day (default: only "
+                   "[teacher].daily_budget_usd, which caps all). Over it, the student answers, flagged degraded.")
 @click.pass_context
-def keys_add(ctx: click.Context, name: str) -> None:
+def keys_add(ctx: click.Context, name: str, daily_budget: str | None) -> None:
     """Make a key for NAME and print it (once: only its hash is kept)."""
     from .server.api_keys import add_key
 
     path = _keys_file(ctx)
-    key = add_key(path, name)
+    key = add_key(path, name, _budget(daily_budget))
     click.echo(key)
     click.echo(f"stored as a hash in {path}; the daemon takes it at the next request. Clients send "
                "`Authorization: Bearer <key>` (OpenAI clients: api_key=<key>).", err=True)
 
 
-@keys.command("list")
+@keys.command("budget")
+@click.argument("name")
+@click.argument("usd")
 @click.pass_context
-def keys_list(ctx: click.Context) -> None:
-    """The names of the keys (the keys themselves are not stored)."""
-    from .server.api_keys import read_keys
+def keys_budget(ctx: click.Context, name: str, usd: str) -> None:
+    """Set NAME's daily teacher budget in USD (`none`: only the global cap), from the daemon's next request."""
+    from .server.api_keys import set_budget
 
-    for name in sorted(read_keys(_keys_file(ctx)).values()):
-        click.echo(name)
+    set_budget(_keys_file(ctx), name, _budget(usd))
+    click.echo(f"{name}: daily teacher budget {'none' if _budget(usd) is None else f'${_budget(usd):g}'}")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Names, budgets and today's teacher spend as JSON.")
+@click.pass_context
+def keys_list(ctx: click.Context, as_json: bool) -> None:
+    """The names of the keys (the keys themselves are not stored), with their budgets and today's spend."""
+    from .paths import state_dir
+    from .server.api_keys import read_key_records
+    from .teacher.limits import SpendLedger
+
+    rows = []
+    for record in sorted(read_key_records(_keys_file(ctx)).values(), key=lambda r: r.name):
+        spent = None
+        ledger_file = state_dir() / "teacher-spend-by-key" / f"key-{record.name}.sqlite3"
+        if record.daily_usd is not None and ledger_file.is_file():
+            ledger = SpendLedger(ledger_file, record.daily_usd)
+            try:
+                spent = ledger.spent_today()
+            finally:
+                ledger.close()
+        rows.append({"name": record.name, "daily_budget_usd": record.daily_usd, "spent_today_usd": spent})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        if row["daily_budget_usd"] is None:
+            click.echo(row["name"])
+        else:
+            click.echo(f"{row['name']}\tdaily budget ${row['daily_budget_usd']:g}, "
+                       f"spent today ${row['spent_today_usd'] or 0.0:.4f}")
 
 
 @keys.command("remove")

@@ -26,6 +26,7 @@ from .ledger import AnswerLedger
 from .errors import AthanorError
 from .storage_health import StorageHealth
 from .teacher.base import Teacher, TeacherError, TeacherParams
+from .teacher.limits import PayerLedgers, SpendLedger
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class ChatRequest:
     """False for `Cache-Control: no-cache`: always generate."""
     cache_write: bool = True
     """False for `Cache-Control: no-store`: never remember this answer."""
+    payer: str | None = None
+    """The API key asking (over TCP), when it has a daily teacher budget of its own."""
+    payer_budget_usd: float | None = None
     raw_prompt: str | None = None
     """`/v1/completions`: text continued as it is, without the chat template. The student alone answers it:
     no cache, no teacher (a chat model) and no distillation log, whose records are conversations."""
@@ -168,6 +172,8 @@ class Routing:
     """Every answer's route, tokens, spend and saving, for `athanor report`."""
     price: Callable[[int, int], float] | None = None
     """What the teacher would charge for (input, output) tokens: the basis of `saved_usd`."""
+    payers: PayerLedgers | None = None
+    """Teacher spend per API key, for keys with a daily budget of their own."""
     storage: StorageHealth = field(default_factory=StorageHealth)
     """Write failures of the cache, distillation log and spend ledger (shared with them)."""
 
@@ -423,6 +429,33 @@ class StudentRun(Run):
 
     async def _ask_teacher(self, student_answer: Completion, sure: Confidence,
                            partial: bool = False) -> AsyncIterator[Delta | Answer]:
+        """The teacher's answer, within the asking API key's own daily budget when it has one: over it, the
+        key's `BudgetExceeded` (a `TeacherError`, raised before anything is sent) has the student answer."""
+        ledger = self._payer_ledger()
+        if ledger is None:
+            async for event in self._teacher_events(student_answer, sure, partial):
+                yield event
+            return
+        price = self.router.routing.price
+        estimate = price(len(self.prompt), self.params.max_tokens) if price is not None else 0.0
+        booked = await asyncio.to_thread(ledger.reserve, estimate)
+        try:
+            async for event in self._teacher_events(student_answer, sure, partial):
+                if isinstance(event, Answer):
+                    # An answer broken off mid-way brings no usage, yet was billed: charged at the estimate.
+                    await asyncio.to_thread(ledger.record, booked if event.degraded else event.cost_usd)
+                yield event
+        finally:
+            ledger.release(booked)
+
+    def _payer_ledger(self) -> SpendLedger | None:
+        payers = self.router.routing.payers
+        if payers is None or self.request.payer is None or self.request.payer_budget_usd is None:
+            return None
+        return payers.ledger(self.request.payer, self.request.payer_budget_usd)
+
+    async def _teacher_events(self, student_answer: Completion, sure: Confidence,
+                              partial: bool) -> AsyncIterator[Delta | Answer]:
         routing = self.router.routing
         assert routing.teacher is not None
         params = TeacherParams(max_tokens=self.params.max_tokens, temperature=self.params.temperature,

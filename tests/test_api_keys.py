@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from appliance.cli import main
 from appliance.errors import AthanorError
 from appliance.server.api import namespace_for
-from appliance.server.api_keys import Cors, KeyAuth, add_key, hash_key, parse_keys, read_keys, remove_key
+from appliance.server.api_keys import (Cors, KeyAuth, KeyRecord, add_key, hash_key, parse_key_file, parse_keys,
+                                      read_key_records, read_keys, remove_key, set_budget)
 from appliance.server.http import HttpRequest, HttpResponse, Peer, json_response
 
 
@@ -89,3 +90,51 @@ def test_keys_command_adds_lists_and_removes(tmp_path):
     assert runner.invoke(main, ["--config", str(config), "keys", "remove", "laptop"]).exit_code == 0
     gone = runner.invoke(main, ["--config", str(config), "keys", "remove", "laptop"])
     assert gone.exit_code != 0 and "no key named 'laptop'" in gone.output
+
+
+def test_a_key_may_carry_a_daily_teacher_budget(tmp_path):
+    path = tmp_path / "api-keys"
+    key = add_key(path, "phone", daily_usd=0.25)
+    add_key(path, "laptop")
+    assert read_key_records(path) == {hash_key(key): KeyRecord("phone", 0.25),
+                                      **{d: r for d, r in read_key_records(path).items() if r.name == "laptop"}}
+    assert read_keys(path)[hash_key(key)] == "phone"
+    set_budget(path, "phone", None)
+    assert read_key_records(path)[hash_key(key)] == KeyRecord("phone", None)
+    set_budget(path, "laptop", 2)
+    assert {r.name: r.daily_usd for r in read_key_records(path).values()} == {"phone": None, "laptop": 2.0}
+    with pytest.raises(AthanorError, match="no key named"):
+        set_budget(path, "tablet", 1.0)
+    with pytest.raises(AthanorError, match="0 or more"):
+        add_key(path, "tablet", daily_usd=-1.0)
+    with pytest.raises(AthanorError, match=r"line 1 is not `NAME SHA256-HEX \[daily_usd=X\]`"):
+        parse_key_file(f"phone {'a' * 64} budget=3\n")
+    # The key's budget travels with its requests, for the router to keep to.
+    seen = []
+
+    async def record(request: HttpRequest) -> HttpResponse:
+        seen.append((request.client, request.client_budget_usd))
+        return json_response(200, {})
+
+    auth = KeyAuth(record, path)
+    _call(auth, _request("10.0.0.5:5555", {"authorization": f"Bearer {key}"}))
+    assert seen == [("key:phone", None)]
+    set_budget(path, "phone", 0.5)
+    _call(auth, _request("10.0.0.5:5555", {"authorization": f"Bearer {key}"}))
+    assert seen[-1] == ("key:phone", 0.5)
+
+
+def test_keys_command_sets_budgets(tmp_path):
+    runner = CliRunner()
+    config = tmp_path / "athanor.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:0"\n')
+    env = {"ATHANOR_HOME": str(tmp_path)}
+    added = runner.invoke(main, ["--config", str(config), "keys", "add", "phone", "--daily-budget", "0.5"], env=env)
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(main, ["--config", str(config), "keys", "list", "--json"], env=env)
+    assert json.loads(listed.stdout) == [{"name": "phone", "daily_budget_usd": 0.5, "spent_today_usd": None}]
+    assert "daily budget $0.5" in runner.invoke(main, ["--config", str(config), "keys", "list"], env=env).output
+    assert runner.invoke(main, ["--config", str(config), "keys", "budget", "phone", "none"], env=env).exit_code == 0
+    assert runner.invoke(main, ["--config", str(config), "keys", "list"], env=env).output == "phone\n"
+    bad = runner.invoke(main, ["--config", str(config), "keys", "budget", "phone", "lots"], env=env)
+    assert bad.exit_code != 0 and "give USD" in bad.output

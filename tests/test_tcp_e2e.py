@@ -96,3 +96,61 @@ def test_the_sdk_checks_of_the_socket_hold_over_tcp(tcp):
                                              messages=[{"role": "user", "content": "Name a fruit, TCP seed test."}]
                                              ).choices[0].message.content for _ in range(2)}
     assert len(seeded) == 1
+
+
+@pytest.fixture(scope="module")
+def tcp_with_teacher(tmp_path_factory):
+    """The TCP listener with a (fake) Gemini teacher that answers every question: the student is never sure."""
+    from tests.conftest import gemini_env
+    from tests.fakes import FakeGemini
+
+    home = tmp_path_factory.mktemp("tcp-teacher")
+    port = _free_port()
+    keys = {"tight": add_key(home / "api-keys", "tight", daily_usd=0.0),
+            "roomy": add_key(home / "api-keys", "roomy", daily_usd=1.0),
+            "open": add_key(home / "api-keys", "open")}
+    (home / "athanor.toml").write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[cache]\nenabled = false\n')
+    with FakeGemini(api_key="fake-key", answer=lambda prompt: "Teacher says hello.") as fake:
+        process, socket_path = start_daemon(home, env=gemini_env(fake, ATHANOR_ROUTING__ROUTER="off",
+                                                                 ATHANOR_ROUTING__CONFIDENCE_THRESHOLD="1.0"))
+        yield f"http://127.0.0.1:{port}", keys, home, fake
+        stop_daemon(process)
+
+
+def _ask_tcp(base: str, key: str, question: str) -> dict:
+    with httpx.Client(base_url=base, timeout=120) as http:
+        reply = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"messages": [{"role": "user", "content": question}], "max_tokens": 8})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_each_key_keeps_to_its_own_daily_teacher_budget(tcp_with_teacher):
+    import json
+
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+    from appliance.server.api_keys import set_budget
+
+    base, keys, home, fake = tcp_with_teacher
+    asked = len(fake.requests)
+    # A key with no teacher budget left: the teacher is not asked; the student answers, flagged.
+    tight = _ask_tcp(base, keys["tight"], "Why is the sky blue?")
+    assert tight["route"] == "student" and tight["degraded"] is True
+    assert "API key 'tight'" in tight["degraded_reason"] and "athanor keys budget tight" in tight["degraded_reason"]
+    assert len(fake.requests) == asked
+    # Keys with room, or with no budget of their own, reach the teacher.
+    for name in ("roomy", "open"):
+        answer = _ask_tcp(base, keys[name], f"Why is the sea salty, {name}?")
+        assert answer["route"] == "teacher" and answer["cost_usd"] > 0
+    assert len(fake.requests) == asked + 2
+    # What each key spent is kept per UTC day, in the state folder, and `keys list` reports it.
+    env = {"ATHANOR_HOME": str(home)}
+    listed = CliRunner().invoke(main, ["--config", str(home / "athanor.toml"), "keys", "list", "--json"], env=env)
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["roomy"]["daily_budget_usd"] == 1.0 and rows["roomy"]["spent_today_usd"] > 0
+    assert rows["tight"]["spent_today_usd"] in (None, 0.0) and rows["open"]["daily_budget_usd"] is None
+    # A budget raised in the key file holds from the next request, without a restart.
+    set_budget(home / "api-keys", "tight", 1.0)
+    assert _ask_tcp(base, keys["tight"], "Why is grass green?")["route"] == "teacher"

@@ -372,3 +372,19 @@ def test_concurrent_calls_cannot_all_pass_the_cap_before_any_records(tmp_path):
     with pytest.raises(BudgetExceeded):  # and after it settled, the spend itself counts
         ledger.check(0.6)
     ledger.check(0.3)  # nothing stays booked
+
+
+def test_each_api_key_has_its_own_daily_ledger(tmp_path):
+    from appliance.teacher.limits import PayerLedgers
+
+    payers = PayerLedgers(tmp_path / "by-key")
+    phone = payers.ledger("phone", 0.01)
+    phone.record(0.008)
+    with pytest.raises(BudgetExceeded, match=r"API key 'phone'.*athanor keys budget phone USD"):
+        phone.reserve(0.005)
+    assert payers.ledger("laptop", 0.01).reserve(0.005) == 0.005  # another key's spend is its own
+    assert payers.ledger("phone", 1.0) is phone and phone.reserve(0.005) == 0.005  # a raised budget holds at once
+    payers.close()
+    again = PayerLedgers(tmp_path / "by-key")
+    assert again.ledger("phone", 0.01).spent_today() == pytest.approx(0.008)  # kept across restarts
+    again.close()

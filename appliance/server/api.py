@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import logging
 import time
 import uuid
@@ -187,6 +188,8 @@ class Api:
         body = parse_chat_request(request.body)
         cache_read, cache_write = cache_directives(request)
         chat = to_chat_request(body, self.default_max_tokens, namespace_for(request), cache_read, cache_write)
+        if request.client is not None and request.client_budget_usd is not None:
+            chat = replace(chat, payer=request.client.removeprefix("key:"), payer_budget_usd=request.client_budget_usd)
         self._check_vocabulary(chat)
         run = await self._admit(chat, stream=body.stream)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -19,6 +19,7 @@ from ..config import AthanorConfig, api_keys_path, load_config
 from ..engine.scheduler import Scheduler
 from ..errors import AthanorError
 from ..distill_log import DistillLog
+from ..teacher.limits import PayerLedgers
 from ..ledger import LEDGER_FILE, AnswerLedger
 from ..router import Router, Routing, Student
 from ..students import open_engine, resolve_student
@@ -84,6 +85,7 @@ def build_routing(config: AthanorConfig) -> Routing:
         check_match("如何预热 please", "怎么预热", lambda spans: [1.0] * len(spans))
     if config.teacher.provider != "none":
         routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
+        routing.payers = PayerLedgers(state / "teacher-spend-by-key", health=routing.storage)
     # With a teacher it logs the teacher's answers; with or without, the unsure ones it served alone (pending).
     routing.distill_log = DistillLog(state / "distill.jsonl")
     routing.ledger = AnswerLedger(state / LEDGER_FILE, health=routing.storage)
@@ -265,5 +267,7 @@ async def _close_routing(routing: Routing) -> None:
         routing.cache.close()
     if routing.distill_log is not None:
         routing.distill_log.close()
+    if routing.payers is not None:
+        routing.payers.close()
     if routing.ledger is not None:
         routing.ledger.close()

@@ -74,6 +74,8 @@ class HttpRequest:
     """The client's address over TCP ("host:port"); None on the Unix socket, where `peer` says who it is."""
     client: str | None = None
     """Who an API key says is asking over TCP ("key:NAME", set by `KeyAuth`); None on the socket."""
+    client_budget_usd: float | None = None
+    """That key's daily teacher budget, if it has one."""
 
     @property
     def path(self) -> str:

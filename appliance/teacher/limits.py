@@ -161,9 +161,12 @@ class SpendLedger:
     """Teacher spend per UTC day, in a small SQLite file that survives crashes; enforces the daily cap."""
 
     def __init__(self, path: Path, daily_budget_usd: float, clock: Clock = time.time,
-                 health: StorageHealth | None = None) -> None:
+                 health: StorageHealth | None = None, label: str = "teacher budget",
+                 fix: str = "raise [teacher].daily_budget_usd") -> None:
         self.path = Path(path)
         self.daily_budget_usd = daily_budget_usd
+        self.label = label
+        self.fix = fix
         self._clock = clock
         self._lock = threading.Lock()
         self._health = health
@@ -212,9 +215,9 @@ class SpendLedger:
             spent = self._spent_locked()
             if spent + self._in_flight + estimated_cost > self.daily_budget_usd:
                 raise BudgetExceeded(
-                    f"teacher budget reached: spent ${spent:.4f} of ${self.daily_budget_usd:.2f} today, "
+                    f"{self.label} reached: spent ${spent:.4f} of ${self.daily_budget_usd:.2f} today, "
                     f"${self._in_flight:.4f} more booked by calls under way (this request needs about "
-                    f"${estimated_cost:.4f}); it resets at 00:00 UTC, or raise [teacher].daily_budget_usd"
+                    f"${estimated_cost:.4f}); it resets at 00:00 UTC, or {self.fix}"
                 )
             self._in_flight += estimated_cost
         return estimated_cost
@@ -401,3 +404,32 @@ def read_spend(path: Path) -> dict[str, float]:
         return {}
     finally:
         db.close()
+
+
+class PayerLedgers:
+    """Teacher spend per API key and UTC day, one `SpendLedger` each (`<folder>/key-NAME.sqlite3`), so that a
+    key's daily budget holds across restarts, with the same crash safety as the global cap."""
+
+    def __init__(self, folder: Path, health: StorageHealth | None = None) -> None:
+        self.folder = Path(folder)
+        self._health = health
+        self._ledgers: dict[str, SpendLedger] = {}
+        self._lock = threading.Lock()
+
+    def ledger(self, payer: str, daily_budget_usd: float) -> SpendLedger:
+        """`payer`'s ledger, its cap set to the key's budget as the key file says now."""
+        with self._lock:
+            ledger = self._ledgers.get(payer)
+            if ledger is None:
+                ledger = SpendLedger(self.folder / f"key-{payer}.sqlite3", daily_budget_usd, health=self._health,
+                                     label=f"the teacher budget of API key {payer!r}",
+                                     fix=f"raise it with `athanor keys budget {payer} USD`")
+                self._ledgers[payer] = ledger
+            ledger.daily_budget_usd = daily_budget_usd
+            return ledger
+
+    def close(self) -> None:
+        with self._lock:
+            for ledger in self._ledgers.values():
+                ledger.close()
+            self._ledgers.clear()
