@@ -39,6 +39,20 @@ def rec(answer: str, prompt: str = "What is the capital of France, and why is it
     (rec("I'm sorry, but I can't help with that request."), "refusal"),
     (rec("As an AI language model, I have no opinion."), "refusal"),
     (rec("Sorry for the wait: Paris."), None),                           # "sorry" alone is not a refusal
+    (rec("抱歉，我无法回答这个问题。", prompt="法国的首都是哪里？为什么？"), "refusal"),
+    (rec("作为一个AI语言模型，我没有个人观点。", prompt="你怎么看巴黎？请说说理由。"), "refusal"),
+    (rec("抱歉让你久等了：巴黎是法国的首都。", prompt="法国的首都是哪里？为什么？"), None),
+    (rec("我不能确定，但巴黎可能是答案。", prompt="法国的首都是哪里？为什么？"), None),
+    # The teacher speaking of itself: the student would learn to say it.
+    (rec("I'm a large language model, trained by Google.", prompt="Who are you? Tell me about yourself."), "identity"),
+    (rec("I am Gemini, happy to help. Paris is the capital.", teacher_model="gemini-2.5-flash"), "identity"),
+    (rec("我是Gemini，由谷歌开发的大型语言模型。", prompt="你是谁？介绍一下你自己。",
+         teacher_model="gemini-2.5-flash"), "identity"),
+    (rec("我是一个由OpenAI训练的语言模型。", prompt="你是谁？介绍一下你自己。"), "identity"),
+    (rec("Gemini is a family of models made by Google DeepMind.", prompt="What is Gemini? Tell me about it.",
+         teacher_model="gemini-2.5-flash"), None),                         # about the teacher, not as it
+    (rec("Gemini 是谷歌推出的一系列模型。", prompt="Gemini是什么？介绍一下。", teacher_model="gemini-2.5-flash"), None),
+    (rec("I'm ChatGPT. Paris is the capital of France.", teacher_model="gpt-4o-mini"), "identity"),
     (rec("La capitale de la France est Paris, et elle est très belle."), "wrong_language"),
     (rec("Paris"), None),                                                  # too short to tell: kept
     (rec('{"a": 1}', format="json"), None),

@@ -10,6 +10,7 @@ from collections import Counter
 from .records import Record
 
 EMPTY, TRUNCATED, REFUSAL, WRONG_LANGUAGE, INVALID_JSON = "empty", "truncated", "refusal", "wrong_language", "invalid_json"
+IDENTITY = "identity"
 
 # Openings that refuse rather than answer; looked for near the start, where refusals put them.
 _REFUSAL = re.compile(
@@ -18,7 +19,39 @@ _REFUSAL = re.compile(
     r"|i'm not (?:able|allowed) to|this request (?:violates|goes against))",
     re.IGNORECASE,
 )
+# The same in Chinese: an apology followed by "I cannot", and the "as an AI (model)" boilerplate.
+_REFUSAL_ZH = re.compile(r"(?:抱歉|对不起|很遗憾|不好意思)[，,！!。\s]*(?:但是?)?我(?:无法|不能|没法|不可以|不便)"
+                         r"|我(?:无法|不能)(?:提供|回答|协助|帮助|满足)(?:这|该|此|您)"
+                         r"|作为(?:一个|一名)?(?:AI|ai|人工智能)(?:语言)?(?:模型|助手)")
 _REFUSAL_WINDOW = 200
+
+# A teacher speaking of itself: a student trained on "I am Gemini, trained by Google" says so to its
+# users. First person plus a maker ("trained by ...", "由...训练"), or first person plus the teacher's
+# own model family (from the record's teacher_model), anywhere near the start of the answer.
+_MAKER_EN = re.compile(r"\bI(?: am|'m| was| have been)\s+(?:an?\s+)?(?:[\w-]+,?\s+){0,5}?"
+                       r"(?:trained|developed|created|built|made|designed)\s+by\b", re.IGNORECASE)
+_MAKER_ZH = re.compile(r"我(?:是|叫)[^。！？!?\n]{0,24}?由[^。！？!?\n]{0,20}?(?:训练|开发|创建|打造|研发|推出)")
+_IDENTITY_WINDOW = 300
+
+
+def _family(teacher_model: str) -> str | None:
+    """"gemini" from "gemini-2.5-flash" or "models/gemini-pro", "gpt" from "gpt-4o-mini"; None when unknown."""
+    match = re.match(r"[a-z]{3,}", teacher_model.lower().rsplit("/", 1)[-1])
+    return match.group(0) if match else None
+
+
+def speaks_as_teacher(answer: str, teacher_model: str = "") -> bool:
+    """True when the answer claims, in the first person, to be the teacher or to come from its maker."""
+    head = answer[:_IDENTITY_WINDOW]
+    if _MAKER_EN.search(head) or _MAKER_ZH.search(head):
+        return True
+    family = _family(teacher_model)
+    if family is None:
+        return False
+    name = rf"(?:chat)?{re.escape(family)}" if family == "gpt" else re.escape(family)
+    first_person = (rf"\b(?:I am|I'm|my name is|I am called|this is)\s+(?:an?\s+)?(?:[\w.-]+\s+){{0,3}}?{name}\b"
+                    rf"|我(?:是|叫|的名字是)[^。！？!?\n]{{0,12}}?{name}")
+    return re.search(first_person, head, re.IGNORECASE) is not None
 
 # The commonest function words per language: enough to tell paragraphs apart. A word several
 # languages share counts for each of them in proportion (1/k), so "la" or "de" decide nothing alone.
@@ -104,14 +137,17 @@ def wanted_language(record: Record, rule: str) -> str | None:
 
 
 def rule_reason(record: Record, language_rule: str = "auto") -> str | None:
-    """Why `record` should be dropped by the rules (empty, truncated, refusal, wrong_language, invalid_json), or None."""
+    """Why `record` should be dropped by the rules (empty, truncated, refusal, identity, wrong_language,
+    invalid_json), or None."""
     answer = record.answer.strip()
     if not answer:
         return EMPTY
     if record.finish_reason == "length":
         return TRUNCATED
-    if _REFUSAL.search(answer[:_REFUSAL_WINDOW]):
+    if _REFUSAL.search(answer[:_REFUSAL_WINDOW]) or _REFUSAL_ZH.search(answer[:_REFUSAL_WINDOW]):
         return REFUSAL
+    if speaks_as_teacher(answer, record.teacher_model):
+        return IDENTITY
     if record.format == "json":
         try:
             parse_json_answer(answer)
