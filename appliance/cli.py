@@ -485,6 +485,9 @@ _register_distill(main)
 from .routing.cli import router as _router_group  # noqa: E402 - router refit
 
 main.add_command(_router_group)
+from .distill.dataset_cli import dataset as _dataset_group  # noqa: E402 - dataset export
+
+main.add_command(_dataset_group)
 from export.cli import export_command  # noqa: E402 - merge, convert, quantize, verify, publish
 
 main.add_command(export_command)

@@ -12,6 +12,7 @@ from appliance.distill.metrics import (ItemResult, normalize, recommend_threshol
                                        threshold_curve, token_f1)
 from appliance.distill.reasoning import split_reasoning
 from appliance.distill.records import Record
+from appliance.distill import DistillError
 from appliance.distill.retrain import build_dataset, passes_gate, record_from_log
 from appliance.distill.split import heldout_count, stratified_split
 from appliance.distill_log import DistillLog
@@ -252,3 +253,32 @@ def test_label_categories_are_balanced_by_repeating_rarer_labels_within_a_cap():
     # The repeats depend on the records and the seed, not on the order they came in.
     assert sorted(r.prompt for r in balance_labels(sentiment, 4)) == sorted(
         r.prompt for r in balance_labels(list(reversed(sentiment)), 4))
+
+
+def test_datasets_move_to_and_from_openai_messages_jsonl(tmp_path):
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+    from appliance.distill.records import read_dataset, record_from_messages, write_dataset
+
+    chat = Record(prompt="那第二个呢？", answer="第二个是上海。", role="Answer briefly.",
+                  history=({"role": "user", "content": "中国最大的两个城市？"},
+                           {"role": "assistant", "content": "第一个是重庆。"}))
+    plain = Record(prompt="What is 2+2?", answer="4")
+    write_dataset(tmp_path / "train.jsonl", [chat, plain])
+    result = CliRunner().invoke(main, ["dataset", "export", str(tmp_path), "--out", str(tmp_path / "openai.jsonl")])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "openai.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert lines[1] == {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
+    assert [m["role"] for m in lines[0]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    # Read back, by any command that reads a dataset: the same prompts, personas, turns and answers.
+    again = read_dataset(tmp_path / "openai.jsonl")
+    assert [(r.prompt, r.answer, r.role, r.history, r.key) for r in again] == \
+        [(r.prompt, r.answer, r.role, r.history, r.key) for r in [chat, plain]]
+    for bad, words in ((["user says hi"], "list of"), ([{"role": "user", "content": "hi"}], "end with a user turn"),
+                       ([{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}], "roles are")):
+        with pytest.raises(ValueError, match=words):
+            record_from_messages(bad)
+    (tmp_path / "broken.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DistillError, match="record 1 is not a dataset record.*OpenAI"):
+        read_dataset(tmp_path / "broken.jsonl")

@@ -83,9 +83,36 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Record":
-        """A record from its JSON form; unknown keys (the log's timestamp) are ignored."""
+        """A record from its JSON form; unknown keys (the log's timestamp) are ignored. A line in OpenAI's
+        fine-tuning form (`{"messages": [...]}`, as other trainers write it) is read as one too."""
+        if "messages" in data and "prompt" not in data:
+            return record_from_messages(data["messages"])
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_openai(self) -> dict[str, Any]:
+        """OpenAI's fine-tuning form: the chat, ending with the teacher's answer as the assistant's turn."""
+        return {"messages": [*self.messages(), {"role": "assistant", "content": self.answer}]}
+
+
+def record_from_messages(messages: Any) -> Record:
+    """A record from an OpenAI-style chat: an optional system message (the persona), earlier turns, a user
+    turn and the assistant's answer to it, last. Raises ValueError naming what is wrong."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ValueError("`messages` must be a list of {role, content} objects")
+    turns = [{"role": str(m.get("role")), "content": m.get("content")} for m in messages]
+    for turn in turns:
+        if turn["role"] not in ("system", "user", "assistant") or not isinstance(turn["content"], str):
+            raise ValueError(f"a message with role {turn['role']!r} and non-text content: roles are system, "
+                             "user and assistant, contents plain text")
+    role = None
+    if turns and turns[0]["role"] == "system":
+        role = turns.pop(0)["content"]
+    if len(turns) < 2 or turns[-1]["role"] != "assistant" or turns[-2]["role"] != "user":
+        raise ValueError("the messages must end with a user turn and then the assistant's answer to learn")
+    history = tuple({"role": t["role"], "content": t["content"]} for t in turns[:-2])
+    return Record(prompt=turns[-2]["content"], answer=turns[-1]["content"], role=role, history=history,
+                  source="import")
 
 
 def read_dataset(path: Path) -> list[Record]:
@@ -97,8 +124,9 @@ def read_dataset(path: Path) -> list[Record]:
     for number, data in enumerate(read_records(path), 1):
         try:
             records.append(Record.from_dict(data))
-        except TypeError as exc:
-            raise DistillError(f"{path}: record {number} is not a dataset record ({exc})") from None
+        except (TypeError, ValueError) as exc:
+            raise DistillError(f"{path}: record {number} is not a dataset record ({exc}); a line is either "
+                               "Athanor's record (prompt, answer, ...) or OpenAI's {\"messages\": [...]}") from None
     return records
 
 
