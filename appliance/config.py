@@ -255,6 +255,15 @@ class DistillConfig(_Section):
     """Examples longer than this (prompt + answer, in tokens) are cut."""
     checkpoint_every: int = Field(default=50, ge=1)
     """Optimizer steps between checkpoints (training resumes from the last one)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Training precision: `auto` is bf16 on a GPU that has it, fp16 on an older GPU and fp32 on a CPU (where
+    bf16 halves the weights' memory but runs slower); LoRA weights stay fp32 either way."""
+    grad_accum: int = Field(default=1, ge=1)
+    """Micro-batches of `batch_size` per optimizer step: a larger effective batch in the memory of a small one."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass: far less memory for about a third more time."""
+    quantize_base: Literal["none", "4bit"] = "none"
+    """`4bit`: QLoRA, the frozen base in NF4 (a 1B+ student on a small GPU); needs CUDA and `pip install bitsandbytes`."""
     kd_temperature: float = Field(default=2.0, gt=0.0)
     """Softmax temperature of white-box distillation from a local teacher's logits."""
     kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)

@@ -47,8 +47,9 @@ def latest(root: Path) -> Path | None:
     return folders[-1] if folders else None
 
 
-def save(root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, fingerprint: dict) -> Path:
-    """Write checkpoint `step-N` under `root` and drop all but the newest `KEEP`."""
+def save(root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, fingerprint: dict,
+         scaler: Any = None) -> Path:
+    """Write checkpoint `step-N` under `root` and drop all but the newest `KEEP` (`scaler`: fp16's loss scaler)."""
     import torch
 
     final = root / f"step-{state.step:07d}"
@@ -62,6 +63,8 @@ def save(root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainSta
         "val_losses": state.val_losses,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        # The loss scale adapts as training goes; a resumed run must start from where it had got to.
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "fingerprint": fingerprint,
@@ -73,7 +76,8 @@ def save(root: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainSta
     return final
 
 
-def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any, fingerprint: dict) -> TrainState:
+def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any, fingerprint: dict,
+            scaler: Any = None) -> TrainState:
     """Load a checkpoint into the live objects; refuses one made from other data or settings."""
     import torch
     from peft import set_peft_model_state_dict
@@ -90,6 +94,8 @@ def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any, fingerprin
     set_peft_model_state_dict(model, weights)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
     torch.set_rng_state(saved["rng_cpu"])
     if saved.get("rng_cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng_cuda"])

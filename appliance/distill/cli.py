@@ -182,6 +182,16 @@ def _label_pending(config: AthanorConfig, log_path: Path | None, max_tokens: int
               help="Repeat rarer labels of a label category up to N times each ([distill].balance_max; 1: off).")
 @click.option("--lora-layers", type=click.IntRange(min=1), default=None,
               help="Adapt only the top N layers: faster on a CPU ([distill].lora_layers; default all).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+              help="Base weights and forward pass ([distill].precision; auto: bf16 on a GPU that has it, fp16 on an "
+                   "older GPU, fp32 on a CPU). LoRA weights stay fp32.")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=None,
+              help="Micro-batches per optimizer step: an effective batch of batch size × N ([distill].grad_accum).")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute activations in the backward pass: much less memory, about a third slower "
+                   "([distill].gradient_checkpointing).")
+@click.option("--quantize-base", type=click.Choice(["none", "4bit"]), default=None,
+              help="4bit: QLoRA, the base in NF4; needs CUDA and bitsandbytes ([distill].quantize_base).")
 @click.option("--seed", type=int, default=None)
 @click.option("--no-group-by-length", "group_by_length", flag_value=False, default=None,
               help="Batch in plain random order instead of grouping similar lengths (more padding, slower).")
@@ -193,15 +203,16 @@ def train(ctx: click.Context, dataset: Path, base: Path | None, out_dir: Path, t
     """LoRA-train a student on DATASET (a train.jsonl, or a harvest folder). Resumes from OUT/checkpoints."""
     from .progress import train_progress
     from .records import TRAIN_FILE, file_sha256, read_dataset, resolve_dataset
-    from .train import TrainSettings
+    from .train import TrainSettings, preflight
     from .train import train as run_training
 
     config = _config(ctx)
-    path = resolve_dataset(dataset, TRAIN_FILE)
-    records = read_dataset(path)
     split = lambda text: tuple(p.strip() for p in text.split(",") if p.strip()) if text else None  # noqa: E731
     settings = TrainSettings.from_config(config.distill, target_modules=split(target_modules),
                                          modules_to_save=split(modules_to_save), **options)
+    preflight(settings)  # settings this machine cannot train with fail before the dataset is read
+    path = resolve_dataset(dataset, TRAIN_FILE)
+    records = read_dataset(path)
     base = base or _default_base(config)
     with train_progress("train", every=log_every) as report:
         result = run_training(records, base, out_dir, settings, dataset_sha256=file_sha256(path),

@@ -156,21 +156,38 @@ def end_of_turn(tokenizer: Any) -> str:
     return tokenizer.eos_token or ""
 
 
-def load_model(path: Path, device: str = "cpu") -> Any:
-    """A causal LM from a model folder or a GGUF file, in float32 on `device`, in eval mode."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Precision name -> torch dtype name."""
+
+
+def load_model(path: Path, device: str = "cpu", *, dtype: str = "fp32", four_bit: bool = False) -> Any:
+    """A causal LM from a model folder or a GGUF file, on `device`, in eval mode.
+
+    `dtype` ("fp32", "bf16", "fp16"): the weights' precision (a GGUF is dequantized, then cast).
+    `four_bit`: linear weights in bitsandbytes NF4 (QLoRA), computing in `dtype`; needs CUDA and bitsandbytes.
+    """
     _offline()
     import torch
     from transformers import AutoModelForCausalLM
 
     where, extra = _where(path)
+    torch_dtype = getattr(torch, DTYPES[dtype])
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype)
+        # A 4-bit model is placed while it loads; it cannot be moved afterwards.
+        extra["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **extra)
     except (OSError, ValueError, NotImplementedError) as exc:
         raise DistillError(f"cannot load a model from {path}: {exc}") from None
     if not model.config.architectures:
         # A GGUF base leaves this empty; the export's converters and optimum need it.
         model.config.architectures = [type(model).__name__]
-    return model.to(device).eval()
+    return (model if four_bit else model.to(device)).eval()
 
 
 def device() -> str:

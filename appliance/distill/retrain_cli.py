@@ -59,7 +59,7 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
     from .retrain import build_dataset, export_stage, install, passes_gate
     from .retrain_plan import DRAWN_HELDOUT, RetrainInputs, plan_retrain, read_state, write_state
     from .split import stratified_split
-    from .train import TrainSettings, train
+    from .train import TrainSettings, preflight, train
 
     if when_due and if_regressed:
         raise click.UsageError("--when-due already retrains on a regression; give one of --when-due, --if-regressed")
@@ -91,6 +91,7 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
     click.echo(plan.describe() + retention)
     if dry_run or not plan.retrain:
         return
+    preflight(TrainSettings.from_config(config.distill))  # e.g. QLoRA without a GPU: fail before any work
     if plan.draw_heldout:
         _, held = stratified_split(usable, plan.draw_heldout / len(usable), seed=config.distill.seed)
         folder.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,17 @@ distillation from a local teacher's logits. The output folder is a peft adapter
 On a CPU every computed position costs: batches group examples of similar length (each padded
 to its own longest), an over-long prompt loses its middle, and logits are computed only where an
 answer token is predicted (`scripts/bench_train.py` measures the difference).
+
+For a real-sized student on a GPU: bf16/fp16 mixed precision (the frozen base in half precision, the
+LoRA weights and optimizer state in fp32, the forward pass under autocast), gradient accumulation,
+gradient checkpointing and QLoRA (a 4-bit NF4 base; needs CUDA and bitsandbytes). All but QLoRA run on
+a CPU too, so the tests exercise them (`scripts/bench_train.py --memory` measures their memory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -19,13 +26,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from ..config import DistillConfig
 from . import DistillError
 from . import checkpoints
 from .models import device as pick_device
-from .models import end_of_turn, load_model, load_tokenizer
+from .models import DTYPES, end_of_turn, load_model, load_tokenizer
 from .reasoning import join_reasoning
 from .records import Record
 from .split import balance_labels, stratified_split
@@ -37,6 +44,8 @@ GROUP_BATCHES = 16
 """Batches per length-sorted chunk when batches are grouped by length (see `epoch_batches`)."""
 
 _log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,20 @@ class TrainSettings:
     balance_max: int = 4
     """In a label category (answers from a few short labels), rarer labels are repeated up to this many
     times towards the commonest one's count; 1: train on the labels as harvested."""
+    precision: Precision = "auto"
+    """`fp32`, `bf16` or `fp16` (the frozen base's weights and the forward pass; LoRA weights and optimizer
+    state stay fp32), or `auto` (see `choose_precision`)."""
+    grad_accum: int = 1
+    """Micro-batches of `batch_size` per optimizer step (effective batch: batch_size × grad_accum). Steps,
+    checkpoints, validation and early stopping count optimizer steps."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
+    quantize_base: Literal["none", "4bit"] = "none"
+    """`4bit`: QLoRA, the frozen base in bitsandbytes NF4 (needs CUDA and bitsandbytes)."""
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.grad_accum
 
     @classmethod
     def from_config(cls, cfg: DistillConfig, **overrides: Any) -> "TrainSettings":
@@ -84,8 +107,66 @@ class TrainSettings:
                    batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, checkpoint_every=cfg.checkpoint_every,
                    seed=cfg.seed, kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha,
                    lora_layers=cfg.lora_layers, validation_fraction=cfg.validation_fraction,
-                   patience=cfg.patience, balance_max=cfg.balance_max)
+                   patience=cfg.patience, balance_max=cfg.balance_max, precision=cfg.precision,
+                   grad_accum=cfg.grad_accum, gradient_checkpointing=cfg.gradient_checkpointing,
+                   quantize_base=cfg.quantize_base)
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def choose_precision(requested: str, device: str, bf16_supported: bool) -> str:
+    """The precision a run trains in (pure): `auto` is bf16 on a CUDA device that supports it, fp16 on an
+    older CUDA device, fp32 on a CPU (whose bf16 matmuls are emulated and slower, though they halve the
+    memory). An explicit choice stands where it can run."""
+    if requested == "auto":
+        return ("bf16" if bf16_supported else "fp16") if device == "cuda" else "fp32"
+    if requested == "bf16" and device == "cuda" and not bf16_supported:
+        raise DistillError("this GPU has no bfloat16 (it needs compute capability 8.0+); "
+                           "set [distill].precision to fp16 or auto (--precision fp16)")
+    if requested == "fp16" and device != "cuda":
+        raise DistillError("fp16 training needs a CUDA GPU (its loss scaling is for one); on a CPU set "
+                           "[distill].precision to bf16 or fp32 (--precision bf16)")
+    if requested not in ("fp32", "bf16", "fp16"):
+        raise DistillError(f"unknown precision {requested!r}: use auto, fp32, bf16 or fp16")
+    return requested
+
+
+def check_quantize_base(quantize_base: str, device: str, has_bitsandbytes: bool) -> None:
+    """Refuse QLoRA where it cannot run (pure), so a run fails before it loads or tokenizes anything."""
+    if quantize_base == "none":
+        return
+    if quantize_base != "4bit":
+        raise DistillError(f"unknown quantize_base {quantize_base!r}: use none or 4bit")
+    if device != "cuda":
+        raise DistillError("quantize_base = \"4bit\" (QLoRA) needs a CUDA GPU and this machine has none; "
+                           "set [distill].quantize_base = \"none\" (or leave out --quantize-base 4bit) to train "
+                           "the full-precision base")
+    if not has_bitsandbytes:
+        raise DistillError("quantize_base = \"4bit\" (QLoRA) needs bitsandbytes, which is not installed: "
+                           "`.venv/bin/pip install bitsandbytes`, or set [distill].quantize_base = \"none\"")
+
+
+def preflight(settings: TrainSettings, device: str | None = None) -> str:
+    """Check that `settings` can run on this machine before any work; returns the precision to train in."""
+    import torch
+
+    dev = device or pick_device()
+    check_quantize_base(settings.quantize_base, dev, importlib.util.find_spec("bitsandbytes") is not None)
+    bf16 = dev != "cuda" or bool(torch.cuda.is_bf16_supported())
+    return choose_precision(settings.precision, dev, bf16)
+
+
+def autocast(device: str, precision: str) -> Any:
+    """The forward pass's context: autocast to bf16/fp16, nothing for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, DTYPES[precision]))
+
+
+def answer_tokens(batch: dict[str, Any]) -> int:
+    """How many tokens of a collated batch the loss learns (its mean is over these)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 def _ids(encoded: Any) -> list[int]:
@@ -354,7 +435,7 @@ def top_layers(model: Any, count: int | None) -> list[int] | None:
 
 
 def validation_loss(model: Any, examples: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
-                    dev: str, keep_logits: bool) -> float:
+                    dev: str, keep_logits: bool, precision: str = "fp32") -> float:
     """Mean cross-entropy per answer token over `examples` (the model is left in training mode)."""
     import torch
 
@@ -365,11 +446,58 @@ def validation_loss(model: Any, examples: Sequence[tuple[list[int], list[int]]],
         for start in range(0, len(order), batch_size):
             batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
             batch = {k: v.to(dev) for k, v in batch.items()}
-            count = int((batch["labels"][:, 1:] != IGNORE).sum())
-            total += float(batch_loss(model, batch, keep_logits=keep_logits)) * count
+            count = answer_tokens(batch)
+            with autocast(dev, precision):
+                total += float(batch_loss(model, batch, keep_logits=keep_logits)) * count
             tokens += count
     model.train()
     return total / tokens if tokens else float("nan")
+
+
+_FINGERPRINT_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "quantize_base": "none"}
+"""What runs computed before these settings existed: left out of a fingerprint at these values, so their
+checkpoints still resume."""
+
+
+def fingerprint_settings(settings: TrainSettings, precision: str) -> dict[str, Any]:
+    """The settings a checkpoint must match to resume: the precision as resolved (`auto` may differ between
+    machines); without `max_steps` and `gradient_checkpointing`, which change when a run stops and what it
+    keeps in memory, not what it computes (so a run that ran out of memory resumes with checkpointing on)."""
+    kept = {k: v for k, v in asdict(settings).items() if k not in ("max_steps", "gradient_checkpointing")}
+    kept["precision"] = precision
+    return {k: v for k, v in kept.items() if _FINGERPRINT_DEFAULTS.get(k, object()) != v}
+
+
+def make_trainable(model: Any, settings: TrainSettings) -> Any:
+    """`model` (as `load_model` gave it) with LoRA adapters as `settings` ask, gradient checkpointing (or
+    QLoRA's preparation of a 4-bit base) where asked, and every trained weight in fp32."""
+    from peft import LoraConfig, get_peft_model
+
+    # Non-reentrant: PyTorch's recommended kind, and it passes the layers' keyword arguments through.
+    checkpointing = {"use_reentrant": False}
+    if settings.quantize_base == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpointing)
+    elif settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        # Frozen embeddings give the first checkpointed layer inputs that need no gradient; a reentrant
+        # checkpoint (a peft or transformers default elsewhere) would then drop the adapters' gradients.
+        model.enable_input_require_grads()
+    if settings.gradient_checkpointing:
+        model.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=present_modules(model, settings.target_modules),
+                      modules_to_save=list(settings.modules_to_save) or None, task_type="CAUSAL_LM",
+                      layers_to_transform=top_layers(model, settings.lora_layers))
+    model = get_peft_model(model, lora)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        # Half-precision updates of a small learning rate round away; the trained weights (and so Adam's
+        # state) are fp32 whatever the base is (peft does this for the adapters, not modules_to_save).
+        parameter.data = parameter.data.float()
+    return model
 
 
 def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainSettings, *,
@@ -383,11 +511,11 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     few lines about the run (examples, truncation, padding, threads) before the first.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
 
+    dev = pick_device()
+    precision = preflight(settings, dev)
     if not records:
         raise DistillError("the dataset holds no records to train on; check the harvest's report.json")
-    dev = pick_device()
     torch.manual_seed(settings.seed)
     tokenizer = load_tokenizer(base)
     train_records, val_records = validation_split(records, settings)
@@ -409,70 +537,83 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     teacher = None
     if kd_teacher is not None:
         check_same_vocab(tokenizer, load_tokenizer(kd_teacher))
-        teacher = load_model(kd_teacher, dev).eval()
-    model = load_model(base, dev)
+        teacher = load_model(kd_teacher, dev, dtype=precision).eval()
+    quantized = settings.quantize_base == "4bit"
+    model = load_model(base, dev, dtype=precision, four_bit=quantized)
     keep_logits = _keeps_logits(model) and (teacher is None or _keeps_logits(teacher))
-    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules=present_modules(model, settings.target_modules),
-                      modules_to_save=list(settings.modules_to_save) or None, task_type="CAUSAL_LM",
-                      layers_to_transform=top_layers(model, settings.lora_layers))
-    model = get_peft_model(model, lora)
+    model = make_trainable(model, settings)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
-    per_epoch = math.ceil(len(examples) / settings.batch_size)
+    # fp16's narrow range underflows small gradients unless the loss is scaled up; bf16 has fp32's range.
+    scaler = torch.amp.GradScaler(dev, enabled=precision == "fp16")
+    effective = settings.effective_batch_size
+    per_epoch = math.ceil(len(examples) / effective)
     total = per_epoch * settings.epochs
     warmup = min(20, max(1, total // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
     fingerprint = {"dataset_sha256": dataset_sha256, "base": str(Path(base).resolve()),
-                   "settings": {k: v for k, v in asdict(settings).items() if k != "max_steps"},
+                   "settings": fingerprint_settings(settings, precision),
                    "kd_teacher": str(kd_teacher) if kd_teacher else None}
     ckpt_root = out_dir / "checkpoints"
     state = checkpoints.TrainState()
     found = checkpoints.latest(ckpt_root)
     if found is not None:
-        state = checkpoints.restore(found, model, optimizer, scheduler, fingerprint)
+        state = checkpoints.restore(found, model, optimizer, scheduler, fingerprint, scaler)
     else:
         shutil.rmtree(ckpt_root / checkpoints.BEST, ignore_errors=True)  # a best adapter of an earlier run
     resumed = state.step
     validate_at = validation_steps(per_epoch, total, settings.eval_every) if val_examples else set()
-    first = epoch_batches(lengths, settings.batch_size, settings.seed, settings.group_by_length)
+    first = epoch_batches(lengths, effective, settings.seed, settings.group_by_length)
     if val_examples:
         on_log(f"{len(val_examples)} records held back for validation loss, measured every "
                f"{min(validate_at)} steps; stopping after {settings.patience or 'no'} validations without a new low")
     on_log(f"{len(examples)} examples ({len(train_records) - len(examples)} without an answer token skipped), "
            f"{sum(lengths)} tokens; {truncated} longer than max_seq_len {settings.max_seq_len} had their "
            "prompt's middle cut")
+    micro = f" ({settings.grad_accum} micro-batches of {settings.batch_size})" if settings.grad_accum > 1 else ""
     on_log(f"{total} steps ({settings.epochs} epoch{'s' * (settings.epochs != 1)} of {per_epoch} batches of "
-           f"{settings.batch_size})"
+           f"{effective}{micro})"
            f"{f', resuming at step {resumed}' if resumed else ''}; padding {padding_share(lengths, first):.0%} "
            f"of the batches{' (grouped by length)' if settings.group_by_length else ''}; "
-           f"{dev}, {torch.get_num_threads()} threads")
+           f"{dev}, {torch.get_num_threads()} threads; {precision}"
+           f"{', 4-bit base' if quantized else ''}{', gradient checkpointing' if settings.gradient_checkpointing else ''}")
     model.train()
     pad = tokenizer.pad_token_id
     started, run_tokens = time.monotonic(), 0
     for epoch in range(settings.epochs):
         if (epoch + 1) * per_epoch <= state.step:
             continue
-        batches = epoch_batches(lengths, settings.batch_size, settings.seed + epoch, settings.group_by_length)
+        # Batches of the effective size, cut into micro-batches: a step sees the same examples whatever
+        # grad_accum is, and a length-sorted batch cuts into micro-batches of similar lengths.
+        batches = epoch_batches(lengths, effective, settings.seed + epoch, settings.group_by_length)
         for index, members in enumerate(batches):
             if epoch * per_epoch + index < state.step:
                 continue
-            batch = collate([examples[i] for i in members], pad)
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            loss = batch_loss(model, batch, teacher, temperature=settings.kd_temperature, alpha=settings.kd_alpha,
-                              vocab=len(tokenizer), keep_logits=keep_logits)
-            loss.backward()
+            micros = [{k: v.to(dev) for k, v in collate([examples[i] for i in part], pad).items()}
+                      for part in (members[j:j + settings.batch_size] for j in range(0, len(members), settings.batch_size))]
+            counts = [answer_tokens(batch) for batch in micros]
+            value = 0.0
+            for batch, count in zip(micros, counts):
+                with autocast(dev, precision):
+                    loss = batch_loss(model, batch, teacher, temperature=settings.kd_temperature,
+                                      alpha=settings.kd_alpha, vocab=len(tokenizer), keep_logits=keep_logits)
+                # Each micro-batch's mean weighs by its share of the step's answer tokens, so the gradient is
+                # that of the mean over the whole batch, as one batch of the effective size would give.
+                loss = loss * (count / max(1, sum(counts)))
+                scaler.scale(loss).backward()
+                value += float(loss.detach())
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
             state.step += 1
             state.losses.append((state.step, value))
             early = False
             if state.step in validate_at:
-                val = validation_loss(model, val_examples, settings.batch_size, pad, dev, keep_logits)
+                val = validation_loss(model, val_examples, settings.batch_size, pad, dev, keep_logits, precision)
                 state.val_losses.append((state.step, val))
                 if state.best_val == (state.step, val):
                     checkpoints.save_best(ckpt_root, model)
@@ -481,8 +622,8 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
                        f"{state.best_val[0]}){'; stopping early' if early else ''}")
             stop = settings.max_steps is not None and state.step >= settings.max_steps
             if stop or early or state.step % settings.checkpoint_every == 0:
-                checkpoints.save(ckpt_root, model, optimizer, scheduler, state, fingerprint)
-            tokens = int(batch["attention_mask"].sum())
+                checkpoints.save(ckpt_root, model, optimizer, scheduler, state, fingerprint, scaler)
+            tokens = sum(int(batch["attention_mask"].sum()) for batch in micros)
             run_tokens += tokens
             on_step(state.step, total, value)
             if on_progress is not None:
@@ -503,7 +644,7 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
     tokenizer.save_pretrained(out_dir)
     final = state.losses[-1][1] if state.losses else None
     write_report(out_dir, base, settings, dataset_sha256, len(examples), len(train_records) - len(examples),
-                 state.losses, kd_teacher, dev, truncated, state.val_losses, best[0] if best else None)
+                 state.losses, kd_teacher, dev, truncated, state.val_losses, best[0] if best else None, precision)
     return TrainResult(out_dir, state.step, total, final, state.losses, resumed, True, state.val_losses,
                        best[0] if best else None, state.step < total)
 
@@ -511,7 +652,7 @@ def train(records: Sequence[Record], base: Path, out_dir: Path, settings: TrainS
 def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha256: str, examples: int,
                  skipped: int, losses: list[tuple[int, float]], kd_teacher: Path | None, dev: str,
                  truncated: int = 0, val_losses: Sequence[tuple[int, float]] = (),
-                 best_step: int | None = None) -> None:
+                 best_step: int | None = None, precision: str = "fp32") -> None:
     """training.json (what the export stage reads) and loss.png next to the adapter."""
     import peft
     import transformers
@@ -529,6 +670,11 @@ def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha
         "truncated_examples": truncated,
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
         "kd_teacher": str(kd_teacher) if kd_teacher else None,
+        "precision": precision,
+        "effective_batch_size": settings.effective_batch_size,
+        "grad_accum": settings.grad_accum,
+        "gradient_checkpointing": settings.gradient_checkpointing,
+        "quantize_base": settings.quantize_base,
         "steps": len(losses),
         "final_loss": losses[-1][1] if losses else None,
         "losses": [[step, round(loss, 6)] for step, loss in losses],
