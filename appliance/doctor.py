@@ -254,8 +254,11 @@ def check_onnxruntime(providers: list[str] | None, gpu_seen: str | None) -> Chec
     `providers`: `onnxruntime.get_available_providers()`, None when onnxruntime does not import.
     """
     if providers is None:
-        return Check("onnxruntime", "warn", "onnxruntime does not import: ONNX students cannot load",
-                     GPU_INSTALL if gpu_seen else "bash scripts/quickstart.sh")
+        if gpu_seen:
+            return Check("onnxruntime", "warn", "onnxruntime does not import: ONNX students cannot load", GPU_INSTALL)
+        # The base install leaves it out on purpose: only ONNX students need it.
+        return Check("onnxruntime", "ok", "not installed: GGUF students only (ONNX students need "
+                                          "`pip install 'athanor-appliance[onnx]'`)")
     listed = ", ".join(providers) or "none"
     if gpu_seen is not None and "CUDAExecutionProvider" not in providers:
         return Check("onnxruntime", "warn", f"providers: {listed}; a GPU is visible ({gpu_seen}) but without "

@@ -41,6 +41,9 @@ def export_command(adapter: Path, base: Path | None, out: Path, gguf: str, onnx:
     """Merge ADAPTER into its base, build GGUF/ONNX students, verify them and publish those that pass.
 
     Default gates (least agreement / most mean KL per type): """
+    from appliance.extras import require
+
+    require("export", "athanor export")
     from .pipeline import ExportOptions, make_plan, read_prompts, run_export
     from .verify import Gate
 

@@ -119,7 +119,8 @@ if [ -z "$venv" ]; then
         fi
         athanor_before_install "$root$venv/bin/python" "$installed" "$athanor_variant" "$repo/pyproject.toml" \
             || die "installing llama.cpp's $athanor_variant build failed (above); the CUDA build needs the whole CUDA toolkit (nvcc and cuBLAS, the -dev packages), ATHANOR_GPU=cpu installs the CPU build"
-        "$root$venv/bin/python" -m pip install --disable-pip-version-check --quiet "$repo"
+        # [export]: the weekly retrain trains, exports and gates, beyond what serving needs.
+        "$root$venv/bin/python" -m pip install --disable-pip-version-check --quiet "$repo[export]"
         athanor_after_install "$root$venv/bin/python" "$athanor_variant" "$repo/pyproject.toml" \
             || die "replacing onnxruntime with onnxruntime-gpu failed (above)"
         echo "$athanor_variant" > "$root$venv/.athanor-variant"
@@ -127,7 +128,7 @@ if [ -z "$venv" ]; then
     athanor_bin="$venv/bin/athanor"
 else
     venv="$(cd "$venv" 2>/dev/null && pwd)" || die "no virtual environment at $venv"
-    [ -x "$venv/bin/athanor" ] || die "$venv/bin/athanor missing: install Athanor into that environment first (pip install $repo)"
+    [ -x "$venv/bin/athanor" ] || die "$venv/bin/athanor missing: install Athanor into that environment first (pip install '$repo[export]')"
     athanor_bin="$venv/bin/athanor"
 fi
 case "$athanor_bin" in

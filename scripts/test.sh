@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/install.sh
-install_athanor "test"
+install_athanor "test,export"
 if ! .venv/bin/ruff check appliance export scripts tests; then
     echo "test.sh: lint failed (ruff check appliance export scripts tests); tests not run" >&2
     exit 1

@@ -152,6 +152,9 @@ def load_sentence_transformer(folder: Path, threads: int | None = None) -> Sente
     has_config = (folder / "modules.json").is_file() or (folder / "config.json").is_file()
     if not folder.is_dir() or not has_config:
         raise ConfigError(_SETTING, f"no sentence-transformers model folder at {folder}", _FIX)
+    from ..extras import require
+
+    require("train", f"the sentence-transformers embedder at {folder}")
     # Never reach for a hub: the appliance runs offline and a stray download would hang the daemon.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

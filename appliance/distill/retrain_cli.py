@@ -91,6 +91,9 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
     click.echo(plan.describe() + retention)
     if dry_run or not plan.retrain:
         return
+    from ..extras import require
+
+    require("export", "athanor retrain (it trains, exports and gates)")
     preflight(TrainSettings.from_config(config.distill))  # e.g. QLoRA without a GPU: fail before any work
     if plan.draw_heldout:
         _, held = stratified_split(usable, plan.draw_heldout / len(usable), seed=config.distill.seed)

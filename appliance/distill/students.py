@@ -54,6 +54,9 @@ class HFRunner:
     """A transformers model (a base folder or GGUF, or a peft adapter on its base), greedy decoding."""
 
     def __init__(self, path: Path) -> None:
+        from ..extras import require
+
+        require("train", f"running {path} through transformers (give its exported .gguf to evaluate without that)")
         import torch
 
         path = Path(path)

@@ -147,6 +147,9 @@ def check_quantize_base(quantize_base: str, device: str, has_bitsandbytes: bool)
 
 def preflight(settings: TrainSettings, device: str | None = None) -> str:
     """Check that `settings` can run on this machine before any work; returns the precision to train in."""
+    from ..extras import require
+
+    require("train", "training a student")
     import torch
 
     dev = device or pick_device()

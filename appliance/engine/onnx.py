@@ -60,6 +60,9 @@ class OnnxDecoder:
     """One onnxruntime session over an optimum `text-generation-with-past` export."""
 
     def __init__(self, folder: Path, threads: int = 0, provider: Provider = "auto") -> None:
+        from ..extras import require
+
+        require("onnx", f"the ONNX student {folder}")
         import onnxruntime as ort
 
         model = folder / MODEL_FILE
