@@ -113,6 +113,11 @@ def test_evaluate_runner_answers_what_the_daemon_serves(smollm2_runner, tmp_path
                                    ([{"role": "user", "content": "What is the capital of France?"}],
                                     "The capital of France is Paris.")):
             assert smollm2_runner.answer(messages, 24).text == daemon.answer(messages, 24).text == expected
+        # Read from llama.cpp's steps, as the daemon's router reads them: what a refit after retrain learns from.
+        from appliance.routing.signals import Signals
+
+        signals = daemon.answer(SENTIMENT, 24).signals
+        assert signals is not None and set(signals) == set(Signals.names()) and 0 < signals["best_mean"] <= 1
     finally:
         daemon.close()
 

@@ -258,9 +258,16 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
     for name, value in {"BASE": str(base), "EPOCHS": "1", "LORA_R": "4", "LORA_ALPHA": "8",
                         "DEDUP_THRESHOLD": "1.0"}.items():
         monkeypatch.setenv(f"ATHANOR_DISTILL__{name}", value)
+    from appliance.paths import refit_router_file
+
+    refit_router_file().parent.mkdir(parents=True, exist_ok=True)
+    refit_router_file().write_text("{}")  # a router refitted on the old student's traffic
     result = CliRunner().invoke(main, ["retrain", "--log", str(log), "--no-reload", "--out", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
     assert "held-out set: 20 log records drawn" in result.output and "new student installed at" in result.output
+    # The router follows the student: the old one's refit goes; 20 held-out answers are too few to fit another.
+    assert not refit_router_file().exists() and "removed the router refitted on the old student" in result.output
+    assert "router not refitted: 20 " in result.output and "at least 40" in result.output
     held = read_dataset(retrain_dir() / "heldout.jsonl")
     trained = read_dataset(tmp_path / "work" / "train.jsonl")
     assert len(held) == 20 and len(trained) == 40 and not {r.key for r in held} & {r.key for r in trained}

@@ -147,3 +147,13 @@ def test_refit_cli_installs_the_router_the_daemon_then_loads(tmp_path, monkeypat
     # The routers of the first tokens and of the question alone stay the shipped ones.
     assert load_policy("default", early=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_early.json"))
     assert load_policy("default", pre=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_pre.json"))
+
+
+def test_a_new_students_held_out_answers_are_labelled_by_evaluates_agreement():
+    from appliance.routing.refit import examples_from_evaluation
+
+    answers = [{"prompt": "q1", "agreed": True, "signals": _signals(0.9)},
+               {"prompt": "q2", "agreed": False, "signals": _signals(0.1)},
+               {"prompt": "q3", "agreed": True, "signals": None}]  # a transformers run reads no signals
+    found = examples_from_evaluation(answers)
+    assert [(e.question, e.right, e.features["best_mean"]) for e in found] == [("q1", True, 0.9), ("q2", False, 0.1)]

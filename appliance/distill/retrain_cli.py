@@ -29,6 +29,33 @@ def _retention(student: Path, heldout: list, config, label: str) -> tuple[float 
     return result.overall.retention, result
 
 
+MIN_REFIT_LABELS = 40
+
+
+def _route_new_student(answers: list, setting: str) -> None:
+    """The router follows the student: the one refitted on the old student's traffic goes, and one fitted on
+    the new student's held-out answers (evaluate's agreement with the teacher as labels) replaces the shipped
+    one if it does at least as well on the questions it held back."""
+    from ..paths import refit_router_file
+    from ..routing.decide import DEFAULT_ROUTER
+    from ..routing.learned import LogisticRouter
+    from ..routing.refit import examples_from_evaluation, refit
+
+    target = refit_router_file()
+    if target.is_file():
+        target.unlink()
+        console().print(f"removed the router refitted on the old student ({target})")
+    if setting != "default":
+        console().print(f"[routing].router = {setting!r} names its own router: not refitted")
+        return
+    outcome = refit(examples_from_evaluation(answers), 0, LogisticRouter.load(DEFAULT_ROUTER), MIN_REFIT_LABELS)
+    if outcome.install and outcome.router is not None:
+        outcome.router.save(target)
+        console().print(f"router refitted on the new student: {outcome.reason}; installed at {target}")
+    else:
+        console().print(f"router not refitted: {outcome.reason}; the shipped router routes the new student")
+
+
 @click.command()
 @click.option("--when-due", is_flag=True,
               help="Retrain only when [distill].retrain_after new teacher-labelled records have arrived since the "
@@ -47,9 +74,12 @@ def _retention(student: Path, heldout: list, config, label: str) -> tuple[float 
 @click.option("--min-records", type=click.IntRange(min=1), default=MIN_RECORDS, show_default=True,
               help="Fewer usable log records than this to train on: nothing to learn yet.")
 @click.option("--no-reload", is_flag=True, help="Install the new student but do not ask the daemon to reload.")
+@click.option("--keep-router", is_flag=True,
+              help="Leave the router as it is; by default it is refitted on the new student's held-out answers.")
 @click.pass_context
 def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: bool, log_path: Path | None,
-            heldout: Path | None, base: Path | None, out_dir: Path | None, min_records: int, no_reload: bool) -> None:
+            heldout: Path | None, base: Path | None, out_dir: Path | None, min_records: int, no_reload: bool,
+            keep_router: bool) -> None:
     """Rebuild the student from the daemon's distillation log; hand it over only if it does not regress.
 
     Not enough data yet is not an error: it says what is missing and exits 0."""
@@ -118,7 +148,7 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
         raise DistillError(f"export stage not available (no `export.pipeline` module); the trained adapter is in "
                            f"{adapter}; export it with `athanor export` and gate it by hand")
     gguf = export(adapter, work / "export", dataset)
-    new_retention, _ = _retention(gguf, held, config, "new student")
+    new_retention, new_evaluation = _retention(gguf, held, config, "new student")
     if old_retention is None:
         old_retention, _ = _retention(resolve_student(config.student).path, held, config, "current student")
     if not passes_gate(new_retention, old_retention):
@@ -126,14 +156,11 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
                            f"the daemon keeps the current one; the candidate is {gguf}")
     install(gguf, work / "export", target)
     write_state(folder, len(usable), target)
+    if keep_router:
+        console().print("--keep-router: the router stays as it was")
+    else:
+        _route_new_student(getattr(new_evaluation, "answers", []), config.routing.router)
     console().print(f"new student installed at {target} (retention {new_retention:.3f}, was {old_retention:.3f})")
-    from ..paths import refit_router_file
-
-    if refit_router_file().is_file():
-        # It learned which signals mean a wrong answer from the old student; the new one is routed by the
-        # shipped router until `athanor router refit` has verdicts on it.
-        refit_router_file().unlink()
-        console().print(f"removed the router refitted on the old student ({refit_router_file()})")
     if not no_reload:
         from ..client import AthanorClient
 

@@ -19,6 +19,8 @@ from .models import device, end_of_generation, is_adapter, load_model, load_toke
 class LocalAnswer:
     text: str
     logprobs: tuple[float, ...]
+    signals: dict[str, float] | None = None
+    """The router's signals for this answer, read as the daemon reads them (llama.cpp runs only)."""
 
 
 class Runner(Protocol):
@@ -44,7 +46,11 @@ class GGUFRunner:
         prompt = self._engine.chat_prompt(messages)
         events = list(self._engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0)))
         text = b"".join(e.raw for e in events).decode(errors="replace")
-        return LocalAnswer(text.strip(), tuple(e.logprob for e in events))
+        from ..router import last_user_text
+        from ..routing.signals import signals
+
+        return LocalAnswer(text.strip(), tuple(e.logprob for e in events),
+                           signals(last_user_text(messages), events).as_dict())
 
     def close(self) -> None:
         self._engine.close()

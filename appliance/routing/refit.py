@@ -85,6 +85,13 @@ def examples(records: Iterable[dict[str, Any]], student_version: str | None) -> 
     return found, unlabelled
 
 
+def examples_from_evaluation(answers: Iterable[dict[str, Any]]) -> list[Example]:
+    """Labelled examples from `athanor evaluate`'s answers (a new student on its held-out set): the student's
+    signals, and whether its answer agreed with the teacher's by evaluate's own scoring."""
+    return [Example(str(a.get("prompt", "")), {k: float(v) for k, v in a["signals"].items()}, bool(a.get("agreed")))
+            for a in answers if isinstance(a.get("signals"), dict)]
+
+
 def _question(record: dict[str, Any]) -> str:
     messages = record.get("messages") or []
     users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
