@@ -7,6 +7,10 @@ possible, and replaced by a fresh one: the cache is an optimisation and must nev
 
 All public methods are thread-safe behind one lock (the daemon calls them through asyncio.to_thread);
 embedding runs outside it, serialised by the embedder's own lock.
+
+This module coordinates; the parts live beside it: `schema` (the SQLite file, migrations, corruption),
+`salvage` (rows out of a corrupt file), `index` (per-namespace FAISS), `eviction` (TTL and LRU),
+`recent` (the embedding LRU) and `records` (the typed keys and results).
 """
 
 from __future__ import annotations
@@ -16,13 +20,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-import faiss
 import numpy as np
 
 from .. import paths
@@ -31,7 +31,15 @@ from ..errors import ConfigError
 from ..storage_health import StorageHealth
 from . import segment
 from .embedder import span_similarity
+from .eviction import delete_ids, expired, least_recently_used
+from .index import NamespaceIndexes
+from .recent import RecentEmbeddings
+from .records import TEACHER_VERSION, CacheHit, CacheKey, Neighbour
+from .salvage import move_aside, salvage
+from .schema import CorruptDatabase, chunks, connect, is_corruption, migrate, quick_check, transaction
 from .verify import MatchCheck, VerifyParams, check_match
+
+__all__ = ["TEACHER_VERSION", "CacheHit", "CacheKey", "Neighbour", "SemanticCache", "cache_path", "migrate"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +47,6 @@ _SEARCH_K = 8  # neighbours checked first; widened when all of them are rejected
 _MAX_SEARCH_K = 256
 _FLUSH_HITS_EVERY = 256  # hit bookkeeping is batched: a hit must not cost an fsync
 _FLUSH_HITS_AFTER_S = 30.0
-_RECENT_VECTORS = 64  # lookup-then-put of the same prompt embeds once
-_SQL_CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
-_REBUILD_CHUNK = 65_536
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 
 def cache_path(cfg: CacheConfig) -> Path:
@@ -59,134 +63,8 @@ class _Embedder(Protocol):
     def unknown_share(self, text: str) -> float: ...
 
 
-# The version under which teacher answers are stored: no student's, so no retrain retires them.
-TEACHER_VERSION = "teacher"
-
 # A question whose embedder tokens are more than this share unknown pieces is not understood by it.
 _MAX_UNKNOWN_SHARE = 0.2
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """What must match besides the question: who asks, which student answered, with which settings."""
-
-    namespace: str
-    model_version: str
-    params_key: str
-    also_serves: tuple[str, ...] = ()
-    """Other versions whose entries a lookup may serve: the teacher's answers do not depend on the
-    student, so they survive a retrain (TEACHER_VERSION)."""
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """A stored entry near a question, and whether the verifier would serve it (`athanor cache why`)."""
-
-    entry_id: int
-    question: str
-    answer: str
-    similarity: float
-    model_version: str
-    would_hit: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class CacheHit:
-    """A served entry: its answer, how close its question was, and the stored metadata."""
-
-    entry_id: int
-    answer: str
-    similarity: float
-    meta: dict[str, Any]
-    created_at: float
-    prompt: str = field(default="", compare=False)
-    """The cached question that matched (for logs)."""
-
-
-# --- schema: append-only named migrations (never edit or reorder one that has shipped) ------------
-
-def _m001_entries(db: sqlite3.Connection) -> None:
-    # AUTOINCREMENT: a rowid is never reused, so a stale FAISS id can never point at a newer row.
-    db.execute("""
-        CREATE TABLE entries (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            namespace TEXT NOT NULL,
-            model_version TEXT NOT NULL,
-            params_key TEXT NOT NULL,
-            prompt TEXT NOT NULL,
-            answer TEXT NOT NULL,
-            meta TEXT NOT NULL DEFAULT '{}',
-            embedding BLOB NOT NULL,
-            created_at REAL NOT NULL,
-            last_hit_at REAL,
-            hits INTEGER NOT NULL DEFAULT 0
-        )""")
-    db.execute("CREATE INDEX entries_by_namespace ON entries(namespace)")
-    db.execute("CREATE INDEX entries_by_created ON entries(created_at)")
-    db.execute("CREATE INDEX entries_by_model ON entries(model_version)")
-    db.execute("CREATE INDEX entries_by_lru ON entries(coalesce(last_hit_at, created_at))")
-
-
-def _m002_settings(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-_MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
-    ("m001_entries", _m001_entries),
-    ("m002_settings", _m002_settings),
-)
-
-
-def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply the migrations not yet recorded in the `migrations` table; return their names."""
-    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-    applied = {row[0] for row in db.execute("SELECT name FROM migrations")}
-    done = []
-    for name, step in _MIGRATIONS:
-        if name in applied:
-            continue
-        with _transaction(db):
-            step(db)
-            db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
-        done.append(name)
-    return done
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection runs in autocommit mode)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-        db.execute("COMMIT")
-    except BaseException:
-        # A COMMIT that failed (disk full) may leave the transaction open; every later BEGIN
-        # would then fail too, long after the space is back.
-        if db.in_transaction:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        raise
-
-
-def _is_corruption(exc: BaseException) -> bool:
-    # Locked or unreadable files are not corrupt: moving them aside would throw a good cache away.
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    text = str(exc).lower()
-    return "not a database" in text or "malformed" in text or "corrupt" in text
-
-
-class _CorruptDatabase(Exception):
-    """Integrity check failed; carries the first problem reported."""
-
-
-def _chunks(items: Sequence[Any], size: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 class SemanticCache:
@@ -201,11 +79,10 @@ class SemanticCache:
         self._clock = clock
         self._dim = int(embedder.dim)
         self._lock = threading.Lock()
-        self._indexes: dict[str, faiss.Index] = {}
-        self._stale: dict[str, set[int]] = {}  # deleted in SQLite, still in FAISS until compacted
+        self._indexes = NamespaceIndexes(self._dim, cfg)
         self._pending_hits: dict[int, tuple[int, float]] = {}
         self._last_flush = clock()
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._embed = RecentEmbeddings(embedder.embed)
         self._count = 0
         self._hits = 0
         self._misses = 0
@@ -222,29 +99,21 @@ class SemanticCache:
 
     # --- opening --------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # an acknowledged put survives power loss, not just kill -9
-        return db
-
     def _open(self) -> sqlite3.Connection:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         db: sqlite3.Connection | None = None
         try:
-            db = self._connect()
-            problem = db.execute("PRAGMA quick_check").fetchone()[0]
-            if problem != "ok":
-                raise _CorruptDatabase(problem)
+            db = connect(self._path)
+            quick_check(db)
             migrate(db)
             self._adopt_embedder(db)
             self._purge_expired_on_open(db)
             self._rebuild(db)
             return db
-        except (sqlite3.DatabaseError, _CorruptDatabase) as exc:
+        except (sqlite3.DatabaseError, CorruptDatabase) as exc:
             if db is not None:
                 db.close()
-            if isinstance(exc, sqlite3.DatabaseError) and not _is_corruption(exc):
+            if isinstance(exc, sqlite3.DatabaseError) and not is_corruption(exc):
                 # Permissions, a full disk, a lock held too long: the file is fine, the setup is not.
                 raise ConfigError("[cache].path", f"cannot open the cache database {self._path}: {exc}",
                                   "check the folder's owner, mode and free space, or set [cache].path") from exc
@@ -255,7 +124,7 @@ class SemanticCache:
         current = {"embedder": self._embedder.name, "dim": str(self._dim)}
         if stored == current:
             return
-        with _transaction(db):
+        with transaction(db):
             if stored:
                 # Vectors from another model live in another space: every question is embedded again
                 # with the new one, so no answer is lost when the embedder changes.
@@ -266,193 +135,36 @@ class SemanticCache:
 
     def _reembed(self, db: sqlite3.Connection) -> int:
         rows = db.execute("SELECT id, prompt FROM entries ORDER BY id").fetchall()
-        for chunk in _chunks(rows, 256):
+        for chunk in chunks(rows, 256):
             vectors = np.ascontiguousarray(self._embedder.embed([prompt for _, prompt in chunk]), dtype=np.float32)
             db.executemany("UPDATE entries SET embedding = ? WHERE id = ?",
                            [(vector.tobytes(), entry_id) for (entry_id, _), vector in zip(chunk, vectors)])
         return len(rows)
 
     def _purge_expired_on_open(self, db: sqlite3.Connection) -> None:
-        with _transaction(db):
+        with transaction(db):
             db.execute("DELETE FROM entries WHERE created_at < ?", (self._clock() - self._cfg.ttl_s,))
 
     def _rebuild(self, db: sqlite3.Connection) -> None:
-        """Load every stored vector into per-namespace FAISS indexes, reading blobs in chunks."""
-        self._indexes.clear()
-        self._stale.clear()
-        row_bytes = self._dim * 4
-        bad: list[int] = []
-        count = 0
-        cursor = db.execute("SELECT namespace, id, embedding FROM entries ORDER BY namespace, id")
-        while rows := cursor.fetchmany(_REBUILD_CHUNK):
-            start = 0
-            while start < len(rows):
-                namespace = rows[start][0]
-                end = start
-                while end < len(rows) and rows[end][0] == namespace:
-                    end += 1
-                group = rows[start:end]
-                good = [r for r in group if len(r[2]) == row_bytes]
-                bad.extend(r[1] for r in group if len(r[2]) != row_bytes)
-                if good:
-                    ids = np.fromiter((r[1] for r in good), dtype=np.int64, count=len(good))
-                    vectors = np.frombuffer(b"".join(r[2] for r in good), dtype=np.float32).reshape(-1, self._dim)
-                    self._index_for(namespace).add_with_ids(vectors, ids)
-                    count += len(good)
-                start = end
-        for namespace in list(self._indexes):
-            self._maybe_approximate(namespace)
+        """Load every stored vector into the FAISS indexes; drop rows whose vectors have the wrong size."""
+        count, bad = self._indexes.rebuild(db)
         if bad:
             log.warning("cache: dropping %d entries whose vectors have the wrong size", len(bad))
-            with _transaction(db):
-                for chunk in _chunks(bad):
-                    db.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            with transaction(db):
+                delete_ids(db, bad)
         self._count = count
 
     def _replace_corrupt(self, exc: BaseException) -> sqlite3.Connection:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
-        aside = self._path.with_name(f"{self._path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            aside = self._path.with_name(f"{self._path.name}.corrupt-{stamp}-{n}")
-            n += 1
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{self._path}{suffix}")
-            if source.exists():
-                source.rename(f"{aside}{suffix}")
+        aside = move_aside(self._path, self._clock())
         self.corrupt_path = aside
-        db = self._connect()
+        db = connect(self._path)
         migrate(db)
         self._adopt_embedder(db)
-        self.salvaged = self._salvage(aside, db)
+        self.salvaged = salvage(aside, db, self._embedder.name, self._dim, self._clock() - self._cfg.ttl_s)
         self._rebuild(db)
         log.warning("cache database %s was corrupt (%s): moved it to %s, salvaged %d entries, started fresh",
                     self._path, exc, aside, self.salvaged)
         return db
-
-    def _salvage(self, source: Path, db: sqlite3.Connection) -> int:
-        """Copy the rows that can still be read from a corrupt file into `db`; best effort, never raises."""
-        columns = ("id, namespace, model_version, params_key, prompt, answer, meta, embedding, "
-                   "created_at, last_hit_at, hits")
-        cutoff = self._clock() - self._cfg.ttl_s
-        saved = 0
-        try:
-            old = sqlite3.connect(str(source), isolation_level=None)
-        except sqlite3.Error:
-            return 0
-        try:
-            try:
-                same_model = dict(old.execute("SELECT key, value FROM settings").fetchall()).get("embedder")
-            except sqlite3.Error:
-                same_model = None
-            if same_model is not None and same_model != self._embedder.name:
-                return 0
-            select = f"SELECT {columns} FROM entries"
-            max_id = self._readable_max_id(old)
-            last = 0
-            while max_id is None or last < max_id:
-                rows: list[tuple[Any, ...]] = []
-                try:
-                    # Iterate rather than fetchall: the rows before a damaged page are still good.
-                    for row in old.execute(f"{select} WHERE id > ? ORDER BY id LIMIT 500", (last,)):
-                        rows.append(row)
-                    if not rows:
-                        break
-                    last = rows[-1][0]
-                except sqlite3.Error:
-                    if rows:
-                        last = rows[-1][0]
-                    # A damaged page: fetch the next ids one by one, each through its own b-tree path.
-                    for entry_id in range(last + 1, last + 501):
-                        try:
-                            rows.extend(old.execute(f"{select} WHERE id = ?", (entry_id,)).fetchall())
-                        except sqlite3.Error:
-                            pass
-                    last += 500
-                    if max_id is None and not rows:
-                        break
-                keep = [r for r in rows if isinstance(r[7], bytes) and len(r[7]) == self._dim * 4
-                        and isinstance(r[8], float) and r[8] >= cutoff]
-                with _transaction(db):
-                    db.executemany(f"INSERT OR IGNORE INTO entries ({columns}) VALUES "
-                                   f"({','.join('?' * 11)})", keep)
-                saved += len(keep)
-        except sqlite3.Error as exc:
-            log.warning("cache salvage stopped early: %s", exc)
-        finally:
-            old.close()
-        return saved
-
-    @staticmethod
-    def _readable_max_id(db: sqlite3.Connection) -> int | None:
-        for query in ("SELECT seq FROM sqlite_sequence WHERE name = 'entries'", "SELECT max(id) FROM entries"):
-            try:
-                row = db.execute(query).fetchone()
-            except sqlite3.Error:
-                continue
-            if row and row[0] is not None:
-                return int(row[0])
-        return None
-
-    # --- FAISS helpers (caller holds the lock) ------------------------------------------------------
-
-    def _index_for(self, namespace: str) -> faiss.Index:
-        index = self._indexes.get(namespace)
-        if index is None:
-            index = self._indexes[namespace] = faiss.IndexIDMap2(faiss.IndexFlatIP(self._dim))
-        return index
-
-    def _maybe_approximate(self, namespace: str) -> None:
-        """Past `[cache].ann_min_entries`, a namespace's exact index becomes an inverted-file one.
-
-        An exact search reads every vector (1M x 512 floats is 2 GB per lookup); IVF reads the
-        `ann_nprobe` lists nearest the query. Its recall against exact search is measured by
-        scripts/bench_cache_e2e.py. Centroids come from the vectors at hand; later additions go to
-        their nearest list.
-        """
-        index = self._indexes.get(namespace)
-        if not isinstance(index, faiss.IndexIDMap2) or index.ntotal < self._cfg.ann_min_entries:
-            return
-        started = time.monotonic()
-        n = index.ntotal
-        vectors = faiss.downcast_index(index.index).reconstruct_n(0, n)
-        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-        lists = int(min(8192, max(64, 4 * np.sqrt(n))))
-        quantizer = faiss.IndexFlatIP(self._dim)
-        ivf = faiss.IndexIVFFlat(quantizer, self._dim, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, size=min(n, 40 * lists), replace=False)
-        ivf.train(np.ascontiguousarray(vectors[np.sort(sample)]))
-        ivf.add_with_ids(vectors, ids)
-        ivf.nprobe = self._cfg.ann_nprobe
-        self._indexes[namespace] = ivf
-        self._stale.pop(namespace, None)
-        log.info("cache: namespace %s has %d entries; built an IVF index of %d lists in %.1f s",
-                 namespace, n, lists, time.monotonic() - started)
-
-    def _forget(self, removed: list[tuple[int, str]]) -> None:
-        # Removing from a flat index shifts every vector after it (O(n)); ids whose SQLite row is gone
-        # are skipped at search time anyway, so compact only once they are a noticeable share.
-        for entry_id, namespace in removed:
-            self._stale.setdefault(namespace, set()).add(entry_id)
-        for namespace in {namespace for _, namespace in removed}:
-            stale = self._stale[namespace]
-            index = self._indexes.get(namespace)
-            if index is not None and stale and len(stale) > max(64, index.ntotal // 10):
-                index.remove_ids(faiss.IDSelectorBatch(np.fromiter(stale, dtype=np.int64, count=len(stale))))
-                stale.clear()
-
-    def _embed(self, prompt: str) -> np.ndarray:
-        with self._lock:
-            cached = self._recent.get(prompt)
-            if cached is not None:
-                self._recent.move_to_end(prompt)
-                return cached
-        vector = np.ascontiguousarray(self._embedder.embed([prompt])[0], dtype=np.float32)
-        with self._lock:
-            self._recent[prompt] = vector
-            while len(self._recent) > _RECENT_VECTORS:
-                self._recent.popitem(last=False)
-        return vector
 
     # --- serving ------------------------------------------------------------------------------------
 
@@ -545,7 +257,7 @@ class SemanticCache:
         self._pending_hits[entry_id] = (count + 1, now)
         if len(self._pending_hits) >= _FLUSH_HITS_EVERY or now - self._last_flush >= _FLUSH_HITS_AFTER_S:
             try:
-                with _transaction(self._db):
+                with transaction(self._db):
                     self._flush_hits()
             except sqlite3.Error as exc:
                 # Hit counts only steer eviction: a disk that cannot take them must not turn the hit into a miss.
@@ -562,6 +274,8 @@ class SemanticCache:
             self._pending_hits.clear()
         self._last_flush = self._clock()
 
+    # --- storing ------------------------------------------------------------------------------------
+
     def put(self, key: CacheKey, prompt: str, answer: str, meta: dict[str, Any] | None = None) -> int:
         """Store an answer; durable (fsynced) when this returns. Returns the entry id.
 
@@ -573,7 +287,7 @@ class SemanticCache:
             self._check_open()
             now = self._clock()
             try:
-                with _transaction(self._db):
+                with transaction(self._db):
                     self._flush_hits()
                     cursor = self._db.execute(
                         "INSERT INTO entries (namespace, model_version, params_key, prompt, answer, meta, embedding, "
@@ -589,10 +303,10 @@ class SemanticCache:
                 raise
             self._report(None)
             # Committed: the entry is durable. Only now does it become searchable.
-            self._index_for(key.namespace).add_with_ids(vector.reshape(1, -1), np.array([entry_id], dtype=np.int64))
+            self._indexes.add(key.namespace, vector.reshape(1, -1), np.array([entry_id], dtype=np.int64))
             self._count += 1 - len(removed)
-            self._forget(removed)
-            self._maybe_approximate(key.namespace)
+            self._indexes.discard(removed)
+            self._indexes.approximate_if_large(key.namespace)
             return entry_id
 
     def _report(self, failure: BaseException | None) -> None:
@@ -621,9 +335,11 @@ class SemanticCache:
         with self._lock:
             self._check_open()
             now = self._clock()
+            # The connection is shared: fsync goes off only while this holds the lock, and comes back as it was.
+            synchronous = int(self._db.execute("PRAGMA synchronous").fetchone()[0])
             self._db.execute("PRAGMA synchronous=OFF")
             try:
-                with _transaction(self._db):
+                with transaction(self._db):
                     self._flush_hits()
                     seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
                     first = (seq[0] if seq else 0) + 1
@@ -636,32 +352,27 @@ class SemanticCache:
                     removed = self._purge_expired(now)
                     removed += self._evict(self._count + keep - len(removed) - self._cfg.max_entries, first)
             finally:
-                self._db.execute("PRAGMA synchronous=FULL")
-            self._index_for(key.namespace).add_with_ids(vectors, ids)
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._indexes.add(key.namespace, vectors, ids)
             self._count += keep - len(removed)
-            self._forget(removed)
-            self._maybe_approximate(key.namespace)
+            self._indexes.discard(removed)
+            self._indexes.approximate_if_large(key.namespace)
             return [int(i) for i in ids]
 
     def _purge_expired(self, now: float) -> list[tuple[int, str]]:
-        rows = self._db.execute("SELECT id, namespace FROM entries WHERE created_at < ?",
-                                (now - self._cfg.ttl_s,)).fetchall()
-        self._delete_ids([r[0] for r in rows])
-        return [(int(r[0]), r[1]) for r in rows]
+        removed = expired(self._db, now - self._cfg.ttl_s)
+        self._delete_ids([entry_id for entry_id, _ in removed])
+        return removed
 
     def _evict(self, excess: int, below_id: int) -> list[tuple[int, str]]:
         """Delete the `excess` least recently used entries with ids below `below_id` (the new ones)."""
-        if excess <= 0:
-            return []
-        rows = self._db.execute(
-            "SELECT id, namespace FROM entries WHERE id < ? ORDER BY coalesce(last_hit_at, created_at), id "
-            "LIMIT ?", (below_id, excess)).fetchall()
-        self._delete_ids([r[0] for r in rows])
-        return [(int(r[0]), r[1]) for r in rows]
+        removed = least_recently_used(self._db, excess, below_id)
+        self._delete_ids([entry_id for entry_id, _ in removed])
+        return removed
 
     def _delete_ids(self, ids: list[int]) -> None:
-        for chunk in _chunks(ids):
-            self._db.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        """Delete entries (caller holds the lock and an open transaction); their pending hit counts go too."""
+        delete_ids(self._db, ids)
         for entry_id in ids:
             self._pending_hits.pop(entry_id, None)
 
@@ -692,17 +403,10 @@ class SemanticCache:
     def _forget_where(self, condition: str, args: tuple[Any, ...]) -> int:
         with self._lock:
             self._check_open()
-            with _transaction(self._db):
+            with transaction(self._db):
                 rows = self._db.execute(f"SELECT id, namespace FROM entries WHERE {condition}", args).fetchall()
                 self._delete_ids([r[0] for r in rows])
-            by_namespace: dict[str, list[int]] = {}
-            for entry_id, namespace in rows:
-                by_namespace.setdefault(namespace, []).append(entry_id)
-            for namespace, ids in by_namespace.items():
-                index = self._indexes.get(namespace)
-                if index is not None:
-                    index.remove_ids(faiss.IDSelectorBatch(np.array(ids, dtype=np.int64)))
-                    self._stale.get(namespace, set()).difference_update(ids)
+            self._indexes.remove(rows)
             self._count -= len(rows)
             return len(rows)
 
@@ -741,11 +445,10 @@ class SemanticCache:
         """Delete every entry of one namespace; returns how many."""
         with self._lock:
             self._check_open()
-            with _transaction(self._db):
+            with transaction(self._db):
                 ids = [r[0] for r in self._db.execute("SELECT id FROM entries WHERE namespace = ?", (namespace,))]
                 self._delete_ids(ids)
-            self._indexes.pop(namespace, None)
-            self._stale.pop(namespace, None)
+            self._indexes.drop(namespace)
             self._count -= len(ids)
             return len(ids)
 
@@ -772,7 +475,7 @@ class SemanticCache:
                 "rejected_neighbours": self._rejected,
                 "lifetime_hits": int(stored_hits) + pending,
                 "bytes_on_disk": size,
-                "index_vectors": sum(index.ntotal for index in self._indexes.values()),
+                "index_vectors": self._indexes.vectors(),
                 "embedder": self._embedder.name,
                 "path": str(self._path),
             }
@@ -784,7 +487,7 @@ class SemanticCache:
                 return
             self._closed = True
             try:
-                with _transaction(self._db):
+                with transaction(self._db):
                     self._flush_hits()
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
