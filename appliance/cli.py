@@ -322,12 +322,18 @@ def cache_clear(ctx: click.Context, socket: Path | None) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="The checks as JSON on stdout (name, status, message, fix).")
 @click.pass_context
-def doctor(ctx: click.Context) -> None:
+def doctor(ctx: click.Context, as_json: bool) -> None:
     """Check the installation (config, model, socket, GPU, teacher key, disk) and print what to fix."""
+    from dataclasses import asdict
+
     from .doctor import failed, format_report, run_checks
 
     checks = run_checks(ctx.obj["config_path"])
+    if as_json:
+        click.echo(json.dumps([asdict(c) for c in checks]))
+        sys.exit(1 if failed(checks) else 0)
     colours = {"OK": "green", "WARN": "yellow", "FAIL": "red"}
     for line in format_report(checks).splitlines():
         word = line.split(" ", 1)[0]

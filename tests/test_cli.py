@@ -116,3 +116,17 @@ def test_ask_with_nothing_on_standard_input_is_a_usage_error(daemon):
     result = CliRunner().invoke(main, ["ask"], input="  \n")
     assert result.exit_code == 2 and "no question" in result.stderr
     assert not daemon.chats
+
+
+def test_shell_completion_names_the_commands():
+    import os
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    # The console script: click names the completion variable after the program (_ATHANOR_COMPLETE).
+    athanor = Path(sys.executable).parent / "athanor"
+    env = {**os.environ, "_ATHANOR_COMPLETE": "bash_complete", "COMP_WORDS": "athanor ro", "COMP_CWORD": "1"}
+    done = subprocess.run([str(athanor)], env=env, capture_output=True, text=True, timeout=60)
+    assert "plain,router" in done.stdout.splitlines()

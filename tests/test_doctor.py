@@ -302,6 +302,11 @@ def test_the_command_exits_non_zero_when_a_check_fails(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["doctor"])
     assert result.exit_code == 1
     assert "FAIL  socket" in result.output and "fix:" in result.output
+    as_json = CliRunner().invoke(main, ["doctor", "--json"])
+    assert as_json.exit_code == 1
+    checks = {c["name"]: c for c in json.loads(as_json.stdout)}
+    assert checks["socket"]["status"] == "fail" and "athanor serve" in checks["socket"]["fix"]
+    assert {"name", "status", "message", "fix"} == set(checks["config"])
 
 
 @pytest.mark.e2e
