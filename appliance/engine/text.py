@@ -18,7 +18,11 @@ class Utf8Stream:
         return self._decoder.decode(data)
 
     def flush(self) -> str:
-        return self._decoder.decode(b"", final=True)
+        """What is left when the answer ends. A character cut short there (the token budget ran out between
+        its bytes) is dropped, not sent as U+FFFD: the finish reason already says the answer was cut."""
+        pending, _ = self._decoder.getstate()
+        self._decoder.reset()
+        return "" if pending else self._decoder.decode(b"", final=True)
 
 
 @dataclass
