@@ -240,6 +240,7 @@ def test_shows_rates_routes_money_and_students_from_the_daemon(fake_daemon):
             assert "requests 14" in text(app, "traffic") and "cache hit 40%" in text(app, "traffic")
             money = text(app, "money")
             assert "today $0.25 of $1.00" in money and "25%" in money and "saved $0.46" in money
+            assert "saved $0.46 (97%)" in money  # saved against what the teacher alone would have charged
             students = text(app, "students")
             assert "*smollm2-135m Q4_1 97M" in students
             assert "cache 1,234 · 5.0M" in students and "daemon rss 512M" in students

@@ -49,7 +49,8 @@ HELP = """\
 [b]confidence[/b]  recent student confidences; [red]red[/red] bars fall
             under the threshold and go to the teacher
 [b]money[/b]       teacher spend today against the daily cap;
-            saved = what the teacher would have cost
+            saved = what the teacher would have cost, and (%)
+            its share of the teacher-only bill
 Colours: [green]ok[/green], [yellow]warm / busy[/yellow], [red]hot / nearly full[/red]."""
 
 

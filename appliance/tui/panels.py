@@ -213,11 +213,14 @@ def money(view: View | None, t: Thresholds) -> Text:
         head = Text.assemble(("today ", "dim"), fmt_usd(spent), (" of ", "dim"), fmt_usd(budget))
         gauge = bar(None if used is None else used / 100, 16, style) + Text(f" {fmt_pct(used):>4}", style=style)
     counters = view.counters if view else None
+    # Saved as a share of what the teacher alone would have charged for the same answers (as `athanor report`).
+    would_have = (counters.saved_usd + counters.cost_usd) if counters else 0.0
+    share = percent(counters.saved_usd, would_have) if counters and would_have > 0 else None
     return _lines(
         head,
         gauge,
         Text.assemble(("saved ", "dim"), (fmt_usd(counters.saved_usd if counters else None), "bold green"),
-                      (" vs teacher", "dim")),
+                      (" (", "dim"), (fmt_pct(share), "bold green"), (")", "dim")),
         Text.assemble(("spent ", "dim"), fmt_usd(counters.cost_usd if counters else None), ("  ", ""),
                       (fit(str(pick(stats, "teacher", "model") or ""), 10), "dim")),
     )
