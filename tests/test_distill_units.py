@@ -91,6 +91,14 @@ def test_scoring_rules():
     assert rule_score("json", '{"a": 1}', "not json") == 0.0
     assert rule_score("judge", "x", "y") is None
     assert token_f1("the cat sat", "the cat sat") == 1.0 and token_f1("a b", "c d") == 0.0
+    # Chinese is written without spaces: a paragraph is many words, not one, so it goes to the judge,
+    # and the judge's stand-in counts the words two answers share.
+    paragraph = "机器学习是人工智能的一个分支，它让计算机从数据中学习。"
+    assert rule_for(paragraph) == "judge" and rule_for("正面") == "exact"
+    assert 0.8 < token_f1(paragraph, "机器学习是人工智能的分支，让计算机从数据学习。") < 1.0
+    assert token_f1(paragraph, "今天天气很好。") == 0.0
+    assert rule_score("exact", "北京", "北京。") == 1.0 and normalize("「正面」") == "正面"
+    assert rule_score("exact", "3.5", "3.5!") == 1.0
 
 
 def item(category, student, teacher=1.0, confidence=0.5, cost=1.0):

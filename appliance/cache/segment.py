@@ -54,6 +54,11 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
 
 
+def chinese_words(run: str) -> list[str]:
+    """A run of Chinese characters cut into words (jieba, dictionary only)."""
+    return [w for w in _segmenter().cut(run, HMM=False) if w.strip()]
+
+
 def _segmenter() -> Any:
     global _jieba
     with _jieba_lock:

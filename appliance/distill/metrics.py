@@ -6,7 +6,9 @@ answer to the teacher when the student's confidence is below t.
 
 from __future__ import annotations
 
+import re
 import string
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
@@ -22,23 +24,40 @@ MAX_LABELS = 8
 """A category whose references take at most this many values, each seen twice on average, is a label task."""
 
 
+# Chinese punctuation that NFKC leaves as it is (。 、 「」 and the like), stripped like ASCII's.
+_CJK_PUNCTUATION = "。、「」『』【】《》〈〉〔〕…—·～"
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD_OR_HAN_RUN = re.compile(rf"([{_HAN}]+)|\d+(?:\.\d+)?|[^\W_{_HAN}]+", re.UNICODE)
+
+
 def normalize(text: str) -> str:
-    """Lower case, no reasoning block, single spaces, no surrounding punctuation or quotes."""
+    """NFKC, lower case, no reasoning block, single spaces, no surrounding punctuation or quotes (Chinese too)."""
     _, answer = split_reasoning(text)
-    answer = " ".join(answer.lower().split())
-    return answer.strip(string.punctuation + " \"'`“”‘’")
+    answer = " ".join(unicodedata.normalize("NFKC", answer).lower().split())
+    return answer.strip(string.punctuation + _CJK_PUNCTUATION + " \"'`“”‘’")
+
+
+def answer_words(text: str) -> list[str]:
+    """The words of an answer: English words and numbers, and Chinese runs cut into words, so that a
+    Chinese answer, written without spaces, is not one "word"."""
+    from ..cache.segment import chinese_words
+
+    words: list[str] = []
+    for match in _WORD_OR_HAN_RUN.finditer(normalize(text)):
+        words.extend(chinese_words(match.group(0)) if match.group(1) else [match.group(0)])
+    return words
 
 
 def rule_for(reference: str, fmt: str = "text") -> str:
     """How an answer to this reference is scored: json equality, exact match for short ones, else a judge."""
     if fmt == "json":
         return JSON
-    return EXACT if len(normalize(reference).split()) <= SHORT_ANSWER_WORDS else JUDGE
+    return EXACT if len(answer_words(reference)) <= SHORT_ANSWER_WORDS else JUDGE
 
 
 def token_f1(reference: str, answer: str) -> float:
     """Word-overlap F1: the stand-in for a judge when none is configured."""
-    ref, ans = normalize(reference).split(), normalize(answer).split()
+    ref, ans = answer_words(reference), answer_words(answer)
     if not ref or not ans:
         return float(ref == ans)
     common = sum(min(ref.count(w), ans.count(w)) for w in set(ans))
