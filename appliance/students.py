@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from export.manifest import MANIFEST_NAME, choose_artifact, read_manifest, verify_artifact
+from export.manifest import MANIFEST_NAME, choose_artifact, find_manifest, read_manifest, verify_artifact
 
 from . import paths
 from .config import StudentConfig
@@ -103,27 +103,29 @@ def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> Stude
     embedded default as `cfg.quant`, converted into `models_dir` when needed."""
     if cfg.path is None:
         retrained = paths.retrained_student_dir()
-        if (retrained / MANIFEST_NAME).is_file():
+        installed = find_manifest(retrained)
+        if installed is not None:
             # `athanor retrain` installed a student of its own: it replaces the embedded default.
-            return _from_manifest(retrained, "gguf", None)
+            return _from_manifest(installed, "gguf", None)
         quant = embedded_quant(cfg.quant, cfg.parallel)
         path = serve_embedded(quant, models_dir or paths.models_dir())
         return StudentSource("gguf", path, file_fingerprint(path), quant)
     path = cfg.path
     if path.is_dir() and (path / ONNX_MODEL).is_file():
         return StudentSource("onnx", path, file_fingerprint(path / ONNX_MODEL))
-    if path.name == MANIFEST_NAME or (path.is_dir() and (path / MANIFEST_NAME).is_file()):
-        return _from_manifest(path, *_split_quant(cfg.quant))
+    manifest = find_manifest(path)
+    if manifest is not None:
+        return _from_manifest(manifest, *_split_quant(cfg.quant))
     if path.is_file():
         return StudentSource("gguf", path, file_fingerprint(path))
     raise AthanorError(f"no student model at {path} (not a GGUF file, an export folder with {MANIFEST_NAME}, "
                        f"or an ONNX folder with {ONNX_MODEL}); run `athanor export` or fix [student].path")
 
 
-def _from_manifest(path: Path, fmt: str | None, quant: str | None) -> StudentSource:
+def _from_manifest(manifest: Path, fmt: str | None, quant: str | None) -> StudentSource:
     """The export's artifact of `fmt`/`quant` (the smallest that passed its gate by default), checksum verified."""
-    root = path if path.is_dir() else path.parent
-    artifact = choose_artifact(read_manifest(path), fmt, quant)
+    root = manifest.parent
+    artifact = choose_artifact(read_manifest(manifest), fmt, quant)
     located = verify_artifact(artifact, root)
     return StudentSource(artifact.format, located, artifact.sha256[:16], artifact.quant)  # type: ignore[arg-type]
 

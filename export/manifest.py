@@ -91,6 +91,8 @@ def _artifact(data: dict) -> Artifact:
 
 def parse_manifest(data: dict) -> Manifest:
     """Build a `Manifest` from decoded JSON; raises `ExportError` on an unknown format."""
+    if not isinstance(data, dict):
+        raise ExportError(f"a manifest is a JSON object, not {type(data).__name__}; re-run `athanor export`")
     version = data.get("format")
     if version != FORMAT_VERSION:
         raise ExportError(f"manifest format {version!r} is not supported (expected {FORMAT_VERSION}); "
@@ -102,6 +104,24 @@ def parse_manifest(data: dict) -> Manifest:
         artifacts=[_artifact(a) for a in data.get("artifacts", [])],
         rejected=[_artifact(a) for a in data.get("rejected", [])],
     )
+
+
+def find_manifest(path: Path) -> Path | None:
+    """The manifest `path` names, when it names an export: the manifest file itself (its name is
+    enough, so that reading it reports a missing one) or a folder holding one; else None.
+
+    The one answer to "is this path an export?", for the daemon, the doctor and the runners.
+    """
+    path = Path(path)
+    if path.name == MANIFEST_NAME:
+        return path
+    file = path / MANIFEST_NAME
+    return file if file.is_file() else None
+
+
+def is_export(path: Path) -> bool:
+    """Whether `path` names an `athanor export` folder or its manifest (see `find_manifest`)."""
+    return find_manifest(path) is not None
 
 
 def manifest_path(path: Path) -> Path:

@@ -9,13 +9,12 @@ transformers: the adapter is always merged into full-precision weights, never in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ExportError
+from appliance.distill.training_meta import TRAINING_FILE, TrainingMeta, read_training_meta
 
-TRAINING_INFO = "training.json"
+from .errors import ExportError
 
 
 @dataclass(frozen=True)
@@ -53,26 +52,12 @@ def check_adapter(adapter: Path) -> None:
         raise ExportError(f"no adapter at {adapter} (no adapter_config.json); run `athanor train` first")
 
 
-@dataclass(frozen=True)
-class TrainingInfo:
-    """What `athanor train` recorded next to the adapter, when it did."""
-
-    base: str | None = None
-    dataset_sha256: str | None = None
-
-
-def read_training_info(adapter: Path) -> TrainingInfo:
-    """`training.json` beside the adapter (base model, dataset hash); empty if absent."""
-    file = adapter / TRAINING_INFO
-    if not file.is_file():
-        return TrainingInfo()
+def read_training_info(adapter: Path) -> TrainingMeta:
+    """`training.json` beside the adapter (base model, dataset hash); an empty record if absent."""
     try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{file} is not valid JSON ({exc}); fix or remove it") from None
-    base = data.get("base") or data.get("base_model")
-    dataset = data.get("dataset_sha256") or data.get("dataset_hash")
-    return TrainingInfo(str(base) if base else None, str(dataset) if dataset else None)
+        return read_training_meta(adapter) or TrainingMeta()
+    except ValueError as exc:
+        raise ExportError(f"{adapter / TRAINING_FILE} is not valid JSON ({exc}); fix or remove it") from None
 
 
 def merge_adapter(model, adapter: Path):

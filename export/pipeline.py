@@ -91,7 +91,7 @@ def make_plan(options: ExportOptions) -> Plan:
     """Validate the options (paths, types, base) without loading anything heavy."""
     check_adapter(options.adapter)
     info = read_training_info(options.adapter)
-    base_path = options.base or (Path(info.base) if info.base else None)
+    base_path = options.base or (Path(info.base_model) if info.base_model else None)
     if base_path is None:
         raise ExportError(f"no base model given and {options.adapter}/training.json names none; pass --base")
     gguf = check_gguf_types(options.gguf)

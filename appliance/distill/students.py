@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from . import DistillError
 from .models import device, end_of_generation, is_adapter, load_model, load_tokenizer
+from .training_meta import read_training_meta
 
 
 @dataclass(frozen=True)
@@ -108,25 +109,27 @@ class HFRunner:
 
 
 def _adapter_base(adapter: Path) -> Path:
-    report = adapter / "training.json"
-    if report.is_file():
-        return Path(json.loads(report.read_text())["base_model"])
+    meta = read_training_meta(adapter)
+    if meta is not None and meta.base_model:
+        return Path(meta.base_model)
     config = json.loads((adapter / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
     if not base or not Path(base).exists():
-        raise DistillError(f"cannot tell the base model of the adapter {adapter}; it has no training.json")
+        why = "it has no training.json" if meta is None else "its training.json names none"
+        raise DistillError(f"cannot tell the base model of the adapter {adapter}; {why}")
     return Path(base)
 
 
 def open_runner(path: Path, **gguf_options: Any) -> Runner:
     """The right runner for a `.gguf` file, a peft adapter folder or a model folder."""
     path = Path(path)
-    if path.name == "manifest.json" or (path.is_dir() and (path / "manifest.json").is_file()):
-        # An `athanor export` folder: serve what the daemon would, its smallest verified GGUF.
-        from export.manifest import choose_artifact, read_manifest, verify_artifact
+    from export.manifest import choose_artifact, find_manifest, read_manifest, verify_artifact
 
-        root = path.parent if path.name == "manifest.json" else path
-        path = Path(verify_artifact(choose_artifact(read_manifest(root), "gguf"), root))
+    manifest = find_manifest(path)
+    if manifest is not None:
+        # An `athanor export` folder: serve what the daemon would, its smallest verified GGUF.
+        root = manifest.parent
+        path = Path(verify_artifact(choose_artifact(read_manifest(manifest), "gguf"), root))
     if path.is_file() and path.suffix == ".gguf":
         return GGUFRunner(path, **gguf_options)
     if path.is_dir():

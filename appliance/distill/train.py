@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import math
 import shutil
@@ -36,9 +35,9 @@ from .models import DTYPES, end_of_turn, load_model, load_tokenizer
 from .reasoning import join_reasoning
 from .records import Record
 from .split import balance_labels, stratified_split
+from .training_meta import TrainingMeta
 
 IGNORE = -100
-TRAINING_FILE = "training.json"
 LOSS_PNG = "loss.png"
 GROUP_BATCHES = 16
 """Batches per length-sorted chunk when batches are grouped by length (see `epoch_batches`)."""
@@ -663,30 +662,28 @@ def write_report(out_dir: Path, base: Path, settings: TrainSettings, dataset_sha
     from .plots import loss_curve
 
     base = Path(base).resolve()
-    report = {
-        "adapter_format": "peft-lora",
-        "base_model": str(base),
-        "base_format": "gguf" if base.suffix == ".gguf" else "hf",
-        "dataset_sha256": dataset_sha256,
-        "examples": examples,
-        "skipped_examples": skipped,
-        "truncated_examples": truncated,
-        "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
-        "kd_teacher": str(kd_teacher) if kd_teacher else None,
-        "precision": precision,
-        "effective_batch_size": settings.effective_batch_size,
-        "grad_accum": settings.grad_accum,
-        "gradient_checkpointing": settings.gradient_checkpointing,
-        "quantize_base": settings.quantize_base,
-        "steps": len(losses),
-        "final_loss": losses[-1][1] if losses else None,
-        "losses": [[step, round(loss, 6)] for step, loss in losses],
-        "validation_losses": [[step, round(loss, 6)] for step, loss in val_losses],
-        "best_step": best_step,
-        "device": dev,
-        "versions": {"peft": peft.__version__, "transformers": transformers.__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (out_dir / TRAINING_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    TrainingMeta(
+        base_model=str(base),
+        base_format="gguf" if base.suffix == ".gguf" else "hf",
+        dataset_sha256=dataset_sha256,
+        examples=examples,
+        skipped_examples=skipped,
+        truncated_examples=truncated,
+        hyperparameters={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+        kd_teacher=str(kd_teacher) if kd_teacher else None,
+        precision=precision,
+        effective_batch_size=settings.effective_batch_size,
+        grad_accum=settings.grad_accum,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        quantize_base=settings.quantize_base,
+        steps=len(losses),
+        final_loss=losses[-1][1] if losses else None,
+        losses=tuple((step, round(loss, 6)) for step, loss in losses),
+        validation_losses=tuple((step, round(loss, 6)) for step, loss in val_losses),
+        best_step=best_step,
+        device=dev,
+        versions={"peft": peft.__version__, "transformers": transformers.__version__},
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    ).write(out_dir)
     if losses:
         loss_curve(losses, out_dir / LOSS_PNG, val_losses, best_step)
