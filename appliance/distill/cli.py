@@ -8,13 +8,12 @@ from pathlib import Path
 
 import click
 
-from ..config import AthanorConfig, load_config
+from ..config import AthanorConfig
 from . import DistillError
+from .common import command_config as _config
+from .common import default_base as _default_base
 from .progress import bar, console
-
-
-def _config(ctx: click.Context) -> AthanorConfig:
-    return load_config((ctx.obj or {}).get("config_path"))
+from .retrain_cli import retrain
 
 
 def _teacher(config: AthanorConfig, model: str | None = None):
@@ -115,12 +114,6 @@ def harvest(ctx: click.Context, prompts: Path | None, from_log: bool, log_path: 
         raise DistillError(f"harvest incomplete ({reason}); run the same command again to finish")
 
 
-
-
-def _default_base(config: AthanorConfig) -> Path:
-    from ..defaults import embedded_student_path
-
-    return config.distill.base or embedded_student_path()
 
 
 def _label_pending(config: AthanorConfig, log_path: Path | None, max_tokens: int, dry_run: bool) -> None:
@@ -290,7 +283,5 @@ def evaluate(ctx: click.Context, dataset: Path, student_path: Path, teacher_spec
 
 def register(group: click.Group) -> None:
     """Add the distillation commands to the `athanor` group."""
-    from .retrain_cli import retrain
-
     for command in (harvest, train, evaluate, retrain):
         group.add_command(command)
