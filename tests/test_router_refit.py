@@ -32,6 +32,13 @@ def test_agreement_with_a_checkable_teacher_answer(student, teacher, verdict):
     assert agrees(student, teacher) is verdict
 
 
+def test_a_chinese_answer_opening_with_bu_or_shi_is_not_a_yes_or_no():
+    assert teacher_claim("不同的国家有不同的习惯，比如日本人吃饭前会说“我开动了”，这是一种礼貌。") is None
+    assert teacher_claim("是否需要签证取决于你的国籍和停留时间，请查看大使馆的最新规定。") is None
+    assert teacher_claim("不。猫不能吃巧克力。") == ("yesno", "no")
+    assert teacher_claim("是的，可以。") == ("yesno", "yes")
+
+
 def test_free_text_is_not_guessed_at():
     essay = ("Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to "
              "make glucose and oxygen, mostly in the chloroplasts of their leaves.")

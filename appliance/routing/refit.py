@@ -24,7 +24,9 @@ from .measures import auroc, cheapest, operating_points
 MAX_WRONG_KEPT = 0.05
 HOLDOUT_SHARE = 0.3
 SHORT_ANSWER_WORDS = 4
-_YES_NO_HEAD = re.compile(r"^[*\"' ]*(yes|no|是的|不是|是|否|对|不对|不)(?![a-z])")
+SHORT_ANSWER_HAN = 8
+# A Chinese yes/no word counts only as a whole clause ("是的，…", "不。"): 不同, 是否 and 对于 open free text.
+_YES_NO_HEAD = re.compile(r"^[*\"' ]*(?:(yes|no)(?![a-z])|(是的|不是|不对|是|否|对|不)(?=[，,。.!！\s]|$))")
 
 
 def teacher_claim(text: str) -> tuple[str, str] | None:
@@ -36,13 +38,16 @@ def teacher_claim(text: str) -> tuple[str, str] | None:
     head = _norm(text)
     match = _YES_NO_HEAD.match(head)
     if match:
-        return "yesno", "no" if match.group(1) in ("no", "不是", "否", "不对", "不") else "yes"
+        word = match.group(1) or match.group(2)
+        return "yesno", "no" if word in ("no", "不是", "否", "不对", "不") else "yes"
     words = head.split()
-    short = len(words) <= 12 and len(head) <= 80
+    # Chinese is written without spaces: its length in words is read from its characters.
+    han = sum("\u3400" <= ch <= "\u9fff" for ch in head)
+    short = len(words) <= 12 and len(head) <= 80 and han <= 3 * SHORT_ANSWER_HAN
     numbers = _numbers(head)
     if short and numbers:
         return "number", f"{numbers[-1]:g}"
-    if len(words) <= SHORT_ANSWER_WORDS and len(head) <= 40:
+    if len(words) <= SHORT_ANSWER_WORDS and len(head) <= 40 and han <= SHORT_ANSWER_HAN:
         return "short", head.rstrip(".。!！")
     return None
 
