@@ -10,7 +10,8 @@ import time
 import pytest
 
 from appliance.server.daemon import bind_socket
-from appliance.server.http import HttpResponse, HttpServer, Limits, json_response
+from appliance.server.errors import openai_error
+from appliance.server.http import ConnectionStats, HttpResponse, HttpServer, Limits, json_response
 
 
 class Echo:
@@ -193,3 +194,15 @@ def test_expect_100_continue_is_answered_before_the_body(server):
         received = b""
         while b'"body":"abc"' not in received:
             received += sock.recv(65536)
+
+
+def test_the_errors_the_server_answers_itself_take_the_injected_shape():
+    stats = ConnectionStats(max=2)
+    http = HttpServer(Echo(), Limits(max_connections=2), error_payload=openai_error, stats=stats)
+    _, _, body = http._busy.partition(b"\r\n\r\n")
+    assert json.loads(body)["error"] == {"message": json.loads(body)["error"]["message"], "type": "server_overloaded",
+                                         "param": None, "code": "too_many_connections"}
+    stats.open, stats.refused = 1, 3
+    assert http.connection_stats() == {"open": 1, "max": 2, "refused": 3} and http.refused == 3
+    assert openai_error(413, "too big")["error"]["type"] == "invalid_request_error"
+    assert openai_error(500, "oops")["error"]["type"] == "server_error"

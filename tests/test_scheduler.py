@@ -28,6 +28,9 @@ class CountingEngine:
         self.removed: list[int] = []
         self.interrupts = 0
         self._seqs: dict[int, list] = {}
+        self.prompt_tokens_reused = None
+        self.prompt_tokens_computed = None
+        self.interrupted_steps = None
 
     def interrupt(self):
         self.interrupts += 1

@@ -144,6 +144,11 @@ class OnnxEngine:
         self.n_ctx = min(n_ctx, int(config.get("max_position_embeddings") or n_ctx))
         self.n_vocab = int(config.get("vocab_size") or len(self._tokenizer))
         self.parallel = 1
+        # One sequence, no prefix reuse and steps of one token: the scheduler's batching counters do not
+        # apply here, and None shows them as unknown rather than as a misleading 0.
+        self.prompt_tokens_reused: int | None = None
+        self.prompt_tokens_computed: int | None = None
+        self.interrupted_steps: int | None = None
         self._eog = self._end_tokens(folder, config)
         self._bytes = _byte_decoder()
         self._piece_cache: dict[int, bytes] = {}
@@ -257,6 +262,9 @@ class OnnxEngine:
             return [StepResult(0, event, finish="length")]
         seq["pending"] = [token]
         return [StepResult(0, event)]
+
+    def interrupt(self) -> None:
+        """Nothing to cut short: a step decodes one token of one sequence."""
 
     @staticmethod
     def _choose(row: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:

@@ -36,6 +36,19 @@ class Engine(Protocol):
 
     def step(self) -> list[StepResult]: ...
 
+    def interrupt(self) -> None:
+        """End the step in progress early so waiting jobs are admitted sooner; a no-op where steps are short."""
+
+    # Counters for /v1/stats; None from an engine that does not keep them (it is shown as unknown, not 0).
+    @property
+    def prompt_tokens_reused(self) -> int | None: ...
+
+    @property
+    def prompt_tokens_computed(self) -> int | None: ...
+
+    @property
+    def interrupted_steps(self) -> int | None: ...
+
 
 class Overloaded(Exception):
     """The queue is full; the client should retry after `retry_after` seconds."""
@@ -184,9 +197,9 @@ class Scheduler:
             "steps": self._steps,
             "mean_batch": self._stepped_sequences / self._steps if self._steps else None,
             "max_batch": self._max_batch,
-            "prompt_tokens_reused": getattr(engine, "prompt_tokens_reused", None),
-            "prompt_tokens_computed": getattr(engine, "prompt_tokens_computed", None),
-            "interrupted_steps": getattr(engine, "interrupted_steps", None),
+            "prompt_tokens_reused": engine.prompt_tokens_reused,
+            "prompt_tokens_computed": engine.prompt_tokens_computed,
+            "interrupted_steps": engine.interrupted_steps,
         }
 
     def retry_after(self) -> int:
@@ -208,7 +221,7 @@ class Scheduler:
             self._cond.notify()
             if self._n_running and len(self._queue) <= self.engine.free:
                 # It would be admitted at the next step boundary: bring that boundary forward.
-                getattr(self.engine, "interrupt", lambda: None)()
+                self.engine.interrupt()
         return job
 
     def close(self, timeout: float = 10.0) -> None:

@@ -80,15 +80,16 @@ class Api:
     """Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/stats, GET /healthz."""
 
     def __init__(self, router: Router, default_max_tokens: int, stats: Stats | None = None,
-                 ledger: AnswerLedger | None = None, keepalive_s: float = 15.0) -> None:
+                 ledger: AnswerLedger | None = None, keepalive_s: float = 15.0,
+                 connections: Callable[[], dict[str, int]] | None = None) -> None:
         self.router = router
         self.keepalive_s = keepalive_s
         self.default_max_tokens = default_max_tokens
         self.stats = stats or Stats()
         self.ledger = ledger
         self.metrics = Metrics(self._live)
-        self.connections: Callable[[], dict[str, int]] | None = None
-        """The server's connection counts, when a server is attached (daemon.serve)."""
+        self.connections = connections
+        """The server's connection counts, where one serves this API (daemon.serve)."""
         self._routes = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("GET", "/v1/models"): self.models,

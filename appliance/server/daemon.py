@@ -30,9 +30,10 @@ from .admin import AdminApi
 from .cache_api import CacheApi
 from .api_keys import Cors, KeyAuth, read_keys
 from .embeddings_api import EmbeddingsApi
+from .errors import openai_error
 from ..routing.decide import load_policy
 from .api import Api
-from .http import HttpServer, Limits, fit_connections_to_fd_limit
+from .http import ConnectionStats, HttpServer, Limits, fit_connections_to_fd_limit
 from .reload import Reloader
 from .sd_notify import notify
 
@@ -179,14 +180,6 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
     # A SIGHUP while the model loads would kill the daemon (its default action); the handler comes later.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     router = router or build_router(config)
-    api = Api(router, config.student.default_max_tokens, ledger=router.routing.ledger,
-              keepalive_s=config.server.sse_keepalive_s)
-
-    def reloaded(new: AthanorConfig) -> None:
-        api.default_max_tokens = new.student.default_max_tokens
-
-    reloader = Reloader(router, config, read_config or (lambda: load_config(config.source)), load_students,
-                        retire_timeout_s=shutdown_timeout_s, on_config=reloaded)
     limits = Limits(
         max_body_bytes=config.server.max_body_bytes,
         header_timeout_s=config.server.header_timeout_s,
@@ -194,6 +187,15 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
         max_connections=fit_connections_to_fd_limit(config.server.max_connections),
         max_connections_per_user=config.server.max_connections_per_user,
     )
+    connections = ConnectionStats(limits.max_connections)
+    api = Api(router, config.student.default_max_tokens, ledger=router.routing.ledger,
+              keepalive_s=config.server.sse_keepalive_s, connections=connections.snapshot)
+
+    def reloaded(new: AthanorConfig) -> None:
+        api.default_max_tokens = new.student.default_max_tokens
+
+    reloader = Reloader(router, config, read_config or (lambda: load_config(config.source)), load_students,
+                        retire_timeout_s=shutdown_timeout_s, on_config=reloaded)
     embeddings = EmbeddingsApi(api, lambda: router.routing.cache.embedder if router.routing.cache else None,
                                lambda: load_embedder(config.cache.embedder, threads=1))
     cache_api = CacheApi(embeddings, lambda: router.routing.cache, os.getuid())
@@ -202,8 +204,7 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
     if tcp is not None:
         keys = api_keys_path(config)
         handler = Cors(KeyAuth(handler, keys), config.server.cors_origins)
-    server = HttpServer(AccessLog(handler), limits)
-    api.connections = server.connection_stats
+    server = HttpServer(AccessLog(handler), limits, error_payload=openai_error, stats=connections)
     sock = inherited_socket()
     owned_path = None
     if sock is None:

@@ -25,8 +25,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from .errors import error_body
-
 log = logging.getLogger(__name__)
 
 _REASONS = {
@@ -97,6 +95,33 @@ class HttpResponse:
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
+ErrorPayload = Callable[[int, str, str | None], object]
+"""(status, message, code) -> the JSON value sent as the body of an error this layer answers itself.
+
+Injected so the API's error shape is the API layer's business: this server only picks status and words.
+"""
+
+
+def plain_error(status: int, message: str, code: str | None = None) -> object:
+    """The error body of a server given no `error_payload`."""
+    return {"error": {"message": message, "code": code}}
+
+
+@dataclass
+class ConnectionStats:
+    """Connection counts an `HttpServer` keeps up to date, for whoever reports them (/v1/stats).
+
+    Created by whoever builds the server, so a reader needs this object and not the server.
+    """
+
+    max: int
+    open: int = 0
+    refused: int = 0
+    """Connections turned away with 503 because `max_connections` were open."""
+
+    def snapshot(self) -> dict[str, int]:
+        return {"open": self.open, "max": self.max, "refused": self.refused}
+
 
 _REQUEST_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:/+=@")
 
@@ -132,21 +157,34 @@ class _ClientGone(Exception):
     pass
 
 
+def _who(writer: asyncio.StreamWriter) -> tuple[Peer | None, str | None, int | str]:
+    """(peer credentials, remote address, the key its connections are counted under) of a new connection."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        peer = peer_credentials(sock)
+        return peer, None, peer.uid if peer is not None else -1
+    # Over TCP there are no credentials (SO_PEERCRED there would read as uid 0, root): the client
+    # is its address, and an API key says who it is.
+    address = writer.get_extra_info("peername") or ("?", 0)
+    return None, f"{address[0]}:{address[1]}", f"host:{address[0]}"
+
+
 class HttpServer:
     """Serves `handler` on a listening Unix socket, and optionally on TCP (`start_tcp`) with the same limits."""
 
-    def __init__(self, handler: Handler, limits: Limits) -> None:
+    def __init__(self, handler: Handler, limits: Limits, error_payload: ErrorPayload = plain_error,
+                 stats: ConnectionStats | None = None) -> None:
         self.handler = handler
         self.limits = limits
+        self.error_payload = error_payload
+        self.stats = stats or ConnectionStats(limits.max_connections)
         self._connections: set[asyncio.Task] = set()
         self._active_requests = 0
         self._servers: list[asyncio.AbstractServer] = []
-        self.refused = 0
-        """Connections turned away with 503 because `max_connections` were open."""
         self._refused_logged_at = -1.0
-        self._busy = _busy_response(f"{limits.max_connections} are open, the limit ([server].max_connections)")
-        self._busy_user = _busy_response(f"you have {limits.max_connections_per_user} open, the limit for one user "
-                                         "([server].max_connections_per_user)")
+        self._busy = self._busy_response(f"{limits.max_connections} are open, the limit ([server].max_connections)")
+        self._busy_user = self._busy_response(f"you have {limits.max_connections_per_user} open, the limit for one "
+                                              "user ([server].max_connections_per_user)")
         self._per_uid: dict[int | str, int] = {}
         """Open connections per uid on the socket, per client host over TCP."""
 
@@ -154,9 +192,14 @@ class HttpServer:
     def active_requests(self) -> int:
         return self._active_requests
 
+    @property
+    def refused(self) -> int:
+        """Connections turned away with 503 because `max_connections` were open."""
+        return self.stats.refused
+
     def connection_stats(self) -> dict[str, int]:
         """Open connections, the limit, and how many were refused for it (for /v1/stats)."""
-        return {"open": len(self._connections), "max": self.limits.max_connections, "refused": self.refused}
+        return self.stats.snapshot()
 
     async def start(self, sock: socket.socket) -> None:
         _name_fd_exhaustion(asyncio.get_running_loop())
@@ -194,44 +237,18 @@ class HttpServer:
         if len(self._connections) >= self.limits.max_connections:
             await self._refuse(writer, self._busy)
             return
-        sock = writer.get_extra_info("socket")
-        remote = None
-        if sock is not None and sock.family == socket.AF_UNIX:
-            peer = peer_credentials(sock)
-            uid: int | str = peer.uid if peer is not None else -1
-        else:
-            # Over TCP there are no credentials (SO_PEERCRED there would read as uid 0, root): the client
-            # is its address, and an API key says who it is.
-            peer = None
-            address = writer.get_extra_info("peername") or ("?", 0)
-            remote, uid = f"{address[0]}:{address[1]}", f"host:{address[0]}"
+        peer, remote, uid = _who(writer)
         if self._per_uid.get(uid, 0) >= self.limits.max_connections_per_user:
             await self._refuse(writer, self._busy_user)
             return
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         self._connections.add(task)
+        self.stats.open = len(self._connections)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         first = True
         try:
             while True:
-                try:
-                    request = await self._read_request(conn, reader, writer, peer, first, remote)
-                except _ClientGone:
-                    return
-                except h11.RemoteProtocolError as exc:
-                    status = exc.error_status_hint
-                    if status == 400 and len(conn.trailing_data[0]) >= self.limits.max_head_bytes:
-                        status = 431
-                    await self._send_error(conn, writer, status, f"malformed HTTP request: {exc}")
-                    return
-                except TimeoutError:
-                    if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
-                        return  # idle keep-alive connection: close quietly
-                    await self._send_error(conn, writer, 408, "request not received in time")
-                    return
-                except _Refused as exc:
-                    await self._send_error(conn, writer, exc.status, str(exc))
-                    return
+                request = await self._next_request(conn, reader, writer, peer, first, remote)
                 if request is None:
                     return
                 first = False
@@ -252,6 +269,7 @@ class HttpServer:
         finally:
             await _close(writer)
             self._connections.discard(task)
+            self.stats.open = len(self._connections)
             left = self._per_uid.pop(uid) - 1
             if left:
                 self._per_uid[uid] = left
@@ -259,14 +277,14 @@ class HttpServer:
     async def _refuse(self, writer: asyncio.StreamWriter, busy: bytes) -> None:
         """Over a connection limit: a 503 without reading a byte of the request, then close."""
         writer.transport.pause_reading()
-        self.refused += 1
+        self.stats.refused += 1
         now = time.monotonic()
         if now - self._refused_logged_at >= 10.0:
             self._refused_logged_at = now
             log.warning("refusing connections with 503: %d open, limits %d in all and %d per user "
                         "([server].max_connections, max_connections_per_user); %d refused so far",
                         len(self._connections), self.limits.max_connections, self.limits.max_connections_per_user,
-                        self.refused)
+                        self.stats.refused)
         try:
             writer.write(busy)
         except (ConnectionError, OSError):
@@ -278,6 +296,28 @@ class HttpServer:
         if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
             raise _ClientGone()
         conn.receive_data(data)
+
+    async def _next_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer | None,
+        first: bool, remote: str | None,
+    ) -> HttpRequest | None:
+        """The next request, or None when the connection is to close (an error answered, or the client gone)."""
+        try:
+            return await self._read_request(conn, reader, writer, peer, first, remote)
+        except _ClientGone:
+            return None
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            if status == 400 and len(conn.trailing_data[0]) >= self.limits.max_head_bytes:
+                status = 431
+            await self._send_error(conn, writer, status, f"malformed HTTP request: {exc}")
+        except TimeoutError:
+            if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                return None  # idle keep-alive connection: close quietly
+            await self._send_error(conn, writer, 408, "request not received in time")
+        except _Refused as exc:
+            await self._send_error(conn, writer, exc.status, str(exc))
+        return None
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer | None,
@@ -292,63 +332,82 @@ class HttpServer:
             async with asyncio.timeout(self.limits.idle_timeout_s):
                 await self._receive(conn, reader)
         async with asyncio.timeout(self.limits.header_timeout_s):
-            head = None
-            while head is None:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    await self._receive(conn, reader)
-                elif isinstance(event, h11.ConnectionClosed):
-                    return None
-                elif isinstance(event, h11.Request):
-                    head = event
-            head_size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
-            if head_size > self.limits.max_head_bytes:
-                # h11 only bounds heads that arrive in pieces; a whole one in a single read is checked here.
-                raise _Refused(f"request head of {head_size} bytes is over the limit of {self.limits.max_head_bytes}",
-                               431)
-            if head.method == b"CONNECT":
-                # A 2xx would make h11 switch protocols (a tunnel); there is nothing to tunnel to here.
-                raise _Refused("CONNECT is not supported; this is an HTTP API, not a proxy", 405)
-            if head.http_version not in (b"1.0", b"1.1"):
-                # h11 takes any digit.digit; HTTP/2's preface ("PRI * HTTP/2.0") lands here.
-                raise _Refused(f"HTTP/{head.http_version.decode()} is not supported; speak HTTP/1.1", 505)
+            head = await self._read_head(conn, reader)
+            if head is None:
+                return None
+            self._check_request_line(head)
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
-            if "content-length" in headers and "transfer-encoding" in headers:
-                # RFC 9112 6.3: ambiguous framing (the stuff of request smuggling); refuse and close.
-                raise _Refused("both Content-Length and Transfer-Encoding are set; send only one", 400)
             target = head.target.decode("latin-1")
-            try:
-                urlsplit(target)
-            except ValueError as exc:
-                raise _Refused(f"request target {target[:200]!r} is not a valid URL: {exc}", 400) from None
-            declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-                raise _Refused(f"request body of {declared} bytes is over the limit of {self.limits.max_body_bytes}")
+            self._check_headers(headers, target)
             if conn.they_are_waiting_for_100_continue:
                 # curl asks before sending bodies over 1 KiB; without this it stalls for a second.
                 await self._write(writer, conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            body = bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    await self._receive(conn, reader)
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > self.limits.max_body_bytes:
-                        raise _Refused(f"request body is over the limit of {self.limits.max_body_bytes} bytes")
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    return None
+            body = await self._read_body(conn, reader)
+            if body is None:
+                return None
         return HttpRequest(
             method=head.method.decode("latin-1"),
             target=target,
             headers=headers,
-            body=bytes(body),
+            body=body,
             peer=peer,
             request_id=request_id_for(headers),
             remote=remote,
         )
+
+    async def _read_head(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
+        """The request line and headers, or None when the client closed cleanly."""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                await self._receive(conn, reader)
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+            elif isinstance(event, h11.Request):
+                return event
+
+    def _check_request_line(self, head: h11.Request) -> None:
+        """Refuse (`_Refused`) a head too big, or a method or version this server does not serve."""
+        head_size = len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
+        if head_size > self.limits.max_head_bytes:
+            # h11 only bounds heads that arrive in pieces; a whole one in a single read is checked here.
+            raise _Refused(f"request head of {head_size} bytes is over the limit of {self.limits.max_head_bytes}",
+                           431)
+        if head.method == b"CONNECT":
+            # A 2xx would make h11 switch protocols (a tunnel); there is nothing to tunnel to here.
+            raise _Refused("CONNECT is not supported; this is an HTTP API, not a proxy", 405)
+        if head.http_version not in (b"1.0", b"1.1"):
+            # h11 takes any digit.digit; HTTP/2's preface ("PRI * HTTP/2.0") lands here.
+            raise _Refused(f"HTTP/{head.http_version.decode()} is not supported; speak HTTP/1.1", 505)
+
+    def _check_headers(self, headers: dict[str, str], target: str) -> None:
+        """Refuse (`_Refused`) ambiguous framing, a target that is no URL, or a declared body over the limit."""
+        if "content-length" in headers and "transfer-encoding" in headers:
+            # RFC 9112 6.3: ambiguous framing (the stuff of request smuggling); refuse and close.
+            raise _Refused("both Content-Length and Transfer-Encoding are set; send only one", 400)
+        try:
+            urlsplit(target)
+        except ValueError as exc:
+            raise _Refused(f"request target {target[:200]!r} is not a valid URL: {exc}", 400) from None
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise _Refused(f"request body of {declared} bytes is over the limit of {self.limits.max_body_bytes}")
+
+    async def _read_body(self, conn: h11.Connection, reader: asyncio.StreamReader) -> bytes | None:
+        """The whole body, refused (`_Refused`) once it grows over the limit; None when the client closed."""
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                await self._receive(conn, reader)
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.limits.max_body_bytes:
+                    raise _Refused(f"request body is over the limit of {self.limits.max_body_bytes} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
 
     async def _respond(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: HttpRequest
@@ -392,7 +451,7 @@ class HttpServer:
             response = await self.handler(request)
         except Exception:
             log.exception("%s: handler failed", request.request_id)
-            response = json_response(500, error_body("internal error; see the daemon's log", "server_error"))
+            response = json_response(500, self.error_payload(500, "internal error; see the daemon's log", None))
         headers = [("x-request-id", request.request_id), *response.headers]
         if response.stream is None:
             headers.append(("content-length", str(len(response.body))))
@@ -428,10 +487,18 @@ class HttpServer:
                 writer.transport.abort()
                 raise ConnectionAbortedError(f"client read nothing for {self.limits.idle_timeout_s:g} s") from None
 
+    def _busy_response(self, why: str) -> bytes:
+        """The whole 503 a connection over a limit gets, built once."""
+        body = json.dumps(self.error_payload(503, f"too many connections: {why}; retry in a second",
+                                             "too_many_connections")).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
+        return head.encode() + body
+
     async def _send_error(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = json.dumps(error_body(message, "invalid_request_error")).encode()
+        body = json.dumps(self.error_payload(status, message, None)).encode()
         headers = [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]
         try:
             await self._write(writer, conn.send(h11.Response(status_code=status, headers=headers,
@@ -448,15 +515,6 @@ class _Refused(Exception):
     def __init__(self, message: str, status: int = 413) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _busy_response(why: str) -> bytes:
-    """The whole 503 a connection over a limit gets, built once."""
-    body = json.dumps(error_body(f"too many connections: {why}; retry in a second",
-                                 "server_overloaded", code="too_many_connections")).encode()
-    head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
-    return head.encode() + body
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
