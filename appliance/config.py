@@ -88,16 +88,16 @@ class StudentConfig(_Section):
     """Tokens decoded per llama.cpp call (all sequences' together)."""
     parallel: int = Field(default=8, ge=1, le=64)
     """Requests decoded together (continuous batching). Each holds its own KV cache of n_ctx
-    tokens, allocated at start: for SmolLM2-135M about 23 KB per token, 377 MB at 8 x 2048."""
+    tokens, allocated at start (the README gives the embedded student's figure)."""
     prompts_first: bool = True
     """A newcomer's first token before the next tokens of the answers in progress: a prompt that
     arrives during a step of generated tokens cuts it short (its work is redone afterwards), and a
-    step with new prompts feeds them alone; neither twice in a row. On 2 CPU cores this kept the
-    time to first token of a request arriving among 7 others at ~1.05x a lone request's (p95)."""
+    step with new prompts feeds them alone; neither twice in a row (its measured effect on time to
+    first token is in the README, from scripts/bench_serve.py)."""
     n_threads: int = Field(default=0, ge=0)
     """CPU threads for decoding; 0 means one per core. On a machine busy with other work, one per core
     but one: llama.cpp's threads meet at a spinning barrier after each operation, and a thread that
-    loses its core to another process stalls all of them (steps of 60 ms took seconds, measured)."""
+    loses its core to another process stalls all of them."""
     n_gpu_layers: int = Field(default=-1, ge=-1)
     """Layers offloaded when llama.cpp is built with CUDA; -1 means all. Ignored on CPU builds."""
     flash_attn: Literal["auto", "on", "off"] = "auto"
