@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import httpx
 
@@ -50,7 +50,7 @@ class AthanorClient:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
             raise self._unavailable(exc) from None
-        return _checked(response)
+        return answer_json(response)
 
     def health(self) -> dict:
         return self._request("GET", "/healthz")
@@ -82,24 +82,34 @@ class AthanorClient:
             with self._http.stream("POST", "/v1/chat/completions", json=payload) as response:
                 if response.status_code != 200:
                     response.read()
-                    _checked(response)
-                for line in response.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[len("data: "):]
-                    if data == "[DONE]":
-                        return
-                    yield json.loads(data)
+                    answer_json(response)
+                yield from sse_data(response.iter_lines())
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise self._unavailable(exc) from None
 
 
-def _checked(response: httpx.Response) -> dict:
+def sse_data(lines: Iterable[str]) -> Iterator[dict]:
+    """The JSON payloads of a server-sent event stream's `data:` lines, up to `[DONE]`. Blank lines end
+    events and `: ...` comments (the daemon's keep-alives) carry nothing; the space after the colon is
+    optional, as the SSE format has it."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].removeprefix(" ")
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def answer_json(response: httpx.Response) -> dict:
+    """The JSON body of a daemon answer; an error status raises ApiRequestError with the daemon's message."""
     try:
         payload = response.json()
     except ValueError:
         payload = {}
     if response.status_code >= 400:
-        message = payload.get("error", {}).get("message") if isinstance(payload, dict) else None
+        error = payload.get("error") if isinstance(payload, dict) else None
+        # OpenAI's shape is {"error": {"message": ...}}; a proxy in between may send a bare string.
+        message = error.get("message") if isinstance(error, dict) else (str(error) if error else None)
         raise ApiRequestError(response.status_code, message or response.text[:200])
     return payload

@@ -7,7 +7,6 @@ nothing heavy is imported here and the Athanor config is read only when a prompt
 from __future__ import annotations
 
 import errno
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, cast
@@ -16,6 +15,8 @@ import httpx
 import llm
 from llm.parts import TextPart
 from pydantic import Field
+
+from .client import ApiRequestError, answer_json, sse_data
 
 SOCKET_ENV = "ATHANOR_SOCKET"
 START_HINT = "start it with `athanor serve` (installed as a service: `sudo systemctl start athanor.socket`)"
@@ -118,10 +119,7 @@ def chat_messages(prompt: llm.Prompt) -> list[dict[str, str]]:
 
 
 def _answered(client: httpx.Client, payload: dict[str, Any], response: llm.Response) -> str:
-    answer = client.post("/v1/chat/completions", json=payload)
-    if answer.status_code >= 400:
-        raise llm.ModelError(_refusal(answer))
-    body = answer.json()
+    body = _checked_answer(client.post("/v1/chat/completions", json=payload))
     _record(response, body, body.get("usage"), body["choices"][0].get("finish_reason"))
     return body["choices"][0]["message"].get("content") or ""
 
@@ -132,15 +130,8 @@ def _streamed(client: httpx.Client, payload: dict[str, Any], response: llm.Respo
     with client.stream("POST", "/v1/chat/completions", json=payload) as answer:
         if answer.status_code >= 400:
             answer.read()
-            raise llm.ModelError(_refusal(answer))
-        for line in answer.iter_lines():
-            # Blank lines end events; `: keep-alive` comments only keep a silent answer's connection open.
-            if not line.startswith("data:"):
-                continue
-            data = line[len("data:"):].removeprefix(" ")
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
+            _checked_answer(answer)
+        for chunk in sse_data(answer.iter_lines()):
             if "error" in chunk:
                 raise llm.ModelError(f"Athanor daemon: {chunk['error'].get('message', chunk['error'])}")
             last = chunk
@@ -167,13 +158,12 @@ def _record(response: llm.Response, body: dict[str, Any], usage: dict[str, int] 
         response.set_resolved_model(body["model"])
 
 
-def _refusal(answer: httpx.Response) -> str:
+def _checked_answer(answer: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON, or the daemon's refusal (read as `athanor ask` reads it) as llm's error."""
     try:
-        error = answer.json().get("error") or {}
-        message = error.get("message") if isinstance(error, dict) else str(error)
-    except (ValueError, AttributeError):
-        message = None
-    return f"Athanor daemon refused the request ({answer.status_code}): {message or answer.text[:200]}"
+        return answer_json(answer)
+    except ApiRequestError as exc:
+        raise llm.ModelError(f"Athanor {exc}") from None
 
 
 def _unreachable(socket_path: Path, exc: httpx.ConnectError) -> str:
