@@ -433,14 +433,14 @@ def keys_budget(ctx: click.Context, name: str, usd: str) -> None:
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
     """The names of the keys (the keys themselves are not stored), with their budgets and today's spend."""
-    from .paths import state_dir
+    from .paths import payer_spend_dir
     from .server.api_keys import read_key_records
-    from .teacher.limits import SpendLedger
+    from .teacher.limits import PayerLedgers, SpendLedger
 
     rows = []
     for record in sorted(read_key_records(_keys_file(ctx)).values(), key=lambda r: r.name):
         spent = None
-        ledger_file = state_dir() / "teacher-spend-by-key" / f"key-{record.name}.sqlite3"
+        ledger_file = PayerLedgers.ledger_file(payer_spend_dir(), record.name)
         if record.daily_usd is not None and ledger_file.is_file():
             ledger = SpendLedger(ledger_file, record.daily_usd)
             try:

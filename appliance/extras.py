@@ -16,10 +16,13 @@ DISTRIBUTION = "athanor-appliance"
 
 Extra = Literal["onnx", "train", "export"]
 
+_ONNX = ("onnxruntime", "transformers")
+_TRAIN = ("torch", "transformers", "peft", "accelerate", "gguf")
+# As pyproject.toml defines the extra: [export] is [train] and [onnx] plus optimum and onnx.
 MODULES: dict[Extra, tuple[str, ...]] = {
-    "onnx": ("onnxruntime", "transformers"),
-    "train": ("torch", "transformers", "peft", "accelerate", "gguf"),
-    "export": ("torch", "transformers", "peft", "optimum", "onnx", "onnxruntime", "gguf"),
+    "onnx": _ONNX,
+    "train": _TRAIN,
+    "export": tuple(dict.fromkeys((*_TRAIN, *_ONNX, "optimum", "onnx"))),
 }
 
 

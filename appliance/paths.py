@@ -38,6 +38,11 @@ def retrain_dir() -> Path:
     return state_dir() / "retrain"
 
 
+def payer_spend_dir() -> Path:
+    """Teacher spend per API key with a daily budget of its own (one SQLite ledger per key)."""
+    return state_dir() / "teacher-spend-by-key"
+
+
 def refit_router_file() -> Path:
     """Where `athanor router refit` installs a router learned from this appliance's own traffic; with
     `[routing].router = "default"` the daemon prefers it to the shipped one."""

@@ -16,12 +16,13 @@ from typing import Any
 
 # Scripts the segmenter and the verifier's checks were measured on.
 _COVERED_SCRIPTS = ("LATIN", "CJK")
-_HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+"""The Han character ranges (CJK extension A, unified, compatibility), for regex classes."""
 # Chinese and English numbers are read whole (三百五十, 7.5b, 70%) so that numbers.py can compare them.
 _TOKEN = re.compile(
     rf"[0-9]+(?:[.,][0-9]+)*[a-z%]*"      # 7, 3.5, 70b, 1,000, 50%
     rf"|[a-z]+(?:'[a-z]+)?"               # words, with an apostrophe kept (don't, cat's)
-    rf"|[{_HAN}]+"                        # a Chinese run, segmented below
+    rf"|[{HAN}]+"                        # a Chinese run, segmented below
     rf"|[+\-*/=<>^%&|~]"                  # operators: "5 + 3" and "5 - 3" differ in nothing else
 )
 
@@ -111,7 +112,7 @@ def _inside_sentence(text: str, at: int) -> bool:
 
 
 # The A-not-A question (能不能, 是不是, 有没有, 可不可以) asks, it does not negate: read as its verb alone.
-_A_NOT_A = re.compile(rf"([{_HAN}])[不没]\1")
+_A_NOT_A = re.compile(rf"([{HAN}])[不没]\1")
 
 
 def words(text: str) -> list[str]:
@@ -124,7 +125,7 @@ def words(text: str) -> list[str]:
         if len(original) == 1 and original.isupper() and original != "I" and _inside_sentence(source, match.start()):
             out.append(original)  # "type A", "plan B", "vitamin C": a name, not the article
             continue
-        if re.fullmatch(f"[{_HAN}]+", token):
+        if re.fullmatch(f"[{HAN}]+", token):
             out.extend(w for w in _segmenter().cut(token, HMM=False) if w.strip())
         elif token[0].isalpha():
             out.extend(_expand(token))

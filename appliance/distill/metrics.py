@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..cache.segment import HAN
 from .filters import parse_json_answer
 from .reasoning import split_reasoning
 
@@ -26,8 +27,7 @@ MAX_LABELS = 8
 
 # Chinese punctuation that NFKC leaves as it is (。 、 「」 and the like), stripped like ASCII's.
 _CJK_PUNCTUATION = "。、「」『』【】《》〈〉〔〕…—·～"
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD_OR_HAN_RUN = re.compile(rf"([{_HAN}]+)|\d+(?:\.\d+)?|[^\W_{_HAN}]+", re.UNICODE)
+_WORD_OR_HAN_RUN = re.compile(rf"([{HAN}]+)|\d+(?:\.\d+)?|[^\W_{HAN}]+", re.UNICODE)
 
 
 def normalize(text: str) -> str:

@@ -182,7 +182,7 @@ def evaluate_student(student: Path, heldout: Sequence[Record], config: AthanorCo
                                           on_item=lambda i: progress.update(task, advance=1)))
     finally:
         runner.close()
-    return EvaluateResult(result.overall.retention, tuple(getattr(result, "answers", [])))
+    return EvaluateResult(result.overall.retention, tuple(result.answers))
 
 
 def plan_stage(request: RetrainRequest, hooks: RetrainHooks) -> PlanResult:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
+from ..cache.segment import HAN
 from .grading import _norm, _numbers, correct
 from .learned import LogisticRouter, fit
 from .measures import auroc, cheapest, operating_points
@@ -25,6 +26,7 @@ MAX_WRONG_KEPT = 0.05
 HOLDOUT_SHARE = 0.3
 SHORT_ANSWER_WORDS = 4
 SHORT_ANSWER_HAN = 8
+_HAN_CHAR = re.compile(f"[{HAN}]")
 # A Chinese yes/no word counts only as a whole clause ("是的，…", "不。"): 不同, 是否 and 对于 open free text.
 _YES_NO_HEAD = re.compile(r"^[*\"' ]*(?:(yes|no)(?![a-z])|(是的|不是|不对|是|否|对|不)(?=[，,。.!！\s]|$))")
 
@@ -42,7 +44,7 @@ def teacher_claim(text: str) -> tuple[str, str] | None:
         return "yesno", "no" if word in ("no", "不是", "否", "不对", "不") else "yes"
     words = head.split()
     # Chinese is written without spaces: its length in words is read from its characters.
-    han = sum("\u3400" <= ch <= "\u9fff" for ch in head)
+    han = len(_HAN_CHAR.findall(head))
     short = len(words) <= 12 and len(head) <= 80 and han <= 3 * SHORT_ANSWER_HAN
     numbers = _numbers(head)
     if short and numbers:

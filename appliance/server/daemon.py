@@ -86,7 +86,7 @@ def build_routing(config: AthanorConfig) -> Routing:
         check_match("如何预热 please", "怎么预热", lambda spans: [1.0] * len(spans))
     if config.teacher.provider != "none":
         routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
-        routing.payers = PayerLedgers(state / "teacher-spend-by-key", health=routing.storage)
+        routing.payers = PayerLedgers(paths.payer_spend_dir(), health=routing.storage)
     # With a teacher it logs the teacher's answers; with or without, the unsure ones it served alone (pending).
     routing.distill_log = DistillLog(state / "distill.jsonl")
     routing.ledger = AnswerLedger(state / LEDGER_FILE, health=routing.storage)

@@ -416,12 +416,16 @@ class PayerLedgers:
         self._ledgers: dict[str, SpendLedger] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def ledger_file(folder: Path, payer: str) -> Path:
+        return Path(folder) / f"key-{payer}.sqlite3"
+
     def ledger(self, payer: str, daily_budget_usd: float) -> SpendLedger:
         """`payer`'s ledger, its cap set to the key's budget as the key file says now."""
         with self._lock:
             ledger = self._ledgers.get(payer)
             if ledger is None:
-                ledger = SpendLedger(self.folder / f"key-{payer}.sqlite3", daily_budget_usd, health=self._health,
+                ledger = SpendLedger(self.ledger_file(self.folder, payer), daily_budget_usd, health=self._health,
                                      label=f"the teacher budget of API key {payer!r}",
                                      fix=f"raise it with `athanor keys budget {payer} USD`")
                 self._ledgers[payer] = ledger
