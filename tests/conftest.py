@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from appliance.defaults import embedded_student_path
+from tests.distill_tiny import records, tiny  # noqa: F401 - module fixtures for the training tests
 from tests.tiny_student import tiny_adapter, tiny_export  # noqa: F401 - session fixtures for the export tests
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests import distill_task
 
 CHATML = (
@@ -51,3 +53,17 @@ def build_tiny_model(folder: Path, vocab_size: int = 600, hidden: int = 64, seed
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny model, built once for each test module that asks for it."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def records():
+    """Twelve sentiment records of the task, labelled with the expected answer."""
+    from appliance.distill.records import Record
+
+    return [Record(prompt=p["prompt"], answer=p["expected"], category="sentiment") for p in distill_task.prompts(12)]

@@ -30,16 +30,6 @@ FAST = TrainSettings(learning_rate=3e-3, epochs=2, batch_size=4, lora_r=4, lora_
                      modules_to_save=("lm_head",))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def records():
-    return [Record(prompt=p["prompt"], answer=p["expected"], category="sentiment") for p in distill_task.prompts(12)]
-
-
 def test_build_example_labels_only_the_answer(tiny):
     tokenizer = load_tokenizer(tiny)
     record = Record(prompt="Review: The soup was bland.\nSentiment?", answer="negative", role="You label reviews.")

@@ -20,19 +20,8 @@ from appliance.distill.records import Record, write_dataset
 from appliance.distill.train import (TrainSettings, check_quantize_base, choose_precision, fingerprint_settings,
                                      train)
 from tests import distill_task
-from tests.distill_tiny import build_tiny_model
 
 FAST = TrainSettings(learning_rate=3e-3, epochs=2, batch_size=4, lora_r=4, lora_alpha=8, checkpoint_every=2)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def records():
-    return [Record(prompt=p["prompt"], answer=p["expected"], category="sentiment") for p in distill_task.prompts(12)]
 
 
 @pytest.fixture(scope="module")
