@@ -151,6 +151,11 @@ class RoutingConfig(_Section):
     """"default": the shipped router fitted on the embedded student (scripts/bench_route.py); "off": keep
     answers whose confidence reaches confidence_threshold; or a router file `athanor evaluate` wrote."""
 
+    mode: Literal["single", "ensemble"] = "single"
+    """"ensemble": each question is also asked under the role prompts of `appliance/routing/ensemble.py`, all
+    decoded in one batch; the answer most drafts agree on is served, and when they disagree (by the
+    ensemble router) the teacher gets the drafts and writes the answer. Costs one decode slot per role."""
+
     hold_tokens: int = Field(default=8, ge=1, le=256)
     """With a teacher, a streamed answer is held for this many tokens; then the early router either
     escalates to the teacher at once or lets the student's answer stream live."""

@@ -7,13 +7,14 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, AsyncGenerator, AsyncIterator, Callable, Literal
 
 from .cache import CacheHit, CacheKey, SemanticCache, normalize_prompt
 from .cache.store import TEACHER_VERSION
-from .confidence import Confidence
-from .routing.decide import decide
+from .confidence import Confidence, confidence
+from .routing.decide import Decision, decide
+from .routing.ensemble import DEFAULT_ROLES, VOTE_SHARE, integration_messages, majority, with_role
 from .routing.learned import LogisticRouter
 from .routing.signals import prompt_features, signals
 from .engine.llama import LlamaEngine
@@ -90,6 +91,18 @@ class Delta:
     route: RouteName = "student"
 
 
+@dataclass(frozen=True)
+class EnsembleVote:
+    """How the role drafts voted on an ensemble answer (`[routing].mode = "ensemble"`)."""
+
+    answers: int
+    """The plain answer and the role drafts."""
+    vote_share: float
+    """Share of them that claim what the served answer claims."""
+    served: str
+    """Whose answer was served: "plain" or a role's name."""
+
+
 @dataclass
 class Answer:
     """The finished answer and where it came from."""
@@ -105,6 +118,7 @@ class Answer:
     saved_usd: float = 0.0
     degraded: bool = False
     degraded_reason: str | None = None
+    ensemble: EnsembleVote | None = None
 
     def provenance(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -119,6 +133,8 @@ class Answer:
             fields["confidence_detail"] = self.confidence.as_dict()
         if self.degraded_reason:
             fields["degraded_reason"] = self.degraded_reason
+        if self.ensemble:
+            fields["ensemble"] = asdict(self.ensemble)
         return fields
 
 
@@ -165,6 +181,10 @@ class Routing:
     early_policy: LogisticRouter | None = None
     """A router over the first `hold_tokens` tokens: escalate at once, or stream the student live."""
     hold_tokens: int = 8
+    mode: str = "single"
+    """"ensemble": the role drafts are decoded beside the plain answer and the majority decides (EnsembleRun)."""
+    ensemble_policy: LogisticRouter | None = None
+    """A router over the served draft's signals and its vote share; None keeps only unanimous drafts."""
     cache: SemanticCache | None = None
     teacher: Teacher | None = None
     distill_log: DistillLog | None = None
@@ -260,9 +280,36 @@ class Router:
             if p_right < pre.threshold:
                 # The question alone says the student will likely fail: the teacher, before any decode.
                 return PreRoutedRun(self, student, prompt, params, request, key, prompt_text, p_right, stream)
+        if self.routing.mode == "ensemble" and not params.logit_bias:
+            return await self._start_ensemble(student, prompt, params, request, key, prompt_text)
         early = hold and self.routing.early_policy is not None
         job = student.scheduler.submit(prompt, params, stream=stream and (not hold or early))
         return StudentRun(self, student, prompt, params, job, request, key, prompt_text, hold)
+
+
+    async def _start_ensemble(self, student: Student, prompt: list[int], params: SamplingParams, request: ChatRequest,
+                              key: CacheKey | None, prompt_text: str) -> "EnsembleRun":
+        """The plain prompt and each role's, submitted together so that the scheduler decodes them in one batch."""
+        question = last_user_text(request.messages)
+
+        def role_prompts() -> list[list[int]]:
+            return [student.engine.chat_prompt(with_role(request.messages, role, question)) for role in DEFAULT_ROLES]
+
+        prompts = [prompt, *await asyncio.to_thread(role_prompts)]
+        n_ctx = student.info.n_ctx
+        jobs: list[Job] = []
+        try:
+            for tokens in prompts:
+                room = n_ctx - len(tokens)
+                if room < 1:
+                    raise PromptTooLong(len(tokens), params.max_tokens, n_ctx)
+                jobs.append(student.scheduler.submit(tokens, replace(params, max_tokens=min(params.max_tokens, room)),
+                                                     stream=False))
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
+        return EnsembleRun(self, student, prompt, params, jobs, request, key, prompt_text)
 
 
 class Run:
@@ -299,6 +346,8 @@ class CachedRun(Run):
 class StudentRun(Run):
     teacher_failed: str | None = None
     """Why the teacher, asked before the student, could not answer; it is not asked again."""
+    teacher_messages: list[dict[str, Any]] | None = None
+    """What the teacher is asked, when not the request's own messages (an ensemble's drafts added)."""
 
     def __init__(self, router: Router, student: Student, prompt: list[int], params: SamplingParams, job: Job | None,
                  request: ChatRequest, key: CacheKey | None, prompt_text: str, hold: bool) -> None:
@@ -463,7 +512,8 @@ class StudentRun(Run):
                                json_format=self.params.json_format)
         parts: list[str] = []
         answer = None
-        chunks = routing.teacher.stream(self.request.messages, params)
+        # An ensemble whose drafts disagree shows them to the teacher; what is logged is the question alone.
+        chunks = routing.teacher.stream(self.teacher_messages or self.request.messages, params)
         try:
             async for chunk in chunks:
                 if chunk.answer is not None:
@@ -536,6 +586,82 @@ class StudentRun(Run):
             await asyncio.to_thread(cache.put, key, self.prompt_text, text, meta)
         except Exception:  # a cache that cannot write must not cost the client its answer
             log.exception("cache write failed")
+
+
+class EnsembleRun(StudentRun):
+    """The plain answer and the role drafts, decoded together; the claim most of them make is served.
+
+    Nothing streams before the vote: the drafts decide whether the student's answer goes out at all.
+    """
+
+    def __init__(self, router: Router, student: Student, prompt: list[int], params: SamplingParams, jobs: list[Job],
+                 request: ChatRequest, key: CacheKey | None, prompt_text: str) -> None:
+        super().__init__(router, student, prompt, params, jobs[0], request, key, prompt_text, hold=True)
+        self.jobs = jobs
+
+    async def _whole(self, job: Job, prompt_tokens: int) -> Completion:
+        assembler = TextAssembler(self.params.stop)
+        tokens: list[TokenEvent] = []
+        try:
+            async for token in job.tokens():
+                assembler.feed(token)
+                tokens.append(token)
+                if assembler.stopped:
+                    break
+            assembler.finish()
+        finally:
+            job.cancel()
+        finish: FinishReason = "stop" if assembler.stopped else (job.finish_reason or "stop")
+        return Completion(assembler.text, finish, prompt_tokens, tokens)
+
+    def _vote(self, question: str, served: Completion, share: float) -> Decision:
+        routing = self.router.routing
+        base = confidence([e.logprob for e in served.tokens], routing.confidence_quantile)
+        policy = routing.ensemble_policy
+        if policy is None:  # no fitted ensemble router: only a unanimous vote is trusted
+            score, keep, cache = share, share >= 1.0, share >= 1.0
+        else:
+            features = signals(question, served.tokens).as_dict() | {VOTE_SHARE: share}
+            score = policy.probability([features[name] for name in policy.features])
+            keep, cache = score >= policy.threshold, score >= policy.cache_threshold
+        return Decision(replace(base, score=score, method="ensemble"), keep, cache)
+
+    async def events(self) -> AsyncIterator[Delta | Answer]:
+        routing = self.router.routing
+        question = last_user_text(self.request.messages)
+        try:
+            answers = await asyncio.gather(*(self._whole(job, len(self.prompt) if n == 0 else 0)
+                                             for n, job in enumerate(self.jobs)))
+        finally:
+            for job in self.jobs:
+                job.cancel()  # a client that left, or a draft that failed, frees every slot
+        vote = majority([a.text for a in answers])
+        served = replace(answers[vote.index], prompt_tokens=len(self.prompt))
+        names = ["plain", *(role.name for role in DEFAULT_ROLES)]
+        ballot = EnsembleVote(len(answers), round(vote.share, 6), names[vote.index])
+        decision = self._vote(question, served, vote.share)
+        sure = decision.confidence
+        reason = None
+        if not decision.keep and routing.teacher is not None:
+            self.teacher_messages = integration_messages(self.request.messages, question, [a.text for a in answers])
+            try:
+                async for event in self._ask_teacher(served, sure):
+                    yield replace(event, ensemble=ballot) if isinstance(event, Answer) else event
+                return
+            except TeacherError as exc:
+                reason = str(exc)
+                log.warning("teacher failed, serving the ensemble's answer: %s", reason)
+        elif not decision.keep:
+            reason = f"the student's drafts disagree ({vote.share:.0%} back the served one) and no teacher is configured"
+        if not decision.keep:
+            await self._keep_pending(served, sure, reason)
+        yield Delta(served.text, list(served.tokens))
+        if decision.cache and decision.keep:
+            await self._remember(served.text, served.completion_tokens, "student", sure)
+        yield Answer(model=self.student.name, route="student", completion=served, queued_s=self.queued_s,
+                     elapsed_s=time.monotonic() - self.started, confidence=sure,
+                     saved_usd=self.router.saved(served.prompt_tokens, served.completion_tokens),
+                     degraded=not decision.keep, degraded_reason=reason, ensemble=ballot)
 
 
 class PreRoutedRun(StudentRun):

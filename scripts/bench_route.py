@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.config import RoutingConfig  # noqa: E402
+from appliance.routing.ensemble import verdict  # noqa: E402
 from appliance.routing.grading import correct  # noqa: E402
 from appliance.routing.learned import fit  # noqa: E402
 from appliance.routing.measures import auroc, cheapest, operating_points, pre_route_threshold  # noqa: E402
@@ -86,27 +87,12 @@ def collect(out: Path, samples: int, max_tokens: int, threads: int) -> None:
     engine.close()
 
 
-def _key(text: str) -> str:
-    """What an answer claims, for comparing samples: its last number, its yes/no, or its first words."""
-    from appliance.routing.grading import _norm, _numbers, _yes_no
-
-    numbers = _numbers(_norm(text))
-    if numbers:
-        return f"n:{numbers[-1]:g}"
-    yn = _yes_no(text)
-    if yn:
-        return yn
-    return " ".join(_norm(text).split()[:6])
-
-
 def features(row: dict[str, Any], first: int | None = None) -> tuple[Signals, float]:
     from appliance.engine.types import StepStats, TokenEvent
 
     events = [TokenEvent(0, "", lp, b"", (), StepStats(mx, mg, en)) for lp, mx, mg, en in row["tokens"]]
     s = signals(row["question"], events[:first] if first else events)
-    key = _key(row["student"])
-    agreement = sum(_key(t) == key for t in row["samples"]) / max(1, len(row["samples"]))
-    return s, agreement
+    return s, verdict(row["student"], row["samples"]).agreement
 
 
 def main() -> None:

@@ -18,6 +18,13 @@ from typing import Any
 _COVERED_SCRIPTS = ("LATIN", "CJK")
 HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 """The Han character ranges (CJK extension A, unified, compatibility), for regex classes."""
+_HAN_CHAR = re.compile(f"[{HAN}]")
+
+
+def has_han(text: str) -> bool:
+    """Whether the text holds any Chinese character: picks the language of prompts and features."""
+    return _HAN_CHAR.search(text) is not None
+
 # Chinese and English numbers are read whole (三百五十, 7.5b, 70%) so that numbers.py can compare them.
 _TOKEN = re.compile(
     rf"[0-9]+(?:[.,][0-9]+)*[a-z%]*"      # 7, 3.5, 70b, 1,000, 50%

@@ -34,6 +34,11 @@ def pre_path(path: Path) -> Path:
     return path.with_name(path.stem + "_pre" + path.suffix)
 
 
+def ensemble_path(path: Path) -> Path:
+    """Where the router of `[routing].mode = "ensemble"` (the served draft's signals and its vote share) lies."""
+    return path.with_name(path.stem + "_ensemble" + path.suffix)
+
+
 @dataclass(frozen=True)
 class Decision:
     confidence: Confidence
@@ -61,17 +66,18 @@ def default_router_file() -> Path:
     return refitted if refitted.is_file() else DEFAULT_ROUTER
 
 
-def load_policy(setting: str, early: bool = False, pre: bool = False) -> LogisticRouter | None:
+def load_policy(setting: str, early: bool = False, pre: bool = False, ensemble: bool = False) -> LogisticRouter | None:
     """`[routing].router`: "default" (refitted from the log, else shipped), "off" (the quantile rule), or a file.
 
     `early=True` loads the router of the answer's first tokens (`<name>_early.json` beside it), which
     decides, while a streamed answer is held back, whether to escalate at once; None when there is none.
+    `pre=True` and `ensemble=True` load the question-alone and the role-ensemble routers the same way.
     """
     if setting == "off":
         return None
     path = default_router_file() if setting == "default" else Path(setting)
-    if early or pre:
-        beside = early_path if early else pre_path
+    if early or pre or ensemble:
+        beside = early_path if early else pre_path if pre else ensemble_path
         if setting == "default" and not beside(path).is_file():
             path = DEFAULT_ROUTER  # a refit learns the whole-answer router only; the others stay shipped
         path = beside(path)

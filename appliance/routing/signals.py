@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from ..cache.segment import has_han
 from ..engine.types import TokenEvent
 
 
@@ -20,10 +21,6 @@ def _quantile(values: Sequence[float], q: float) -> float:
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _has_han(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ def signals(question: str, events: Sequence[TokenEvent]) -> Signals:
     """The signals of one answer; an empty answer scores as unsure as possible."""
     if not events:
         return Signals(0.0, -20.0, 0.0, 0.0, -10.0, -10.0, 0.0, 0.0, 0.0, float(len(question)),
-                       float(_has_han(question)))
+                       float(has_han(question)))
     chosen = [math.exp(e.logprob) for e in events]
     steps = [e.step for e in events if e.step is not None]
     best = [math.exp(s.max_logprob) for s in steps] or chosen
@@ -79,7 +76,7 @@ def signals(question: str, events: Sequence[TokenEvent]) -> Signals:
         early_best_mean=sum(best[:8]) / len(best[:8]),
         neg_length=-float(len(events)),
         prompt_chars=float(len(question)),
-        chinese=float(_has_han(question)),
+        chinese=float(has_han(question)),
     )
 
 
@@ -89,6 +86,6 @@ PROMPT_FEATURES = ("prompt_chars", "chinese", "digit_share", "code_marks")
 def prompt_features(question: str) -> list[float]:
     """What the question alone says, before the student decodes (the pre-router's input)."""
     n = max(1, len(question))
-    return [float(len(question)), float(_has_han(question)),
+    return [float(len(question)), float(has_han(question)),
             sum(ch.isdigit() for ch in question) / n,
             float(sum(question.count(mark) for mark in ("(", ")", "[", "]", "{", "'", "=")))]

@@ -72,7 +72,9 @@ def build_routing(config: AthanorConfig) -> Routing:
         policy=load_policy(config.routing.router),
         early_policy=load_policy(config.routing.router, early=True),
         pre_policy=load_policy(config.routing.router, pre=True),
+        ensemble_policy=load_policy(config.routing.router, ensemble=True),
         hold_tokens=config.routing.hold_tokens,
+        mode=config.routing.mode,
     )
     if config.cache.enabled:
         # One thread for embedding, and OpenMP threads that sleep instead of spinning when idle:

@@ -73,6 +73,7 @@ class Reloader:
                 policy = await asyncio.to_thread(load_policy, config.routing.router)
                 early_policy = await asyncio.to_thread(load_policy, config.routing.router, True)
                 pre_policy = await asyncio.to_thread(load_policy, config.routing.router, False, True)
+                ensemble_policy = await asyncio.to_thread(load_policy, config.routing.router, False, False, True)
             except Exception as exc:  # whatever went wrong, the daemon must go on serving
                 return self._failed(exc)
             old = self.router.replace_students(students, config.student.name)
@@ -82,6 +83,8 @@ class Reloader:
             self.router.routing.early_policy = early_policy
             self.router.routing.pre_policy = pre_policy
             self.router.routing.hold_tokens = config.routing.hold_tokens
+            self.router.routing.ensemble_policy = ensemble_policy
+            self.router.routing.mode = config.routing.mode
             self._warn_restart_only(config)
             self.config = config
             if self.on_config is not None:
