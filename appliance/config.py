@@ -285,6 +285,11 @@ class DistillConfig(_Section):
     retrain_after: int = Field(default=200, ge=1)
     """`athanor retrain --when-due` (the weekly timer) retrains once this many new teacher-labelled records
     have reached the distillation log since the last student was installed."""
+    recent_share: float = Field(default=0.1, ge=0.0, lt=0.5)
+    """`retrain` keeps this share of the newest logged questions out of training and measures both students on
+    them per category (drift beside the fixed held-out set); 0 turns it off."""
+    recent_max: int = Field(default=100, ge=1)
+    """At most this many recent questions are kept out (each is two evaluations at the gate)."""
 
     @field_validator("target_modules", mode="before")
     @classmethod

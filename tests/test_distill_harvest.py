@@ -254,7 +254,7 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
 
     base, _ = tiny_adapter
     log = tmp_path / "distill.jsonl"
-    _log_lines(log, 60)
+    _log_lines(log, 70)
     for name, value in {"BASE": str(base), "EPOCHS": "1", "LORA_R": "4", "LORA_ALPHA": "8",
                         "DEDUP_THRESHOLD": "1.0"}.items():
         monkeypatch.setenv(f"ATHANOR_DISTILL__{name}", value)
@@ -270,8 +270,14 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
     assert "router not refitted: 20 " in result.output and "at least 40" in result.output
     held = read_dataset(retrain_dir() / "heldout.jsonl")
     trained = read_dataset(tmp_path / "work" / "train.jsonl")
+    # The 10 newest questions are this week's traffic: measured at the gate on both students, not trained on.
     assert len(held) == 20 and len(trained) == 40 and not {r.key for r in held} & {r.key for r in trained}
-    assert read_state(retrain_dir()).seen == 60
+    assert "10 recent kept to measure drift on" in result.output
+    assert "recent traffic (10 newest questions): retention " in result.output
+    newest = {f"Question number {i}: what is {i} plus {i}?" for i in range(60, 70)}
+    assert not newest & {r.prompt for r in trained}
+    assert all(r.category.startswith("en: ") for r in held)  # logged questions get categories by what they ask
+    assert read_state(retrain_dir()).seen == 70
     source = resolve_student(StudentConfig())
     assert source.path.is_relative_to(retrained_student_dir()) and source.path.suffix == ".gguf"
     # Nothing new since: the timer's run waits.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
@@ -89,6 +89,22 @@ class EvaluateResult:
     retention: float | None
     answers: tuple[dict[str, Any], ...] = ()
     """Per-question answers with their agreement with the teacher (what a router refit learns from)."""
+    categories: Mapping[str, float | None] = field(default_factory=dict)
+    """Retention per category."""
+
+
+@dataclass(frozen=True)
+class DriftLine:
+    """One category of recent traffic: how the current and the new student do on its newest questions."""
+
+    category: str
+    n: int
+    old: float | None
+    new: float | None
+
+    @property
+    def worse(self) -> bool:
+        return self.old is not None and (self.new is None or self.new < self.old)
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,8 @@ class DatasetResult:
     held_out: tuple[Record, ...]
     drawn: bool
     """True when this run drew the held-out set from the log."""
+    recent: tuple[Record, ...] = ()
+    """The newest log records, kept out of training: the gate measures this week's traffic on them."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,9 @@ class GateResult:
     old_retention: float | None
     passed: bool
     answers: tuple[dict[str, Any], ...] = ()
+    recent: tuple[DriftLine, ...] = ()
+    """Per category of recent traffic, the old and the new student's retention (reported; the fixed
+    held-out set decides)."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +203,8 @@ def evaluate_student(student: Path, heldout: Sequence[Record], config: AthanorCo
                                           on_item=lambda i: progress.update(task, advance=1)))
     finally:
         runner.close()
-    return EvaluateResult(result.overall.retention, tuple(result.answers))
+    return EvaluateResult(result.overall.retention, tuple(result.answers),
+                          {c.category: c.retention for c in result.categories})
 
 
 def plan_stage(request: RetrainRequest, hooks: RetrainHooks) -> PlanResult:
@@ -206,6 +228,7 @@ def plan_stage(request: RetrainRequest, hooks: RetrainHooks) -> PlanResult:
 
         embedder = load_embedder(config.cache.embedder)
     usable, dropped = build_dataset(log, [], extra, embedder, config.distill.language, config.distill.dedup_threshold)
+    usable = _categorized(usable, embedder, config)
     old_retention = None
     # A regression only matters to the modes that may skip training; a hand run measures the old student at the gate.
     if request.mode != "always" and held:
@@ -221,7 +244,26 @@ def plan_stage(request: RetrainRequest, hooks: RetrainHooks) -> PlanResult:
     return PlanResult(plan, tuple(usable), dict(dropped), tuple(held), old_retention, folder, drawn)
 
 
+def _categorized(records: list[Record], embedder: Any, config: AthanorConfig) -> list[Record]:
+    """Logged questions grouped into categories by what they ask (drift.py); harvested ones keep theirs."""
+    from .drift import categorize
+    from .retrain import LOG_CATEGORY
+
+    logged = [i for i, r in enumerate(records) if r.category == LOG_CATEGORY]
+    if not logged:
+        return records
+    if embedder is None:
+        from ..cache.embedder import load_embedder
+
+        embedder = load_embedder(config.cache.embedder)
+    out = list(records)
+    for i, record in zip(logged, categorize([records[i] for i in logged], embedder, config.distill.seed)):
+        out[i] = record
+    return out
+
+
 def dataset_stage(request: RetrainRequest, planned: PlanResult, hooks: RetrainHooks) -> DatasetResult:
+    from .drift import recent_count
     from .records import TRAIN_FILE, write_dataset
     from .split import stratified_split
 
@@ -233,14 +275,19 @@ def dataset_stage(request: RetrainRequest, planned: PlanResult, hooks: RetrainHo
         write_dataset(planned.drawn, held)
         hooks.say(f"held-out set: {len(held)} log records drawn to {planned.drawn}; they are never trained on")
     held_keys = {r.key for r in held}
+    # The newest logged questions are this week's traffic: measured at the gate, not trained on.
+    logged = [r for r in usable if r.source == "log" and r.key not in held_keys]
+    config = request.config.distill
+    recent = logged[len(logged) - recent_count(len(logged), config.recent_share, config.recent_max):]
+    held_keys |= {r.key for r in recent}
     records = [r for r in usable if r.key not in held_keys]
     work = request.out_dir or planned.folder / time.strftime("%Y%m%d-%H%M%S")
     dataset = work / TRAIN_FILE
     write_dataset(dataset, records)
     dropped = planned.dropped
     hooks.say(f"dataset: {len(records)} records ({', '.join(f'{n} {k}' for k, n in dropped.items()) or 'none'} "
-              f"dropped, {len(usable) - len(records)} held out)")
-    return DatasetResult(work, dataset, tuple(records), dropped, tuple(held), bool(draw))
+              f"dropped, {len(held)} held out, {len(recent)} recent kept to measure drift on)")
+    return DatasetResult(work, dataset, tuple(records), dropped, tuple(held), bool(draw), tuple(recent))
 
 
 def train_stage(request: RetrainRequest, dataset: DatasetResult, hooks: RetrainHooks) -> TrainResult:
@@ -281,7 +328,30 @@ def gate_stage(request: RetrainRequest, planned: PlanResult, dataset: DatasetRes
     if old_retention is None:
         old_retention = evaluate_student(resolve_student(config.student).path, dataset.held_out, config,
                                          "current student", hooks).retention
-    return GateResult(new.retention, old_retention, passes_gate(new.retention, old_retention), new.answers)
+    recent = _drift(exported.gguf, resolve_student(config.student).path, dataset.recent, config, hooks)
+    return GateResult(new.retention, old_retention, passes_gate(new.retention, old_retention), new.answers, recent)
+
+
+def _drift(new_student: Path, old_student: Path, recent: Sequence[Record], config: AthanorConfig,
+           hooks: RetrainHooks) -> tuple[DriftLine, ...]:
+    """Both students on the newest traffic, per category: a line each, worse ones marked."""
+    if not recent:
+        return ()
+    new = evaluate_student(new_student, recent, config, "new student on recent traffic", hooks)
+    old = evaluate_student(old_student, recent, config, "current student on recent traffic", hooks)
+    counts: dict[str, int] = {}
+    for record in recent:
+        counts[record.category] = counts.get(record.category, 0) + 1
+    lines = tuple(DriftLine(c, counts[c], old.categories.get(c), new.categories.get(c)) for c in sorted(counts))
+    hooks.say(f"recent traffic ({len(recent)} newest questions): retention {_fmt(old.retention)} -> "
+              f"{_fmt(new.retention)}")
+    for line in lines:
+        hooks.say(f"  {'WORSE ' if line.worse else ''}{line.category} ({line.n}): {_fmt(line.old)} -> {_fmt(line.new)}")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def install_stage(request: RetrainRequest, planned: PlanResult, exported: ExportResult) -> InstallResult:
