@@ -16,6 +16,7 @@ from ..engine.types import SamplingParams
 from ..ledger import AnswerLedger, AnswerRow
 from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, Run, UnknownModel
 from ..stats import Stats, quant_type
+from ..stats_schema import StatsSnapshot
 from ..teacher import teacher_status
 from .access_log import note_route
 from .completions_schema import DEFAULT_MAX_TOKENS, parse_completion_request, text_chunk, text_completion_body
@@ -173,15 +174,17 @@ class Api:
 
     async def stats_view(self, request: HttpRequest) -> HttpResponse:
         routing = self.router.routing
-        snapshot = self.stats.snapshot()
-        snapshot["cache"] = await asyncio.to_thread(routing.cache.stats) if routing.cache is not None else None
-        snapshot["teacher"] = teacher_status(routing.teacher)
-        snapshot["confidence_threshold"] = routing.confidence_threshold
-        snapshot["students"] = [{"name": s.name, "batching": s.scheduler.stats()} for s in self.router.students.values()]
-        snapshot["storage"] = routing.storage.snapshot()
-        snapshot["connections"] = self.connections() if self.connections is not None else None
-        snapshot["process"] = {"rss_bytes": psutil.Process().memory_info().rss}  # the dashboard's memory figure
-        return json_response(200, snapshot)
+        snapshot = StatsSnapshot.build(
+            self.stats.snapshot(),
+            cache=await asyncio.to_thread(routing.cache.stats) if routing.cache is not None else None,
+            teacher=teacher_status(routing.teacher),
+            confidence_threshold=routing.confidence_threshold,
+            students=[(s.name, s.scheduler.stats()) for s in self.router.students.values()],
+            storage=routing.storage.snapshot(),
+            connections=self.connections() if self.connections is not None else None,
+            rss_bytes=psutil.Process().memory_info().rss,  # the dashboard's memory figure
+        )
+        return json_response(200, snapshot.to_json())
 
     async def chat_completions(self, request: HttpRequest) -> HttpResponse:
         # The body is JSON whatever content-type says: `curl -d` sends form-urlencoded by default,

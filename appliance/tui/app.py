@@ -19,9 +19,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Sparkline, Static
 
+from ..stats_schema import StatsSnapshot
 from . import panels
 from .hardware import HardwareMonitor, HardwareSample
-from .metrics import Thresholds, Tracker, View, alerts
+from .metrics import NO_STATS, Thresholds, Tracker, View, alerts
 from .source import StatsSource, Unreachable
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class Dashboard(App[None]):
         finally:
             self._busy = False
 
-    async def _read_daemon(self) -> tuple[dict | None, list | None, str]:
+    async def _read_daemon(self) -> tuple[StatsSnapshot | None, list | None, str]:
         try:
             stats = await self.source.stats()
         except Unreachable as exc:
@@ -211,7 +212,7 @@ class Dashboard(App[None]):
         """Redraw every panel from the current view, models and hardware sample."""
         t = self.thresholds
         view = self.view
-        stats = view.stats if view else {}
+        stats = view.stats if view else NO_STATS
         self._set("#status", panels.status_line(str(self.socket_path), connected=self.connected,
                                                 paused=self.paused, reason=self.reason,
                                                 interval_s=self.interval_s))

@@ -1,8 +1,8 @@
 """The dashboard's arithmetic, pure: snapshots of /v1/stats in, rates, histories, levels and alerts out.
 
-Nothing here does I/O or reads a clock; callers pass the time in. Every field of a snapshot
-is read defensively (`pick`, `number`): a daemon of another version, or a half-written
-answer, gives missing values, never an exception.
+Nothing here does I/O or reads a clock; callers pass the time in. A snapshot is read as a
+`StatsSnapshot` that is not strict (`as_snapshot`): a daemon of another version, or a half-written
+answer, gives missing values, never an exception. `pick` and `number` do the same for /v1/models.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Literal, Mapping
 
+from ..stats_schema import StatsSnapshot
 from .hardware import HardwareSample
 
 ROUTES = ("cache", "student", "teacher")
@@ -39,6 +40,15 @@ def number(data: Any, *path: str | int) -> float | None:
     return float(value)
 
 
+def as_snapshot(stats: StatsSnapshot | Mapping[str, Any] | None) -> StatsSnapshot:
+    """A /v1/stats snapshot as its record, read leniently: fields of the wrong type count as missing."""
+    return stats if isinstance(stats, StatsSnapshot) else StatsSnapshot.from_json(stats, strict=False)
+
+
+NO_STATS = as_snapshot({})
+"""No snapshot yet: every section unreported."""
+
+
 def percent(used: float | None, total: float | None) -> float | None:
     """used/total as a percentage; None when either is unknown or the total is zero."""
     if used is None or not total:
@@ -62,11 +72,9 @@ class Counters:
     @classmethod
     def of(cls, stats: Any) -> "Counters":
         """Read the counters of a /v1/stats snapshot; missing ones are zero."""
-        scalars = {f.name: number(stats, f.name) or 0.0 for f in fields(cls) if f.name != "by_route"}
-        routes = pick(stats, "by_route")
-        by_route = {str(k): n for k in routes if (n := number(routes, k)) is not None} if isinstance(
-            routes, Mapping) else {}
-        return cls(**scalars, by_route=by_route)
+        daemon = as_snapshot(stats).counters
+        scalars = {f.name: float(getattr(daemon, f.name)) for f in fields(cls) if f.name != "by_route"}
+        return cls(**scalars, by_route={route: float(n) for route, n in daemon.by_route.items()})
 
     def _pairs(self, other: "Counters") -> Iterable[tuple[float, float]]:
         for f in fields(self):
@@ -114,7 +122,7 @@ def rates(prev: Counters, cur: Counters, elapsed_s: float | None) -> Rates | Non
 
 def elapsed(prev_stats: Any, cur_stats: Any, prev_t: float, cur_t: float) -> float | None:
     """Seconds between two snapshots: the daemon's own uptime difference (free of fetch jitter), else ours."""
-    before, after = number(prev_stats, "uptime_s"), number(cur_stats, "uptime_s")
+    before, after = as_snapshot(prev_stats).counters.uptime_s, as_snapshot(cur_stats).counters.uptime_s
     if before is not None and after is not None and after > before:
         return after - before
     return cur_t - prev_t if cur_t > prev_t else None
@@ -124,7 +132,7 @@ def elapsed(prev_stats: Any, cur_stats: Any, prev_t: float, cur_t: float) -> flo
 class View:
     """What the dashboard shows after one snapshot."""
 
-    stats: Mapping[str, Any]
+    stats: StatsSnapshot
     counters: Counters
     """Since the last reset (or the daemon's start)."""
     rates: Rates | None
@@ -141,13 +149,14 @@ class Tracker:
     def __init__(self, history: int = 180) -> None:
         self._tokens: deque[float] = deque(maxlen=history)
         self._requests: deque[float] = deque(maxlen=history)
-        self._prev: tuple[Any, Counters, float] | None = None
+        self._prev: tuple[StatsSnapshot, Counters, float] | None = None
         """The snapshot rates are measured from; dropped when the daemon goes away."""
-        self._last: tuple[Any, Counters] | None = None
+        self._last: tuple[StatsSnapshot, Counters] | None = None
         self._baseline = Counters()
 
-    def update(self, stats: Mapping[str, Any], now: float) -> View:
+    def update(self, stats: StatsSnapshot | Mapping[str, Any], now: float) -> View:
         """Take the next snapshot, fetched at `now` (seconds on any clock that only goes forward)."""
+        stats = as_snapshot(stats)
         current = Counters.of(stats)
         if current.below(self._baseline):  # the daemon restarted: its counters start again from zero
             self._baseline = Counters()
@@ -252,12 +261,14 @@ def alerts(hardware: HardwareSample | None, stats: Any, t: Thresholds = Threshol
             full.append(f"RAM {ram:.0f}% full")
         if (disk := percent(host.disk_used_bytes, host.disk_total_bytes)) is not None and disk >= t.memory_full_pct:
             full.append(f"disk {disk:.0f}% full")
-    stores = pick(stats, "storage", "stores", default={}) or {}
-    failing = sorted(name for name, state in stores.items() if isinstance(state, dict) and state.get("failing"))
+    snapshot = as_snapshot(stats)
+    stores = snapshot.storage.stores if snapshot.storage else {}
+    failing = sorted(name for name, state in stores.items() if state.failing)
     if failing:
         # Ahead of heat and memory: every answer from now on may be lost from the cache and the log.
         hot.insert(0, f"cannot write {', '.join(failing)}: disk full?")
-    spent, budget = number(stats, "teacher", "spent_today"), number(stats, "teacher", "budget")
+    teacher = snapshot.teacher
+    spent, budget = (teacher.spent_today, teacher.budget) if teacher else (None, None)
     money: list[str] = []
     if spent is not None and budget:
         used = 100.0 * spent / budget

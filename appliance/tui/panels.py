@@ -11,8 +11,8 @@ from typing import Any, Sequence
 from rich.text import Text
 
 from .hardware import GpuStatus, HostSample
-from .metrics import (ROUTES, Level, Thresholds, View, histogram, level, median, number, numbers, percent, pick,
-                      share_below)
+from .metrics import (NO_STATS, ROUTES, Level, Thresholds, View, as_snapshot, histogram, level, median, number, percent,
+                      pick, share_below)
 
 STYLES: dict[Level, str] = {"ok": "green", "warn": "yellow", "crit": "bold red", "na": "dim"}
 DASH = "–"
@@ -151,7 +151,7 @@ def traffic(view: View | None) -> Text:
         Text.assemble(("tokens ", "dim"), fmt_count(c.prompt_tokens), (" in ", "dim"),
                       fmt_count(c.completion_tokens), (" out", "dim")),
         Text.assemble(("degraded ", "dim"), fmt_count(c.degraded), ("  cancelled ", "dim"), fmt_count(c.cancelled),
-                      ("  up ", "dim"), fmt_uptime(number(view.stats, "uptime_s"))),
+                      ("  up ", "dim"), fmt_uptime(view.stats.counters.uptime_s)),
     )
 
 
@@ -160,15 +160,15 @@ def routes(view: View | None) -> Text:
     header = Text(f"{'route':<8}{'n':>7}{'%':>6}{'p50':>7}{'p95':>7}", style="dim")
     if view is None:
         return _lines(header, *(f"{r:<8}{DASH:>7}" for r in ROUTES))
-    c = view.counters
+    c, daemon = view.counters, view.stats.counters
     rows = [header]
     for route in ROUTES:
         n = c.by_route.get(route, 0.0)
         share = 100 * n / c.answered if c.answered else None
-        p50, p95 = number(view.stats, "latency_by_route", route, "p50"), number(view.stats, "latency_by_route",
-                                                                               route, "p95")
+        latency = daemon.latency_by_route.get(route)
+        p50, p95 = (latency.p50, latency.p95) if latency else (None, None)
         rows.append(Text(f"{route:<8}{fmt_count(n):>7}{fmt_pct(share):>6}{fmt_secs(p50):>7}{fmt_secs(p95):>7}"))
-    p50, p95 = number(view.stats, "latency_s", "p50"), number(view.stats, "latency_s", "p95")
+    p50, p95 = daemon.latency_s.p50, daemon.latency_s.p95
     rows.append(Text(f"{'all':<8}{fmt_count(c.answered):>7}{'':>6}{fmt_secs(p50):>7}{fmt_secs(p95):>7}",
                      style="bold"))
     return _lines(*rows)
@@ -176,10 +176,12 @@ def routes(view: View | None) -> Text:
 
 def confidence(stats: Any) -> Text:
     """Histogram of recent student confidences; bars left of the threshold went (or would go) to the teacher."""
-    values = numbers(pick(stats, "confidence_recent"))
-    threshold = number(stats, "confidence_threshold")
+    snapshot = as_snapshot(stats)
+    recent = snapshot.counters.confidence_recent
+    values = [float(v) for v in recent or ()]
+    threshold = snapshot.confidence_threshold
     if not values:
-        known = isinstance(pick(stats, "confidence_recent"), list)
+        known = recent is not None
         return _lines(Text("no student answers yet" if known else "confidence –", style="dim"), "", "", "")
     counts = histogram(values, bins=10)
     top = max(counts)
@@ -200,9 +202,9 @@ def confidence(stats: Any) -> Text:
 
 def money(view: View | None, t: Thresholds) -> Text:
     """Teacher spend today against its daily cap, and money saved against asking the teacher everything."""
-    stats = view.stats if view else {}
-    provider = pick(stats, "teacher", "provider")
-    spent, budget = number(stats, "teacher", "spent_today"), number(stats, "teacher", "budget")
+    teacher = (view.stats if view else NO_STATS).teacher
+    provider = teacher.provider if teacher else None
+    spent, budget = (teacher.spent_today, teacher.budget) if teacher else (None, None)
     if provider == "none":
         head, gauge = Text("no teacher configured", style="dim"), Text("")
     elif provider is None:  # no snapshot yet, or a daemon that does not report its teacher
@@ -222,7 +224,7 @@ def money(view: View | None, t: Thresholds) -> Text:
         Text.assemble(("saved ", "dim"), (fmt_usd(counters.saved_usd if counters else None), "bold green"),
                       (" (", "dim"), (fmt_pct(share), "bold green"), (")", "dim")),
         Text.assemble(("spent ", "dim"), fmt_usd(counters.cost_usd if counters else None), ("  ", ""),
-                      (fit(str(pick(stats, "teacher", "model") or ""), 10), "dim")),
+                      (fit((teacher.model if teacher else None) or "", 10), "dim")),
     )
 
 
@@ -244,17 +246,18 @@ def students(models: Sequence[Any] | None, stats: Any, width: int = 22, lines: i
         rows.append(Text("students –" if models is None else "no students loaded", style="dim"))
     while len(rows) < room:
         rows.append(Text(""))
-    cache = pick(stats, "cache")
-    if isinstance(cache, dict):
-        unread = number(cache, "uncovered")
+    snapshot = as_snapshot(stats)
+    cache = snapshot.cache
+    if cache is not None:
+        unread = cache.uncovered
         # Questions the cache could not read (fail-closed misses) matter more than its size: shown
         # in its place when there are any, the panel being 22 columns wide.
         tail = (Text(f"{fmt_count(unread)} unread", style="yellow") if unread
-                else Text(fmt_bytes(number(cache, "bytes_on_disk"))))
-        rows.append(Text.assemble(("cache ", "dim"), fmt_count(number(cache, "entries")), (" · ", "dim"), tail))
+                else Text(fmt_bytes(cache.bytes_on_disk)))
+        rows.append(Text.assemble(("cache ", "dim"), fmt_count(cache.entries), (" · ", "dim"), tail))
     else:
-        rows.append(Text("cache off" if stats and "cache" in stats else "cache –", style="dim"))
-    rows.append(Text.assemble(("daemon rss ", "dim"), fmt_bytes(number(stats, "process", "rss_bytes"))))
+        rows.append(Text("cache off" if snapshot.reported("cache") else "cache –", style="dim"))
+    rows.append(Text.assemble(("daemon rss ", "dim"), fmt_bytes(snapshot.process.rss_bytes if snapshot.process else None)))
     return _lines(*rows)
 
 

@@ -13,6 +13,7 @@ import httpx
 
 from ..client import BASE_URL
 from ..errors import DaemonUnavailable
+from ..stats_schema import StatsSnapshot
 
 
 class Unreachable(DaemonUnavailable):
@@ -27,7 +28,7 @@ class Unreachable(DaemonUnavailable):
 
 
 class StatsSource:
-    """One keep-alive HTTP client on `socket_path`; every call returns parsed JSON or raises `Unreachable`."""
+    """One keep-alive HTTP client on `socket_path`; every call returns what it read or raises `Unreachable`."""
 
     def __init__(self, socket_path: Path, timeout_s: float = 2.0) -> None:
         self.socket_path = socket_path
@@ -35,12 +36,12 @@ class StatsSource:
             transport=httpx.AsyncHTTPTransport(uds=str(socket_path)), base_url=BASE_URL, timeout=timeout_s
         )
 
-    async def stats(self) -> dict[str, Any]:
-        """GET /v1/stats as a dict."""
+    async def stats(self) -> StatsSnapshot:
+        """GET /v1/stats as its record, read leniently (a field of the wrong type reads as missing)."""
         payload = await self._get("/v1/stats")
         if not isinstance(payload, dict):
             raise Unreachable(self.socket_path, "/v1/stats did not return a JSON object")
-        return payload
+        return StatsSnapshot.from_json(payload, strict=False)
 
     async def models(self) -> list[dict[str, Any]]:
         """GET /v1/models' `data` list; entries that are not objects are dropped."""
