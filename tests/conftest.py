@@ -22,22 +22,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 _models_dir: Path | None = None
+_converted = False
 
 
-def shared_models_dir() -> Path:
+def shared_models_dir(convert: bool = True) -> Path:
     """One folder for the whole run where the embedded default is converted once (to F16, served
-    when requests are batched, and Q8_0, served with parallel = 1: ~1 s each) instead of once per
-    test home; converted up front and readable by all, so daemons that tests run as other users or
-    in a namespace of their own find it too."""
-    global _models_dir
-    if _models_dir is None:
-        from appliance.students import serve_embedded
+    when requests are batched, and Q8_0, served with parallel = 1) instead of once per test home;
+    readable by all, so daemons that tests run as other users or in a namespace of their own find it.
 
+    `convert=False` only names the folder: a pure test never pays for a model it does not use, and a
+    test that loads the student in-process converts what it needs there on demand."""
+    global _models_dir, _converted
+    if _models_dir is None:
         _models_dir = Path(tempfile.mkdtemp(prefix="athanor-models-"))
         atexit.register(shutil.rmtree, _models_dir, True)
         _models_dir.chmod(0o755)
+    if convert and not _converted:
+        from appliance.students import serve_embedded
+
         for quant in ("f16", "q8_0"):
             serve_embedded(quant, _models_dir).chmod(0o644)
+        _converted = True
     return _models_dir
 
 
@@ -47,7 +52,7 @@ def _isolated_home(tmp_path, monkeypatch):
         if name.startswith("ATHANOR_") or name in ("LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ATHANOR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ATHANOR_MODELS_DIR", str(shared_models_dir()))
+    monkeypatch.setenv("ATHANOR_MODELS_DIR", str(shared_models_dir(convert=False)))
 
 
 @pytest.fixture(scope="session")
