@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import paths
 from .defaults import DEFAULT_STUDENT_NAME
@@ -81,7 +81,7 @@ class StudentConfig(_Section):
     (mean KL, top-1 agreement): Q4_1 0.003 / 97%, Q8_0 0.004 / 96%, Q4_0 0.34 / 71% (the fastest,
     but re-rounding to 4 bits changes answers)."""
     name: str = Field(default=DEFAULT_STUDENT_NAME, min_length=1)
-    """Model id clients pass as `model`."""
+    """Model id clients pass as `model`; unset with a `path`, the file's or folder's name."""
     n_ctx: int = Field(default=2048, ge=64, le=1 << 20)
     """Context length in tokens (prompt + answer)."""
     n_batch: int = Field(default=512, ge=1)
@@ -114,6 +114,22 @@ class StudentConfig(_Section):
         if value is not None and not value.exists():
             raise ValueError(f"no student model at {value}")
         return value
+
+    @model_validator(mode="after")
+    def _name_from_path(self) -> "StudentConfig":
+        # A student the user brings is not the embedded SmolLM2: unnamed, it is called after its file or
+        # folder, so that /v1/models and every answer's `model` never claim another model.
+        if "name" not in self.model_fields_set and self.path is not None:
+            self.__dict__["name"] = student_name(self.path)
+        return self
+
+
+def student_name(path: Path) -> str:
+    """The id of the student at `path`: an export folder's name (also for its manifest.json), a GGUF's stem."""
+    if path.name == "manifest.json":
+        path = path.parent
+    name = (path.stem if path.suffix == ".gguf" else path.name).strip()
+    return name or DEFAULT_STUDENT_NAME
 
 
 class CacheConfig(_Section):

@@ -94,3 +94,18 @@ def test_config_command_prints_the_effective_config(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert '"n_ctx": 777' in result.stdout
+
+
+def test_a_student_the_user_brings_is_named_after_its_file_or_folder_unless_named(tmp_path):
+    from appliance.config import StudentConfig
+
+    gguf = tmp_path / "qwen2.5-0.5b-instruct-q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    export = tmp_path / "qwen-v1"
+    export.mkdir()
+    (export / "manifest.json").write_text("{}")
+    assert StudentConfig().name == "smollm2-135m-instruct"  # the embedded default
+    assert StudentConfig(path=gguf).name == "qwen2.5-0.5b-instruct-q8_0"
+    assert StudentConfig(path=export).name == StudentConfig(path=export / "manifest.json").name == "qwen-v1"
+    assert StudentConfig(path=gguf, name="mine").name == "mine"
+    assert load_config(None, environ={"ATHANOR_STUDENT__PATH": str(export)}).student.name == "qwen-v1"
