@@ -350,30 +350,22 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def report(ctx: click.Context, since: str | None, as_json: bool, png: Path | None) -> None:
     """Money spent and saved, the teacher's share and the return on distillation, per day and month."""
-    import time
-    from datetime import datetime, timezone
-
-    from .ledger import LEDGER_FILE, read_rows
     from .paths import state_dir
-    from .report import build_report
+    from .report_read import ledger_path, read_report, since_timestamp
     from .report_view import plot_report, print_report
-    from .teacher.factory import LEDGER_FILE as SPEND_FILE
-    from .teacher.limits import read_spend, utc_day
 
-    start = None
     if since is not None:
         try:
-            start = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            raise click.BadParameter(f"{since!r} is not a date like 2026-11-30", param_hint="--since") from None
+            since_timestamp(since)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
     state = state_dir()
-    spend = {day: usd for day, usd in read_spend(state / SPEND_FILE).items() if since is None or day >= since}
-    built = build_report(read_rows(state / LEDGER_FILE, start), spend, utc_day(time.time()))
+    built = read_report(state, since)
     if as_json:
         click.echo(json.dumps(built.as_dict(), indent=2))
         return
     if not built.days:
-        click.echo(f"no answers recorded yet in {state / LEDGER_FILE}: the daemon writes one row per answer")
+        click.echo(f"no answers recorded yet in {ledger_path(state)}: the daemon writes one row per answer")
         return
     print_report(built)
     click.echo(f"chart: {plot_report(built, png or state / 'report.png')}")

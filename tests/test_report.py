@@ -94,3 +94,57 @@ def test_report_command_prints_the_tables_writes_json_and_a_png(tmp_path):
     assert abs(data["distillation_usd"] - 0.5) < 1e-9
     bad = runner.invoke(main, ["report", "--since", "yesterday"])
     assert bad.exit_code == 2 and "is not a date like" in bad.output
+
+
+def _request(target: str, method: str = "GET"):
+    from appliance.server.http import HttpRequest
+
+    return HttpRequest(method, target, {}, b"", None, "req-1")
+
+
+def test_the_daemon_serves_the_report_rereading_its_ledger_at_most_every_30_s():
+    import asyncio
+
+    from appliance.server.http import json_response
+    from appliance.server.report_api import FRESH_S, ReportApi
+
+    async def inner(request):
+        return json_response(404, {"error": {"message": "elsewhere"}})
+
+    now = [1000.0]
+    api = ReportApi(inner, state_dir(), clock=lambda: now[0])
+    ledger = AnswerLedger(state_dir() / LEDGER_FILE)
+    ledger.add(AnswerRow(time.time(), "cache", "student", 100, 20, 0.0, 0.02, False))
+    ledger.close()
+    spend = SpendLedger(state_dir() / SPEND_FILE, daily_budget_usd=5.0)
+    spend.record(0.50)  # a harvest: distillation to repay
+    spend.close()
+
+    def get(target, method="GET"):
+        response = asyncio.run(api(_request(target, method)))
+        return response.status, json.loads(response.body)
+
+    status, first = get("/v1/report")
+    assert status == 200 and first["total"]["answers"] == 1 and abs(first["distillation_usd"] - 0.5) < 1e-9
+    assert first["break_even"] is not None and first["break_even_projected"] is True
+    ledger = AnswerLedger(state_dir() / LEDGER_FILE)
+    ledger.add(AnswerRow(time.time(), "student", "student", 100, 20, 0.0, 0.02, False))
+    ledger.close()
+    assert get("/v1/report")[1]["total"]["answers"] == 1  # within 30 s: the same report
+    now[0] += FRESH_S + 1
+    assert get("/v1/report")[1]["total"]["answers"] == 2
+    assert get("/v1/report?since=2999-01-01")[1]["total"]["answers"] == 0
+    status, body = get("/v1/report?since=yesterday")
+    assert status == 400 and "is not a date like" in body["error"]["message"]
+    assert get("/v1/report", "POST")[0] == 405
+    assert get("/v1/stats")[0] == 404  # every other path goes on to the inner handler
+
+
+def test_the_dashboard_shows_when_savings_repay_the_distillation():
+    from appliance.tui.panels import break_even
+
+    assert break_even(None).plain == "" and break_even({"distillation_usd": 0.0, "break_even": None}).plain == ""
+    reached = {"distillation_usd": 0.5, "break_even": "2026-11-20", "break_even_projected": False}
+    assert break_even(reached).plain == "  break-even 11-20"
+    assert break_even(reached | {"break_even": "2026-12-15", "break_even_projected": True}).plain == "  break-even ~12-15"
+    assert break_even(reached | {"break_even": None}).plain == "  break-even not in sight"

@@ -56,6 +56,8 @@ class FakeDaemon:
         self.stats: dict = stats_snapshot()
         self.models: dict = copy.deepcopy(MODELS)
         self.models_status = 200
+        self.report: dict | None = None
+        """GET /v1/report's answer; None answers 404, as a daemon without the endpoint does."""
         self.stats_calls = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -68,6 +70,8 @@ class FakeDaemon:
             return json_response(200, self.stats)
         if request.path == "/v1/models":
             return json_response(self.models_status, self.models)
+        if request.path == "/v1/report" and self.report is not None:
+            return json_response(200, self.report)
         return json_response(404, {"error": {"message": "no such endpoint"}})
 
     def _call(self, coro: Awaitable) -> Any:
@@ -185,6 +189,9 @@ class ScriptedSource:
     async def models(self) -> list[dict]:
         return MODELS["data"]
 
+    async def report(self) -> dict | None:
+        return None  # no distillation spend: the money panel shows no break-even
+
     async def aclose(self) -> None:
         pass
 
@@ -219,6 +226,17 @@ def dashboard(path: Path, **kwargs: Any) -> Dashboard:
 
 
 # --- against the fake daemon -------------------------------------------------------------------------
+
+def test_the_money_panel_shows_the_break_even_the_daemon_reports(fake_daemon):
+    fake_daemon.report = {"distillation_usd": 0.5, "break_even": "2026-12-15", "break_even_projected": True}
+
+    async def scenario():
+        app = dashboard(fake_daemon.path)
+        async with app.run_test(size=(100, 24)):
+            await settle(app)
+            assert "saved $0.46 (97%) break-even ~12-15" in " ".join(text(app, "money").split())
+    run(scenario)
+
 
 def test_shows_rates_routes_money_and_students_from_the_daemon(fake_daemon):
     async def scenario():

@@ -28,6 +28,7 @@ from ..teacher.pricing import price_for
 from .access_log import AccessLog
 from .admin import AdminApi
 from .cache_api import CacheApi
+from .report_api import ReportApi
 from .api_keys import Cors, KeyAuth, read_keys
 from .embeddings_api import EmbeddingsApi
 from .errors import openai_error
@@ -201,7 +202,7 @@ async def serve(config: AthanorConfig, router: Router | None = None, shutdown_ti
     embeddings = EmbeddingsApi(api, lambda: router.routing.cache.embedder if router.routing.cache else None,
                                lambda: load_embedder(config.cache.embedder, threads=1))
     cache_api = CacheApi(embeddings, lambda: router.routing.cache, os.getuid())
-    handler = AdminApi(cache_api, reloader, os.getuid())
+    handler = AdminApi(ReportApi(cache_api, paths.state_dir()), reloader, os.getuid())
     tcp = config.server.tcp_address()
     if tcp is not None:
         keys = api_keys_path(config)

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 MODELS_EVERY = 30
 """Refreshes between two reads of /v1/models (students change rarely; a reconnect reads it at once)."""
+REPORT_EVERY = 30
+"""Refreshes between reads of /v1/report: the daemon rereads its ledger at most every 30 s anyway."""
 
 
 class HardwareSource(Protocol):
@@ -118,6 +120,7 @@ class Dashboard(App[None]):
         self.tracker = Tracker()
         self.view: View | None = None
         self.models: list[dict[str, Any]] | None = None
+        self.report: dict[str, Any] | None = None
         self.sample: HardwareSample | None = None
         self.connected = False
         self.reason = "not contacted yet"
@@ -204,6 +207,11 @@ class Dashboard(App[None]):
                 models = await self.source.models()
             except Unreachable:
                 pass  # stats came through, so the daemon is up; the students panel waits for the next try
+        if self.refreshes % REPORT_EVERY == 0:
+            try:
+                self.report = await self.source.report()
+            except Unreachable:
+                self.report = None  # an older daemon: the money panel shows no break-even
         return stats, models, ""
 
     # --- drawing ---------------------------------------------------------------------------------
@@ -224,7 +232,7 @@ class Dashboard(App[None]):
         self._set("#traffic", panels.traffic(view))
         self._set("#routes", panels.routes(view))
         self._set("#confidence", panels.confidence(stats))
-        self._set("#money", panels.money(view, t))
+        self._set("#money", panels.money(view, t, self.report))
         self._set("#students", panels.students(self.models, stats))
         self._set("#gpu", panels.gpu(self.sample.gpu if self.sample else None, t))
         self._set("#host", panels.host(self.sample.host if self.sample else None, t))

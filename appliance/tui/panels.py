@@ -6,7 +6,7 @@ the three-column ones 22. Colours follow `metrics.level`: green ok, yellow warm,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rich.text import Text
 
@@ -200,8 +200,21 @@ def confidence(stats: Any) -> Text:
     )
 
 
-def money(view: View | None, t: Thresholds) -> Text:
-    """Teacher spend today against its daily cap, and money saved against asking the teacher everything."""
+def break_even(report: Mapping[str, Any] | None) -> Text:
+    """When the savings repay the distillation spend (GET /v1/report): reached, or projected with `~`."""
+    if not report or not isinstance(report.get("distillation_usd"), (int, float)) or report["distillation_usd"] <= 0:
+        return Text("")
+    when = report.get("break_even")
+    if not isinstance(when, str) or len(when) < 10:
+        return Text.assemble(("  break-even ", "dim"), ("not in sight", "yellow"))
+    projected = report.get("break_even_projected") is True
+    return Text.assemble(("  break-even ", "dim"), (f"{'~' if projected else ''}{when[5:]}",
+                                                    "yellow" if projected else "bold green"))
+
+
+def money(view: View | None, t: Thresholds, report: Mapping[str, Any] | None = None) -> Text:
+    """Teacher spend today against its daily cap, money saved against asking the teacher everything, and
+    when savings repay the distillation (harvests, labelling)."""
     teacher = (view.stats if view else NO_STATS).teacher
     provider = teacher.provider if teacher else None
     spent, budget = (teacher.spent_today, teacher.budget) if teacher else (None, None)
@@ -222,7 +235,7 @@ def money(view: View | None, t: Thresholds) -> Text:
         head,
         gauge,
         Text.assemble(("saved ", "dim"), (fmt_usd(counters.saved_usd if counters else None), "bold green"),
-                      (" (", "dim"), (fmt_pct(share), "bold green"), (")", "dim")),
+                      (" (", "dim"), (fmt_pct(share), "bold green"), (")", "dim"), break_even(report)),
         Text.assemble(("spent ", "dim"), fmt_usd(counters.cost_usd if counters else None), ("  ", ""),
                       (fit((teacher.model if teacher else None) or "", 10), "dim")),
     )

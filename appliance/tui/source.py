@@ -49,6 +49,11 @@ class StatsSource:
         data = payload.get("data") if isinstance(payload, dict) else None
         return [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
 
+    async def report(self) -> dict[str, Any] | None:
+        """GET /v1/report (`athanor report --json`); None when the daemon has no such endpoint (an older one)."""
+        payload = await self._get("/v1/report")
+        return payload if isinstance(payload, dict) else None
+
     async def _get(self, path: str) -> Any:
         try:
             response = await self._http.get(path)
