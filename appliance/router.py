@@ -618,8 +618,10 @@ class EnsembleRun(StudentRun):
         routing = self.router.routing
         base = confidence([e.logprob for e in served.tokens], routing.confidence_quantile)
         policy = routing.ensemble_policy
-        if policy is None:  # no fitted ensemble router: only a unanimous vote is trusted
-            score, keep, cache = share, share >= 1.0, share >= 1.0
+        if policy is None:
+            # No fitted ensemble router: only a unanimous vote is served as sure, and nothing is cached,
+            # since no benchmark has measured how often a unanimous answer is wrong.
+            score, keep, cache = share, share >= 1.0, False
         else:
             features = signals(question, served.tokens).as_dict() | {VOTE_SHARE: share}
             score = policy.probability([features[name] for name in policy.features])

@@ -135,6 +135,9 @@ def test_without_a_teacher_or_ensemble_router_only_a_unanimous_vote_is_trusted(t
         assert answer["degraded"] == (vote["vote_share"] < 1.0)
         if answer["degraded"]:
             assert "drafts disagree" in answer["degraded_reason"] and "no teacher" in answer["degraded_reason"]
+        # Unmeasured, even a unanimous vote is not trusted enough to be served again from the cache.
+        again, _ = _ask(path, "What is 37 times 91?")
+        assert again["route"] == "student" and again["ensemble"] == vote
     finally:
         stop_daemon(process)
 
