@@ -33,9 +33,12 @@ def models_dir() -> Path:
     return _env_path("ATHANOR_MODELS_DIR") or state_dir() / "models"
 
 
+RETRAIN_DIR = "retrain"
+
+
 def retrain_dir() -> Path:
     """`athanor retrain`'s work: its state file, the held-out set drawn from the log, one folder per run."""
-    return state_dir() / "retrain"
+    return state_dir() / RETRAIN_DIR
 
 
 def payer_spend_dir() -> Path:

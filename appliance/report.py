@@ -63,6 +63,10 @@ class Report:
     break_even_projected: bool
     next_month_spent_usd: float
     next_month_saved_usd: float
+    retention: float | None = None
+    """The serving student's retention on the held-out set when `retrain` installed it (None: never retrained)."""
+    retention_was: float | None = None
+    retention_at: str | None = None
 
     @property
     def return_on_distillation(self) -> float | None:
@@ -75,7 +79,9 @@ class Report:
                 "return_on_distillation": self.return_on_distillation, "break_even": self.break_even,
                 "break_even_projected": self.break_even_projected,
                 "next_month": {"spent_usd": round(self.next_month_spent_usd, 6),
-                               "saved_usd": round(self.next_month_saved_usd, 6)}}
+                               "saved_usd": round(self.next_month_saved_usd, 6)},
+                "quality": {"retention": self.retention, "previous_retention": self.retention_was,
+                            "measured_at": self.retention_at}}
 
 
 def _period(label: str, rows: Sequence[AnswerRow]) -> Period:

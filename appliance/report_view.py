@@ -38,6 +38,10 @@ def print_report(report: Report, console: Console | None = None) -> None:
                 f"{'projected for' if report.break_even_projected else 'reached on'} {report.break_even}")
         console.print(f"distillation cost ${report.distillation_usd:.4f} (harvests, labelling); return so far "
                       f"{report.return_on_distillation:+.0%}; break-even {when}")
+    if report.retention is not None:
+        was = f" (the student before it: {report.retention_was:.3f})" if report.retention_was is not None else ""
+        console.print(f"quality: the serving student keeps {report.retention:.3f} of the teacher's answers on the "
+                      f"held-out set{was}, measured when `retrain` installed it on {report.retention_at}")
     console.print(f"next 30 days at the last 7 days' pace: spend ${report.next_month_spent_usd:.4f}, "
                   f"save ${report.next_month_saved_usd:.4f}")
 

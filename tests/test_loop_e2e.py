@@ -76,3 +76,4 @@ def test_traffic_teaches_the_student_and_the_teacher_share_falls_after_the_timer
     assert new >= old
     report = json.loads(CliRunner().invoke(main, ["report", "--json"], catch_exceptions=False).output)
     assert report["total"]["answers"] >= len(first) + 20 + len(later)
+    assert report["quality"]["retention"] == new and report["quality"]["previous_retention"] == old

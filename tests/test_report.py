@@ -91,6 +91,15 @@ def test_report_command_prints_the_tables_writes_json_and_a_png(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
     data = json.loads(runner.invoke(main, ["report", "--json"]).output)
     assert data["total"]["by_route"] == {"teacher": 1, "cache": 1, "student": 1}
+    assert data["quality"] == {"retention": None, "previous_retention": None, "measured_at": None}  # never retrained
+    from appliance.distill.retrain_plan import write_state
+    from appliance.paths import retrain_dir
+
+    write_state(retrain_dir(), 60, tmp_path / "student", 0.95, 0.9)
+    data = json.loads(runner.invoke(main, ["report", "--json"]).output)
+    assert data["quality"]["retention"] == 0.95 and data["quality"]["previous_retention"] == 0.9
+    shown = " ".join(runner.invoke(main, ["report"]).output.split())
+    assert "keeps 0.950 of the teacher's answers on the held-out set (the student before it: 0.900)" in shown
     assert abs(data["distillation_usd"] - 0.5) < 1e-9
     bad = runner.invoke(main, ["report", "--since", "yesterday"])
     assert bad.exit_code == 2 and "is not a date like" in bad.output

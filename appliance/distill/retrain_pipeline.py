@@ -354,14 +354,16 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def install_stage(request: RetrainRequest, planned: PlanResult, exported: ExportResult) -> InstallResult:
+def install_stage(request: RetrainRequest, planned: PlanResult, exported: ExportResult,
+                  gate: GateResult | None = None) -> InstallResult:
     from ..paths import retrained_student_dir
     from .retrain import install
     from .retrain_plan import write_state
 
     target = request.config.student.path or retrained_student_dir()
     install(exported.gguf, exported.folder, target)
-    write_state(planned.folder, len(planned.usable), target)
+    write_state(planned.folder, len(planned.usable), target, gate.new_retention if gate else None,
+                gate.old_retention if gate else None)
     return InstallResult(target, len(planned.usable))
 
 
@@ -416,7 +418,7 @@ def run_retrain(request: RetrainRequest, hooks: RetrainHooks | None = None) -> R
     if not gate.passed:
         raise DistillError(f"the new student regresses (retention {gate.new_retention} < {gate.old_retention}); "
                            f"the daemon keeps the current one; the candidate is {exported.gguf}")
-    installed = install_stage(request, planned, exported)
+    installed = install_stage(request, planned, exported, gate)
     if request.keep_router:
         hooks.note("--keep-router: the router stays as it was")
         router = None

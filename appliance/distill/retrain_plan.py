@@ -106,6 +106,10 @@ class RetrainState:
     seen: int = 0
     installed_at: str | None = None
     student: str | None = None
+    retention: float | None = None
+    """The installed student's retention on the held-out set, as the gate measured it."""
+    previous_retention: float | None = None
+    """The student it replaced, on the same set."""
 
 
 def read_state(folder: Path) -> RetrainState:
@@ -113,13 +117,20 @@ def read_state(folder: Path) -> RetrainState:
     try:
         data = json.loads((folder / STATE_FILE).read_text())
         return RetrainState(seen=int(data.get("seen", 0)), installed_at=data.get("installed_at"),
-                            student=data.get("student"))
+                            student=data.get("student"), retention=_number(data.get("retention")),
+                            previous_retention=_number(data.get("previous_retention")))
     except (OSError, ValueError, TypeError, AttributeError):
         return RetrainState()
 
 
-def write_state(folder: Path, seen: int, student: Path) -> RetrainState:
-    state = RetrainState(seen, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), str(student))
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def write_state(folder: Path, seen: int, student: Path, retention: float | None = None,
+                previous_retention: float | None = None) -> RetrainState:
+    state = RetrainState(seen, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), str(student), retention,
+                         previous_retention)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
