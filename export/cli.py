@@ -44,6 +44,7 @@ def export_command(adapter: Path, base: Path | None, out: Path, gguf: str, onnx:
     from appliance.extras import require
 
     require("export", "athanor export")
+    from .console import ConsoleEvents
     from .pipeline import ExportOptions, make_plan, read_prompts, run_export
     from .verify import Gate
 
@@ -57,7 +58,7 @@ def export_command(adapter: Path, base: Path | None, out: Path, gguf: str, onnx:
         for number, step in enumerate(plan.steps(), 1):
             click.echo(f"{number}. {step}")
         return
-    manifest = run_export(options)
+    manifest = run_export(options, ConsoleEvents())
     for artifact in manifest.artifacts:
         v = artifact.verification
         click.echo(f"published {artifact.label:<12} {artifact.size_bytes / 1e6:8.1f} MB  agreement {v['agreement']:.3f}  "

@@ -4,6 +4,9 @@ Every artifact is built in a work folder, measured against the merged model on h
 and judged by the gate; only those that pass move into the export folder and are listed in
 `manifest.json` (written last, atomically). Rejected builds are deleted; their figures stay in
 the manifest under `rejected`.
+
+The pipeline draws nothing: it reports each step and each artifact's state (planned -> built ->
+verified -> published or rejected) through `export.events.ExportEvents`; `export.console` draws them.
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from typing import Any
 
 from . import manifest as mf
 from .errors import ExportError
+from .events import ArtifactState, ExportEvents, Format, Stage, Step
 from .merge import BaseRef, check_adapter, read_training_info, resolve_base
 from .onnx_export import check_onnx_types
 from .quantize import check_gguf_types
@@ -156,34 +158,39 @@ def _stop_tokens(model, tokenizer) -> set[int]:
     return stop
 
 
-class _Steps:
-    """One rich progress bar over the plan's steps, plus a line per finished step."""
+class _Report:
+    """The run's side of `ExportEvents`: times the steps and keeps each artifact's latest state."""
 
-    def __init__(self, console: Console, total: int) -> None:
-        self.console = console
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), console=console, transient=True)
-        self.task = self.progress.add_task("export", total=total)
+    def __init__(self, events: ExportEvents) -> None:
+        self.events = events
         self.started = time.monotonic()
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        self.states: dict[str, ArtifactState] = {}
 
     def begin(self, what: str) -> None:
-        self.progress.update(self.task, description=what)
         self.started = time.monotonic()
+        self.events.on_step(Step("begin", what))
 
-    def done(self, what: str) -> None:
-        self.progress.advance(self.task)
-        self.console.print(f"[green]done[/] {what} [dim]({time.monotonic() - self.started:.1f} s)[/]")
+    def done(self, what: str, artifact: ArtifactState | None = None) -> None:
+        self.events.on_step(Step("done", what, time.monotonic() - self.started, artifact))
+
+    def plan(self, fmt: Format, quants: list[str]) -> None:
+        for quant in quants:
+            self._report(ArtifactState(fmt, quant))
+
+    def advance(self, fmt: Format, quant: str, stage: Stage, **changes: Any) -> ArtifactState:
+        return self._report(self.states[f"{fmt}:{quant}"].advance(stage, **changes))
+
+    def _report(self, state: ArtifactState) -> ArtifactState:
+        self.states[state.label] = state
+        self.events.on_artifact(state)
+        return state
 
 
-def run_export(options: ExportOptions, console: Console | None = None) -> mf.Manifest:
-    """Build, verify, gate and publish every requested artifact; returns the manifest written."""
+def run_export(options: ExportOptions, events: ExportEvents | None = None) -> mf.Manifest:
+    """Build, verify, gate and publish every requested artifact; returns the manifest written.
+
+    Progress goes to `events` (nothing is drawn or printed here); by default it goes nowhere.
+    """
     import torch
 
     from appliance.distill.models import load_model, load_tokenizer
@@ -191,7 +198,7 @@ def run_export(options: ExportOptions, console: Console | None = None) -> mf.Man
     from .merge import merge_adapter, save_merged
     from .runners import TorchRunner, reference
 
-    console = console or Console(stderr=True)
+    events = events or ExportEvents()
     plan = make_plan(options)
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -199,7 +206,11 @@ def run_export(options: ExportOptions, console: Console | None = None) -> mf.Man
     work = out / WORK
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    with _Steps(console, plan.progress_total()) as progress:
+    progress = _Report(events)
+    events.on_start(plan)
+    try:
+        progress.plan("gguf", plan.gguf)
+        progress.plan("onnx", plan.onnx)
         progress.begin("merging the adapter")
         model = merge_adapter(load_model(plan.base.path), plan.adapter)
         tokenizer = load_tokenizer(plan.base.path, need_chat_template=False)
@@ -228,6 +239,10 @@ def run_export(options: ExportOptions, console: Console | None = None) -> mf.Man
         mf.write_manifest(manifest, out)
         progress.done(f"wrote {out / mf.MANIFEST_NAME}: {len(manifest.artifacts)} published, "
                       f"{len(manifest.rejected)} rejected")
+    except BaseException as exc:
+        events.on_end(exc)
+        raise
+    events.on_end(None)
     if not options.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -236,7 +251,7 @@ def run_export(options: ExportOptions, console: Console | None = None) -> mf.Man
 class _Builder:
     """Builds each artifact in the work folder, verifies it, and publishes or rejects it."""
 
-    def __init__(self, plan: Plan, options: ExportOptions, work: Path, progress: _Steps, ref, stop: set[int],
+    def __init__(self, plan: Plan, options: ExportOptions, work: Path, progress: _Report, ref, stop: set[int],
                  texts: list[str], n_ctx: int, merged_dir: Path, model, manifest: mf.Manifest) -> None:
         self.plan, self.options, self.work, self.progress = plan, options, work, progress
         self.ref, self.stop, self.texts, self.n_ctx = ref, stop, texts, n_ctx
@@ -257,6 +272,8 @@ class _Builder:
 
             convert_hf_folder(self.merged_dir, f16)
         self.progress.done(f"f16 GGUF ({f16.stat().st_size / 1e6:.1f} MB)")
+        if "f16" in plan.gguf:
+            self.progress.advance("gguf", "f16", "built", path=f16, size_bytes=f16.stat().st_size)
         built = {"f16": f16}
         for quant in plan.gguf:  # all from f16 before any is verified: publishing moves f16 away
             if quant != "f16":
@@ -265,6 +282,7 @@ class _Builder:
                 with _quiet_stderr():
                     quantize(f16, built[quant], quant, self.options.threads)
                 self.progress.done(f"{quant} GGUF ({built[quant].stat().st_size / 1e6:.1f} MB)")
+                self.progress.advance("gguf", quant, "built", path=built[quant], size_bytes=built[quant].stat().st_size)
         for quant in plan.gguf:
             self._verify_gguf(quant, built[quant])
 
@@ -294,16 +312,26 @@ class _Builder:
             export_fp32(self.merged_dir, fp32)
         self.progress.done("ONNX fp32")
         built = {"fp32": fp32}
+        if "fp32" in self.plan.onnx:
+            self._built_onnx("fp32", fp32)
         if "fp16" in self.plan.onnx:  # before fp32 is verified: publishing moves fp32 away
             self.progress.begin("converting ONNX to fp16")
             built["fp16"] = convert_fp16(fp32, self.work / "onnx-fp16")
             self.progress.done("ONNX fp16")
+            self._built_onnx("fp16", built["fp16"])
         if "int8" in self.plan.onnx:
             self.progress.begin("quantizing ONNX to int8")
             built["int8"] = quantize_int8(fp32, self.work / "onnx-int8")
             self.progress.done("ONNX int8")
+            self._built_onnx("int8", built["int8"])
         for quant in self.plan.onnx:
             self._verify_onnx(quant, built[quant])
+
+    def _built_onnx(self, quant: str, built: Path) -> None:
+        from .onnx_export import artifact_files
+
+        size = sum(p.stat().st_size for p in artifact_files(built))
+        self.progress.advance("onnx", quant, "built", path=built, size_bytes=size)
 
     def _verify_onnx(self, quant: str, built: Path) -> None:
         from .onnx_export import artifact_files
@@ -314,7 +342,7 @@ class _Builder:
         target = self.plan.out / "onnx" / quant
         self._judge("onnx", quant, artifact_files(built), built, target, figures, {}, [])
 
-    def _judge(self, fmt: str, quant: str, files: list[Path], built: Path, target: Path, figures,
+    def _judge(self, fmt: Format, quant: str, files: list[Path], built: Path, target: Path, figures,
                extra: dict, reasons: list[str]) -> None:
         reasons = reasons + self.options.gate.judge(quant, figures)
         verification = {**figures.as_dict(), **extra,
@@ -322,11 +350,13 @@ class _Builder:
                                  "max_kl": self.options.gate.threshold(quant).max_kl}}
         size = sum(p.stat().st_size for p in files)
         label = f"{fmt}:{quant}"
+        self.progress.advance(fmt, quant, "verified", figures=verification)
         if reasons:
             self.manifest.rejected.append(mf.Artifact(fmt, quant, str(target.relative_to(self.plan.out)), "", size,
                                                       verification=verification, reasons=tuple(reasons)))
             _remove(target)  # an older build of the same name must not look published either
-            self.progress.done(f"[red]rejected[/] {label}: {'; '.join(reasons)}")
+            state = self.progress.advance(fmt, quant, "rejected", path=target, reasons=tuple(reasons))
+            self.progress.done(f"rejected {label}: {'; '.join(reasons)}", state)
             return
         _remove(target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -340,8 +370,9 @@ class _Builder:
             main = next(e for e in entries if e.path.endswith("/" + "model.onnx"))
         self.manifest.artifacts.append(mf.Artifact(fmt, quant, str(target.relative_to(root)), main.sha256, size,
                                                    files=entries, verification=verification))
+        state = self.progress.advance(fmt, quant, "published", path=target, size_bytes=size)
         self.progress.done(f"published {label}: agreement {figures.agreement:.3f}, KL {figures.kl_mean:.4f}, "
-                           f"{size / 1e6:.1f} MB, {figures.tokens_per_s:.0f} tok/s")
+                           f"{size / 1e6:.1f} MB, {figures.tokens_per_s:.0f} tok/s", state)
 
 
 def _remove(path: Path) -> None:

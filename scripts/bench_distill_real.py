@@ -46,6 +46,7 @@ from appliance.distill.prompts import PromptItem  # noqa: E402
 from appliance.distill.records import TRAIN_FILE, Record, file_sha256, read_dataset  # noqa: E402
 from appliance.distill.train import TrainResult, TrainSettings, train  # noqa: E402
 from appliance.teacher import make_teacher  # noqa: E402
+from export.console import ConsoleEvents  # noqa: E402
 from export.pipeline import ExportOptions, run_export  # noqa: E402
 from tests.conftest import start_daemon, stop_daemon  # noqa: E402
 from tests.fakes import FakeGemini  # noqa: E402
@@ -451,7 +452,7 @@ def main() -> None:
             result = fit(records, work, lr, adapter)
             minutes = (time.monotonic() - started) / 60
         run_export(ExportOptions(adapter=adapter, out=work / "export", gguf=["q8_0"], name=f"real-{n}",
-                                 threads=args.threads))
+                                 threads=args.threads), ConsoleEvents())
         got = served_score(task, work / "export", test, work / "home", args.threads)
         point = Point(n, len(records), result.steps, result.best_step, result.stopped_early, round(minutes, 1),
                       got.accuracy, got.off_label, got.shares)

@@ -73,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from appliance.defaults import embedded_student_path
+    from export.console import ConsoleEvents
     from export.pipeline import ExportOptions, run_export
     from export.verify import Gate
 
@@ -86,7 +87,8 @@ def main() -> None:
     # Lenient gate: the point is to measure every build, not to filter them.
     manifest = run_export(ExportOptions(adapter=adapter, out=args.out, name="smollm2-bench",
                                         gguf=["f16", "q8_0", "q4_k_m"], onnx=["fp32", "fp16", "int8"], prompts=list(HELD_OUT),
-                                        max_new_tokens=args.max_new_tokens, gate=Gate().overridden(0.0, 1e9)))
+                                        max_new_tokens=args.max_new_tokens, gate=Gate().overridden(0.0, 1e9)),
+                          ConsoleEvents())
     export_s = time.monotonic() - started
     rows = [{"artifact": a.label, "size_mb": round(a.size_bytes / 1e6, 1), **a.verification}
             for a in manifest.artifacts]

@@ -67,13 +67,16 @@ def export_stage() -> Callable[[Path, Path, Path], Path] | None:
     try:
         pipeline = importlib.import_module(EXPORT_MODULE)
         manifest = importlib.import_module("export.manifest")
+        console = importlib.import_module("export.console")
     except ImportError:
         return None
 
     def export(adapter: Path, out: Path, dataset: Path) -> Path:
         # The export stage merges, writes GGUF, quantizes, verifies each build against the merged model
         # and publishes a manifest; the daemon serves the smallest GGUF that passed.
-        published = pipeline.run_export(pipeline.ExportOptions(adapter=adapter, out=out, dataset=dataset))
+        # Its progress bar and "done ..." lines are drawn here, from the pipeline's events.
+        published = pipeline.run_export(pipeline.ExportOptions(adapter=adapter, out=out, dataset=dataset),
+                                        console.ConsoleEvents())
         return Path(manifest.verify_artifact(manifest.choose_artifact(published, "gguf"), out))
 
     return export
