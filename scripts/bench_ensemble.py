@@ -42,6 +42,7 @@ def collect(questions: list[dict[str, Any]], out: Path, max_tokens: int, threads
     from appliance.engine.llama import LlamaEngine
     from appliance.engine.types import SamplingParams
     from appliance.students import embedded_quant, serve_embedded
+    from bench_route import decode_together
 
     model = serve_embedded(embedded_quant("", len(DEFAULT_ROLES)), ROOT / "bench-out" / "models")
     engine = LlamaEngine(model, "student", n_ctx=512, parallel=len(DEFAULT_ROLES), n_threads=threads)
@@ -49,21 +50,10 @@ def collect(questions: list[dict[str, Any]], out: Path, max_tokens: int, threads
     started = time.monotonic()
     with out.open("w", encoding="utf-8") as sink:
         for n, q in enumerate(questions, 1):
-            seqs = {}
-            for role in DEFAULT_ROLES:
-                prompt = engine.chat_prompt([{"role": "system", "content": role.prompt(q["question"])},
-                                             {"role": "user", "content": q["question"]}])
-                seqs[engine.add(prompt, greedy)] = role.name
-            events: dict[str, list[Any]] = {name: [] for name in seqs.values()}
-            active = set(seqs)
-            while active:
-                for result in engine.step():
-                    if result.error is not None:
-                        raise result.error
-                    if result.event is not None:
-                        events[seqs[result.seq]].append(result.event)
-                    if result.finish is not None:
-                        active.discard(result.seq)
+            events = decode_together(engine, {
+                role.name: (engine.chat_prompt([{"role": "system", "content": role.prompt(q["question"])},
+                                                {"role": "user", "content": q["question"]}]), greedy)
+                for role in DEFAULT_ROLES})
             row = {"id": q["id"],
                    "roles": {name: b"".join(e.raw for e in got).decode(errors="replace") for name, got in events.items()},
                    "tokens": {name: [[e.logprob, e.step.max_logprob, e.step.margin, e.step.entropy] for e in got]

@@ -46,6 +46,22 @@ HOLD_TOKENS = RoutingConfig().hold_tokens  # the early router sees as many token
 MAX_WRONG_KEPT = 0.05
 
 
+def decode_together(engine: Any, jobs: dict[str, tuple[list[int], Any]]) -> dict[str, list[Any]]:
+    """Each named (prompt, params) decoded in the same batch to its end; the token events of each."""
+    seqs = {engine.add(prompt, params): name for name, (prompt, params) in jobs.items()}
+    events: dict[str, list[Any]] = {name: [] for name in jobs}
+    active = set(seqs)
+    while active:
+        for result in engine.step():
+            if result.error is not None:
+                raise result.error
+            if result.event is not None:
+                events[seqs[result.seq]].append(result.event)
+            if result.finish is not None:
+                active.discard(result.seq)
+    return events
+
+
 def collect(out: Path, samples: int, max_tokens: int, threads: int) -> None:
     from appliance.engine.llama import LlamaEngine
     from appliance.engine.types import SamplingParams
@@ -59,19 +75,10 @@ def collect(out: Path, samples: int, max_tokens: int, threads: int) -> None:
     with out.open("w", encoding="utf-8") as sink:
         for n, q in enumerate(questions, 1):
             prompt = engine.chat_prompt([{"role": "user", "content": q["question"]}])
-            seqs = {engine.add(prompt, greedy): "greedy"}
-            for k in range(samples):
-                seqs[engine.add(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.8, seed=k))] = f"s{k}"
-            events: dict[str, list] = {name: [] for name in seqs.values()}
-            active = set(seqs)
-            while active:
-                for result in engine.step():
-                    if result.error is not None:
-                        raise result.error
-                    if result.event is not None:
-                        events[seqs[result.seq]].append(result.event)
-                    if result.finish is not None:
-                        active.discard(result.seq)
+            events = decode_together(engine, {
+                "greedy": (prompt, greedy),
+                **{f"s{k}": (prompt, SamplingParams(max_tokens=max_tokens, temperature=0.8, seed=k))
+                   for k in range(samples)}})
             # Bytes joined before decoding: a Chinese character often spans two tokens.
             row = q | {"student": b"".join(e.raw for e in events["greedy"]).decode(errors="replace"),
                        "tokens": [[e.logprob, e.step.max_logprob, e.step.margin, e.step.entropy]
