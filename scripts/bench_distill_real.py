@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.cache.embedder import load_embedder  # noqa: E402
-from appliance.client import AthanorClient  # noqa: E402
+from appliance.clients.daemon_client import AthanorClient  # noqa: E402
 from appliance.config import TeacherConfig  # noqa: E402
 from appliance.defaults import embedded_student_path  # noqa: E402
 from appliance.distill.harvest import HarvestSettings, finalize, run_harvest  # noqa: E402

@@ -41,7 +41,7 @@ ENSEMBLE_ROUTER = ensemble_path(DEFAULT_ROUTER)
 def collect(questions: list[dict[str, Any]], out: Path, max_tokens: int, threads: int) -> None:
     from appliance.engine.llama import LlamaEngine
     from appliance.engine.types import SamplingParams
-    from appliance.students import embedded_quant, serve_embedded
+    from appliance.engine.model_source import embedded_quant, serve_embedded
     from bench_route import decode_together
 
     model = serve_embedded(embedded_quant("", len(DEFAULT_ROLES)), ROOT / "bench-out" / "models")

@@ -43,7 +43,7 @@ def main() -> None:
     from appliance.cache.embedder import UseEmbedder
     from appliance.engine.llama import LlamaEngine
     from appliance.engine.types import SamplingParams
-    from appliance.students import embedded_quant, serve_embedded
+    from appliance.engine.model_source import embedded_quant, serve_embedded
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default="2:0.0,2:0.5,4:0.3", help="k:tau pairs tried on the dev half")

@@ -65,7 +65,7 @@ def decode_together(engine: Any, jobs: dict[str, tuple[list[int], Any]]) -> dict
 def collect(out: Path, samples: int, max_tokens: int, threads: int) -> None:
     from appliance.engine.llama import LlamaEngine
     from appliance.engine.types import SamplingParams
-    from appliance.students import embedded_quant, serve_embedded
+    from appliance.engine.model_source import embedded_quant, serve_embedded
 
     questions = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
     model = serve_embedded(embedded_quant("", samples + 1), ROOT / "bench-out" / "models")

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from appliance.students import embedded_quant, serve_embedded  # noqa: E402
+from appliance.engine.model_source import embedded_quant, serve_embedded  # noqa: E402
 from bench_daemon import _prompt_tokens, start_daemon  # noqa: E402
 
 TOPICS = [

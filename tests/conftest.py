@@ -38,7 +38,7 @@ def shared_models_dir(convert: bool = True) -> Path:
         atexit.register(shutil.rmtree, _models_dir, True)
         _models_dir.chmod(0o755)
     if convert and not _converted:
-        from appliance.students import serve_embedded
+        from appliance.engine.model_source import serve_embedded
 
         for quant in ("f16", "q8_0"):
             serve_embedded(quant, _models_dir).chmod(0o644)

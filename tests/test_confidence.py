@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from appliance.confidence import confidence
+from appliance.routing.confidence import confidence
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ def test_evaluate_runner_stops_at_im_end_on_the_embedded_student(smollm2_runner,
 
 def test_evaluate_runner_answers_what_the_daemon_serves(smollm2_runner, tmp_path):
     from appliance.distill.students import GGUFRunner
-    from appliance.students import serve_embedded
+    from appliance.engine.model_source import serve_embedded
 
     # The daemon's F16 copy holds the shipped Q4_1 weights dequantized, as transformers reads them.
     daemon = GGUFRunner(serve_embedded("f16", tmp_path), n_ctx=512, n_threads=2)

@@ -250,7 +250,7 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
     from appliance.config import StudentConfig
     from appliance.distill.retrain_plan import read_state
     from appliance.paths import retrain_dir, retrained_student_dir
-    from appliance.students import resolve_student
+    from appliance.engine.model_source import resolve_student
 
     base, _ = tiny_adapter
     log = tmp_path / "distill.jsonl"
@@ -288,17 +288,18 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
 
 def test_pending_questions_are_labelled_later_within_the_budget(gemini, tmp_path, monkeypatch):
     from appliance.distill.pending import pending_entries, pending_entry
-    from appliance.distill_log import DistillLog, read_records
+    from appliance.protocol.distill_log import DistillLog, read_entries
+    from appliance.protocol.log_entry import StudentTake
 
     log_path = tmp_path / "distill.jsonl"
     log = DistillLog(log_path)
     ask = [[{"role": "user", "content": f"Review: dish number {i} was cold\nSentiment?"}] for i in range(4)]
     for messages in ask:
-        log.append(pending_entry(messages, "student unsure and no teacher configured", {"text": "positive"}))
+        log.append(pending_entry(messages, "student unsure and no teacher configured", StudentTake(text="positive")))
     log.append({"messages": ask[0], "teacher": {"text": "negative", "model": "m"}})  # answered meanwhile
-    log.append(pending_entry(ask[1], "teacher over budget", {"text": "positive"}))  # asked twice: labelled once
+    log.append(pending_entry(ask[1], "teacher over budget", StudentTake(text="positive")))  # asked twice: labelled once
     log.close()
-    assert [e["messages"] for e in pending_entries(read_records(log_path))] == ask[1:]
+    assert [list(e.messages) for e in pending_entries(read_entries(log_path))] == ask[1:]
     for name, value in {"ATHANOR_TEACHER__PROVIDER": "gemini", "ATHANOR_TEACHER__BASE_URL": gemini.url,
                         "ATHANOR_TEACHER__API_KEY_ENV": "ATHANOR_TEST_GEMINI_KEY",
                         "ATHANOR_DISTILL__MAX_TOKENS": "8"}.items():
@@ -313,9 +314,9 @@ def test_pending_questions_are_labelled_later_within_the_budget(gemini, tmp_path
     monkeypatch.delenv("ATHANOR_TEACHER__DAILY_BUDGET_USD")
     done = runner.invoke(main, ["harvest", "--from-log", "--log", str(log_path)])
     assert done.exit_code == 0 and "labelled 3 of 3 pending questions" in done.output, done.output
-    assert len(gemini.requests) == 3 and pending_entries(read_records(log_path)) == []
+    assert len(gemini.requests) == 3 and pending_entries(read_entries(log_path)) == []
     from appliance.distill.retrain import record_from_log
-    learned = [r for r in map(record_from_log, read_records(log_path)) if r is not None]
+    learned = [r for r in map(record_from_log, read_entries(log_path)) if r is not None]
     assert [r.answer for r in learned] == ["negative", *(distill_task.teacher_answer(m[0]["content"]) for m in ask[1:])]
     again = runner.invoke(main, ["harvest", "--from-log", "--log", str(log_path)])
     assert "0 pending questions" in again.output and len(gemini.requests) == 3

@@ -3,7 +3,7 @@ import signal
 import subprocess
 import sys
 
-from appliance.distill_log import DistillLog, read_records
+from appliance.protocol.distill_log import DistillLog, read_records
 
 from .conftest import ROOT
 
@@ -29,7 +29,7 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
     path = tmp_path / "d.jsonl"
     writer = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from appliance.distill_log import DistillLog\n"
+         "import sys; from pathlib import Path; from appliance.protocol.distill_log import DistillLog\n"
          f"log = DistillLog(Path({str(path)!r}))\n"
          "i = 0\n"
          "while True:\n"
@@ -46,3 +46,26 @@ def test_acknowledged_records_survive_kill_9(tmp_path):
     stored = [r["i"] for r in read_records(path)]
     assert set(acknowledged) <= set(stored)
     assert stored == list(range(len(stored)))  # nothing half-written in the middle
+
+
+def test_log_entries_read_back_as_written_and_malformed_lines_are_skipped(tmp_path):
+    from appliance.protocol.distill_log import read_entries
+    from appliance.protocol.log_entry import LogEntry, StudentTake, TeacherTake
+
+    written = LogEntry(messages=({"role": "system", "content": "简短回答。"}, {"role": "user", "content": "水的沸点是多少度？"}),
+                       teacher=TeacherTake(text="100°C", model="gemini", input_tokens=9, output_tokens=3, cost_usd=1e-5),
+                       student=StudentTake(text="90°C", model="s", version="v2", confidence={"score": 0.4, "method": "q10"},
+                                           signals={"best_mean": 0.7}, partial=False))
+    log = DistillLog(tmp_path / "d.jsonl")
+    log.append(written)
+    # A line in the shape the daemon wrote before the types existed, and lines that hold no conversation.
+    log.append({"messages": [{"role": "user", "content": "Is 7 prime?"}], "pending": {"reason": "teacher over budget"},
+                "student": {"text": "yes", "signals": {"best_mean": "high"}}})
+    log.append({"messages": "not a list"})
+    log.append({"prompt": "a harvest record, not a log entry"})
+    log.close()
+    first, second = read_entries(tmp_path / "d.jsonl")
+    assert first.messages == written.messages and first.teacher == written.teacher and first.student == written.student
+    assert first.answered and first.question == "水的沸点是多少度？" and first.ts is not None
+    assert not second.answered and second.pending == "teacher over budget" and second.question == "Is 7 prime?"
+    assert second.student is not None and second.student.signals == {}  # a non-number signal is dropped, not guessed

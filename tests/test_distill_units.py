@@ -14,8 +14,9 @@ from appliance.distill.reasoning import split_reasoning
 from appliance.distill.records import Record
 from appliance.distill import DistillError
 from appliance.distill.retrain import build_dataset, passes_gate, record_from_log
+from appliance.protocol.log_entry import LogEntry
 from appliance.distill.split import heldout_count, stratified_split
-from appliance.distill_log import DistillLog
+from appliance.protocol.distill_log import DistillLog
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -141,7 +142,7 @@ def test_log_records_become_training_records_without_heldout_questions(tmp_path)
     for messages in chats:
         log.append({"messages": messages, "teacher": teacher, "student": {}})
     log.close()
-    first = record_from_log(json.loads((tmp_path / "distill.jsonl").read_text().splitlines()[0]))
+    first = record_from_log(LogEntry.from_json(json.loads((tmp_path / "distill.jsonl").read_text().splitlines()[0])))
     assert (first.role, first.prompt, first.answer, first.cost_usd) == ("Be brief.", "What is the capital of France?",
                                                                          "Paris is the capital.", 0.001)
     held = [Record(prompt="Held-out question?", answer="yes")]
@@ -233,7 +234,7 @@ def test_a_retrained_student_replaces_the_embedded_default(tiny_export, monkeypa
 
     from appliance import paths
     from appliance.config import StudentConfig
-    from appliance.students import resolve_student
+    from appliance.engine.model_source import resolve_student
 
     export, _ = tiny_export
     monkeypatch.setenv("ATHANOR_HOME", str(tmp_path))

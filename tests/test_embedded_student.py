@@ -11,7 +11,7 @@ import pytest
 from appliance.config import StudentConfig
 from appliance.defaults import embedded_student_path
 from appliance.errors import AthanorError
-from appliance.students import embedded_copy_name, embedded_quant, resolve_student, serve_embedded
+from appliance.engine.model_source import embedded_copy_name, embedded_quant, resolve_student, serve_embedded
 
 
 def gguf_file_type(path: Path) -> int:

@@ -76,7 +76,7 @@ def _ask(path, content, **extra):
 
 @pytest.mark.e2e
 def test_disagreeing_drafts_go_to_the_teacher_with_the_drafts_and_the_log_keeps_the_question(tmp_path):
-    from appliance.distill_log import read_records
+    from appliance.protocol.distill_log import read_records
 
     from .conftest import gemini_env, start_daemon, stop_daemon
     from .fakes import FakeGemini

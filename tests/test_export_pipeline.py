@@ -19,7 +19,7 @@ from appliance.config import StudentConfig
 from appliance.engine.llama import LlamaEngine
 from appliance.engine.onnx import OnnxEngine
 from appliance.engine.types import SamplingParams
-from appliance.students import resolve_student
+from appliance.engine.model_source import resolve_student
 from export.errors import ChecksumMismatch, ExportError
 from appliance.fingerprint import sha256_file
 from export.manifest import read_manifest

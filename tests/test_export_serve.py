@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from appliance.client import AthanorClient, ApiRequestError
+from appliance.clients.daemon_client import AthanorClient, ApiRequestError
 from tests.conftest import start_daemon, stop_daemon
 from tests.tiny_student import LESSONS
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.distill_log import read_records
+from appliance.protocol.distill_log import read_records
 
 from .conftest import ROOT, gemini_env, shared_models_dir, start_daemon, stop_daemon, wait_for_socket
 from .fakes import FakeGemini

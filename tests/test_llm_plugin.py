@@ -1,4 +1,4 @@
-"""The `llm` plugin (appliance/llm_plugin.py) as llm itself calls it: through its entry point, its Python API
+"""The `llm` plugin (appliance/clients/llm_plugin.py) as llm itself calls it: through its entry point, its Python API
 and its CLI, against the real daemon on the embedded student, and against a recording stand-in where the
 exact request matters."""
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import llm
 import pytest
 
-from appliance.llm_plugin import Athanor
+from appliance.clients.llm_plugin import Athanor
 
 from .conftest import ROOT
 

@@ -9,7 +9,7 @@ import pytest
 from appliance.config import StudentConfig, parse_config
 from appliance.engine.onnx import CPU, CUDA, OnnxEngineError, choose_providers
 from appliance.errors import ConfigError
-from appliance.students import StudentSource, open_engine
+from appliance.engine.model_source import StudentSource, open_engine
 
 CPU_ONLY = ["AzureExecutionProvider", CPU]  # what the plain onnxruntime wheel offers
 GPU_BUILD = ["TensorrtExecutionProvider", CUDA, CPU]  # onnxruntime-gpu

@@ -38,7 +38,7 @@ def test_parameters_reach_sampling():
 def test_penalties_and_bias_default_to_none_and_are_part_of_the_cache_key():
     from dataclasses import replace
 
-    from appliance.router import params_key
+    from appliance.routing.router import params_key
 
     params = to_chat_request(parse_chat_request(body()), 16).params
     assert (params.frequency_penalty, params.presence_penalty, params.logit_bias) == (0.0, 0.0, ())

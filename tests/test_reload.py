@@ -14,7 +14,7 @@ import pytest
 
 from appliance.config import parse_config
 from appliance.errors import ConfigError
-from appliance.router import Router, Student
+from appliance.routing.router import Router, Student
 from appliance.server.access_log import AccessLog, note_route
 from appliance.server.admin import RELOAD_PATH, AdminApi
 from appliance.server.http import HttpRequest, HttpResponse, Peer, json_response, request_id_for

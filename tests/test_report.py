@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from click.testing import CliRunner
 
 from appliance.cli import main
-from appliance.ledger import LEDGER_FILE, AnswerLedger, AnswerRow, read_rows
+from appliance.server.ledger import LEDGER_FILE, AnswerLedger, AnswerRow, read_rows
 from appliance.paths import state_dir
-from appliance.report import build_report
+from appliance.report.figures import build_report
 from appliance.teacher.factory import LEDGER_FILE as SPEND_FILE
 from appliance.teacher.limits import SpendLedger, read_spend
 

@@ -65,6 +65,6 @@ def test_the_retrain_command_and_the_distill_commands_import_in_either_order(fir
             "for name in [n for n in sys.modules if n.startswith('appliance')]: del sys.modules[name]\n"
             "importlib.import_module('appliance.distill.retrain_cli')\n"
             "assert 'appliance.distill.cli' not in sys.modules, 'retrain_cli imports distill.cli again'\n"
-            "assert 'appliance.client' not in sys.modules\n")
+            "assert 'appliance.clients.daemon_client' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from appliance.cli import main
-from appliance.distill_log import DistillLog, read_records
+from appliance.protocol.distill_log import DistillLog, read_records
+from appliance.protocol.log_entry import LogEntry
 from appliance.routing.decide import DEFAULT_ROUTER, load_policy
 from appliance.routing.learned import LogisticRouter
 from appliance.routing.refit import agrees, examples, in_holdout, refit, teacher_claim
@@ -58,6 +59,11 @@ def _record(question: str, student: str, teacher: str, signals: dict[str, float]
             "teacher": {"text": teacher, "cost_usd": 0.001}}
 
 
+def _entries(records: list[dict]) -> list[LogEntry]:
+    """The log lines as the readers get them (a line that is no entry is skipped, as `read_entries` does)."""
+    return [e for e in map(LogEntry.from_json, records) if e is not None]
+
+
 def _signals(best_mean: float) -> dict[str, float]:
     values = dict.fromkeys(Signals.names(), 0.0)
     values["best_mean"] = best_mean
@@ -74,7 +80,7 @@ def test_examples_keep_only_checkable_whole_answers_of_the_current_student():
                 _signals(0.5)),
         {"messages": [{"role": "user", "content": "q6"}], "pending": True, "student": {"text": "x"}},
     ]
-    found, unlabelled = examples(records, "v1")
+    found, unlabelled = examples(_entries(records), "v1")
     assert [(e.question, e.right) for e in found] == [("q1", True)]
     assert unlabelled == 1
 
@@ -87,7 +93,7 @@ def _synthetic(n: int, noise: float, seed: int) -> list:
         best = rng.random()
         right = best + rng.gauss(0, noise) > 0.5
         found.append(_record(f"question {i}", "Yes." if right else "No.", "Yes.", _signals(best)))
-    return examples(found, "v1")[0]
+    return examples(_entries(found), "v1")[0]
 
 
 def test_refit_learns_a_signal_and_judges_it_on_held_back_questions():
@@ -116,7 +122,7 @@ def test_a_worse_refit_does_not_replace_the_router_in_use():
         best = rng.random()
         right = (best > 0.5) if in_holdout(f"question {i}") else (best <= 0.5)
         records.append(_record(f"question {i}", "Yes." if right else "No.", "Yes.", _signals(best)))
-    outcome = refit(examples(records, "v1")[0], 0, good, min_labels=60)
+    outcome = refit(examples(_entries(records), "v1")[0], 0, good, min_labels=60)
     assert outcome.auroc_current == pytest.approx(1.0) and outcome.auroc_new is not None and outcome.auroc_new < 0.1
     assert not outcome.install and "the current one stays" in outcome.reason
 

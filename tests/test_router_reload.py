@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from appliance.engine.scheduler import Scheduler
 from appliance.engine.types import SamplingParams
-from appliance.router import ChatRequest, Router, Student
+from appliance.routing.router import ChatRequest, Router, Student
 
 from .test_scheduler import CountingEngine
 

@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from appliance.distill_log import read_records
+from appliance.protocol.distill_log import read_records
 from appliance.routing.signals import Signals
 
 from .conftest import gemini_env, start_daemon, stop_daemon

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.distill_log import read_records
+from appliance.protocol.distill_log import read_records
 
 from .conftest import ROOT, gemini_env, start_daemon
 from .fakes import FakeGemini

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from appliance.server.api import Api
-from appliance.stats import Stats, percentiles, quant_type
-from appliance.storage_health import StorageHealth
+from appliance.server.stats import Stats, percentiles, quant_type
+from appliance.server.storage_health import StorageHealth
 
 
 def answer(route: str, elapsed_s: float, score: float | None = None, tokens: int = 3):

@@ -13,10 +13,10 @@ import pytest
 
 from appliance.server.api import Api
 from appliance.server.http import ConnectionStats
-from appliance.stats import Stats
-from appliance.stats_schema import (BatchingStats, CacheStats, ConnectionCounts, DaemonCounters, Percentiles,
+from appliance.server.stats import Stats
+from appliance.protocol.stats import (BatchingStats, CacheStats, ConnectionCounts, DaemonCounters, Percentiles,
                                     StatsSnapshot, StoreHealth, TeacherStatus)
-from appliance.storage_health import StorageHealth
+from appliance.server.storage_health import StorageHealth
 from appliance.teacher import teacher_status
 
 from .test_stats import answer, fake_router

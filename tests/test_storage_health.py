@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from appliance.distill_log import DistillLog, read_records
-from appliance.storage_health import StorageHealth, describe
+from appliance.protocol.distill_log import DistillLog, read_records
+from appliance.server.storage_health import StorageHealth, describe
 from appliance.teacher.limits import SpendLedger
 
 

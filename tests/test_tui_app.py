@@ -487,7 +487,7 @@ def test_layout_grows_with_the_terminal(fake_daemon):
 
 @pytest.mark.e2e
 def test_real_daemon_shows_its_student_and_a_routed_answer(daemon):
-    from appliance.client import AthanorClient
+    from appliance.clients.daemon_client import AthanorClient
 
     async def scenario():
         app = dashboard(daemon)

@@ -117,13 +117,13 @@ def harvest(ctx: click.Context, prompts: Path | None, from_log: bool, log_path: 
 
 
 def _label_pending(config: AthanorConfig, log_path: Path | None, max_tokens: int, dry_run: bool) -> None:
-    from ..distill_log import DistillLog, read_records
+    from ..protocol.distill_log import DistillLog, read_entries
     from ..paths import state_dir
     from ..teacher.base import TeacherParams
     from .pending import label_pending, pending_entries
 
     log = log_path or state_dir() / "distill.jsonl"
-    entries = pending_entries(read_records(log))
+    entries = pending_entries(read_entries(log))
     if dry_run or not entries:
         click.echo(f"{len(entries)} pending questions in {log}" + ("" if entries else ": nothing to label"))
         return

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..confidence import confidence
+from ..routing.confidence import confidence
 from ..teacher import Teacher, TeacherError, TeacherParams
 from .judge import grade
 from .metrics import (AGREE_AT, LABEL, CategoryScore, CurvePoint, ItemResult, label_set, off_label,

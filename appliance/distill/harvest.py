@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..config import DistillConfig
-from ..distill_log import DistillLog, read_records
+from ..protocol.distill_log import DistillLog, read_records
 from ..teacher import BudgetExceeded, Teacher, TeacherError, TeacherParams
 from ..teacher.limits import estimate_tokens
 from ..teacher.pricing import Price

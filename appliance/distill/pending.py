@@ -7,50 +7,40 @@ to the same log as an ordinary teacher record, which `retrain` then learns from.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
+from ..protocol.log_entry import LogEntry, StudentTake, TeacherTake
 from ..teacher.base import BudgetExceeded, Teacher, TeacherAnswer, TeacherError, TeacherParams
 
 
-def question_key(messages: Any) -> str | None:
-    """One string per distinct conversation (None when the entry holds none)."""
-    if not isinstance(messages, list) or not messages:
-        return None
-    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
-
-
-def pending_entry(messages: list[dict[str, Any]], reason: str | None, student: dict[str, Any]) -> dict[str, Any]:
+def pending_entry(messages: list[dict[str, Any]], reason: str | None, student: StudentTake) -> LogEntry:
     """The log line for an unsure answer served without a teacher's."""
-    return {"messages": messages, "pending": {"reason": reason or "student unsure"}, "student": student}
+    return LogEntry(messages=_messages(messages), pending=reason or "student unsure", student=student)
 
 
-def teacher_entry(messages: list[dict[str, Any]], answer: TeacherAnswer, student: dict[str, Any] | None,
-                  **extra: Any) -> dict[str, Any]:
+def teacher_entry(messages: Sequence[dict[str, Any]], answer: TeacherAnswer, student: StudentTake | None,
+                  labelled_later: bool = False) -> LogEntry:
     """The log line for a teacher's answer (what `retrain` learns from)."""
-    return {"messages": messages,
-            "teacher": {"model": answer.model, "text": answer.text, "input_tokens": answer.input_tokens,
-                        "output_tokens": answer.output_tokens, "cost_usd": answer.cost_usd},
-            "student": student, **extra}
+    return LogEntry(messages=_messages(messages),
+                    teacher=TeacherTake(text=answer.text, model=answer.model, input_tokens=answer.input_tokens,
+                                        output_tokens=answer.output_tokens, cost_usd=answer.cost_usd),
+                    student=student, labelled_later=labelled_later)
 
 
-def answered(entry: dict[str, Any]) -> bool:
-    teacher = entry.get("teacher")
-    return isinstance(teacher, dict) and bool(teacher.get("text"))
+def _messages(messages: Sequence[dict[str, Any]]) -> tuple[dict[str, str], ...]:
+    return tuple({"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in messages)
 
 
-def pending_entries(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def pending_entries(entries: Iterable[LogEntry]) -> list[LogEntry]:
     """Pending questions no teacher record answers anywhere in the log, each once (its latest entry)."""
-    waiting: dict[str, dict[str, Any]] = {}
+    waiting: dict[str, LogEntry] = {}
     done: set[str] = set()
     for entry in entries:
-        key = question_key(entry.get("messages"))
-        if key is None:
-            continue
-        if answered(entry):
+        key = entry.key()
+        if entry.answered:
             done.add(key)
-        elif entry.get("pending"):
+        elif entry.pending is not None:
             waiting[key] = entry
     return [entry for key, entry in waiting.items() if key not in done]
 
@@ -65,14 +55,14 @@ class LabelReport:
     """Why labelling stopped before the end (the budget), None when it went through."""
 
 
-async def label_pending(entries: list[dict[str, Any]], teacher: Teacher, append: Callable[[dict[str, Any]], None],
+async def label_pending(entries: list[LogEntry], teacher: Teacher, append: Callable[[LogEntry], None],
                         params: TeacherParams, on_item: Callable[[], None] = lambda: None) -> LabelReport:
     """Ask `teacher` each pending question in turn and `append` its answer as a teacher record; stop at the
     budget (the rest stay pending), skip a question the teacher fails on (it stays pending too)."""
     report = LabelReport()
     for index, entry in enumerate(entries):
         try:
-            answer = await teacher.complete(entry["messages"], params)
+            answer = await teacher.complete(list(entry.messages), params)
         except BudgetExceeded as exc:
             report.stopped, report.left = str(exc), len(entries) - index
             break
@@ -80,7 +70,7 @@ async def label_pending(entries: list[dict[str, Any]], teacher: Teacher, append:
             report.failed += 1
             on_item()
             continue
-        append(teacher_entry(entry["messages"], answer, entry.get("student"), labelled_later=True))
+        append(teacher_entry(entry.messages, answer, entry.student, labelled_later=True))
         report.labelled += 1
         report.spent_usd += answer.cost_usd
         on_item()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..distill_log import read_records
+from ..protocol.distill_log import read_records
 from . import DistillError
 from ..fingerprint import sha256_file
 

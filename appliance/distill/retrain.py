@@ -11,9 +11,10 @@ import importlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from ..distill_log import read_records
+from ..protocol.distill_log import read_entries
+from ..protocol.log_entry import LogEntry
 from .dedup import Embeds, dedup_records
 from .filters import rule_reason
 from .records import Record
@@ -22,22 +23,19 @@ LOG_CATEGORY = "daemon"
 EXPORT_MODULE = "export.pipeline"
 
 
-def record_from_log(entry: dict[str, Any]) -> Record | None:
-    """A dataset record from one distillation-log line (None when it holds no usable teacher answer)."""
-    messages = entry.get("messages")
-    teacher = entry.get("teacher") or {}
-    if not isinstance(messages, list) or not isinstance(teacher, dict) or not teacher.get("text"):
+def record_from_log(entry: LogEntry) -> Record | None:
+    """A dataset record from one distillation-log entry (None when it holds no usable teacher answer)."""
+    teacher = entry.teacher
+    if teacher is None or not teacher.text:
         return None
-    system = [str(m.get("content") or "") for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-    turns = [{"role": m["role"], "content": str(m.get("content") or "")} for m in messages
-             if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+    system = [m["content"] for m in entry.messages if m["role"] in ("system", "developer")]
+    turns = [m for m in entry.messages if m["role"] in ("user", "assistant")]
     if not turns or turns[-1]["role"] != "user":
         return None
     return Record(
-        prompt=turns[-1]["content"], answer=str(teacher["text"]), role="\n\n".join(system) or None,
-        category=LOG_CATEGORY, history=tuple(turns[:-1]), input_tokens=int(teacher.get("input_tokens") or 0),
-        output_tokens=int(teacher.get("output_tokens") or 0), cost_usd=float(teacher.get("cost_usd") or 0.0),
-        teacher_model=str(teacher.get("model") or ""), source="log",
+        prompt=turns[-1]["content"], answer=teacher.text, role="\n\n".join(system) or None,
+        category=LOG_CATEGORY, history=tuple(turns[:-1]), input_tokens=teacher.input_tokens,
+        output_tokens=teacher.output_tokens, cost_usd=teacher.cost_usd, teacher_model=teacher.model, source="log",
     )
 
 
@@ -48,7 +46,7 @@ def build_dataset(log: Path, heldout: Sequence[Record], extra: Sequence[Record],
     held = {r.key for r in heldout}
     seen: set[str] = set()
     records: list[Record] = []
-    for record in [*extra, *(r for r in map(record_from_log, read_records(log)) if r is not None)]:
+    for record in [*extra, *(r for r in map(record_from_log, read_entries(log)) if r is not None)]:
         reason = "heldout" if record.key in held else "duplicate" if record.key in seen else rule_reason(record, language)
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1

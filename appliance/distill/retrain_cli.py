@@ -45,7 +45,7 @@ def retrain(ctx: click.Context, when_due: bool, if_regressed: bool, dry_run: boo
     config = command_config(ctx)
 
     def reload() -> str:
-        from ..client import AthanorClient
+        from ..clients.daemon_client import AthanorClient
 
         with AthanorClient(config.server.socket) as client:
             return str(client.reload().get("message", "reloaded"))

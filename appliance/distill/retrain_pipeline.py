@@ -209,7 +209,7 @@ def evaluate_student(student: Path, heldout: Sequence[Record], config: AthanorCo
 
 def plan_stage(request: RetrainRequest, hooks: RetrainHooks) -> PlanResult:
     from ..paths import retrain_dir, state_dir
-    from ..students import resolve_student
+    from ..engine.model_source import resolve_student
     from .records import HELDOUT_FILE, read_dataset, resolve_dataset
     from .retrain import build_dataset
     from .retrain_plan import DRAWN_HELDOUT, RetrainInputs, plan_retrain, read_state
@@ -319,7 +319,7 @@ def export_student(dataset: DatasetResult, trained: TrainResult) -> ExportResult
 
 def gate_stage(request: RetrainRequest, planned: PlanResult, dataset: DatasetResult, exported: ExportResult,
                hooks: RetrainHooks) -> GateResult:
-    from ..students import resolve_student
+    from ..engine.model_source import resolve_student
     from .retrain import passes_gate
 
     config = request.config

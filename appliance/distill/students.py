@@ -47,7 +47,7 @@ class GGUFRunner:
         prompt = self._engine.chat_prompt(messages)
         events = list(self._engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0)))
         text = b"".join(e.raw for e in events).decode(errors="replace")
-        from ..router import last_user_text
+        from ..routing.router import last_user_text
         from ..routing.signals import signals
 
         return LocalAnswer(text.strip(), tuple(e.logprob for e in events),

@@ -33,7 +33,7 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
     <state>/router/router.json only when it separates right from wrong at least as well there, and
     the daemon, asked to reload, then routes by it (with `[routing].router = "default"`)."""
     from .. import paths
-    from ..distill_log import read_records
+    from ..protocol.distill_log import read_entries
     from .decide import load_policy
     from .refit import examples, refit
 
@@ -41,9 +41,8 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
 
     config = load_config(ctx.obj["config_path"])
     setting = config.routing.router
-    records = list(read_records(log_path or paths.state_dir() / "distill.jsonl"))
-    versions = [r["student"].get("version") for r in records
-                if isinstance(r.get("student"), dict) and isinstance(r["student"].get("signals"), dict)]
+    records = list(read_entries(log_path or paths.state_dir() / "distill.jsonl"))
+    versions = [r.student.version for r in records if r.student is not None and r.student.signals is not None]
     version = versions[-1] if versions else None
     found, unlabelled = examples(records, version)
     current = load_policy(setting) if setting != "off" else None
@@ -68,7 +67,7 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
         elif dry_run and outcome.install:
             click.echo("dry run: nothing installed", err=True)
     if installed and not no_reload and config.server.socket.exists():
-        from ..client import AthanorClient
+        from ..clients.daemon_client import AthanorClient
 
         with AthanorClient(config.server.socket) as client:
             click.echo(client.reload().get("message", "reloaded"), err=True)

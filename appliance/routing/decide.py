@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import paths
-from ..confidence import Confidence, confidence
+from .confidence import Confidence, confidence
 from ..engine.types import TokenEvent
 from .learned import LogisticRouter
 from .signals import signals

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 from ..cache.segment import HAN
+from ..protocol.log_entry import LogEntry
 from .grading import _norm, _numbers, correct
 from .learned import LogisticRouter, fit
 from .measures import auroc, cheapest, operating_points
@@ -72,23 +73,21 @@ class Example:
     right: bool
 
 
-def examples(records: Iterable[dict[str, Any]], student_version: str | None) -> tuple[list[Example], int]:
-    """The labelled examples in log records (of this student version, when given) and how many were not checkable."""
+def examples(entries: Iterable[LogEntry], student_version: str | None) -> tuple[list[Example], int]:
+    """The labelled examples in log entries (of this student version, when given) and how many were not checkable."""
     found: list[Example] = []
     unlabelled = 0
-    for record in records:
-        student, teacher = record.get("student"), record.get("teacher")
-        if not isinstance(student, dict) or not isinstance(teacher, dict):
+    for entry in entries:
+        student, teacher = entry.student, entry.teacher
+        if student is None or teacher is None or not teacher.text or student.partial or student.signals is None:
             continue
-        if student.get("partial") or not isinstance(student.get("signals"), dict) or not teacher.get("text"):
+        if student_version is not None and student.version != student_version:
             continue
-        if student_version is not None and student.get("version") != student_version:
-            continue
-        label = agrees(str(student.get("text", "")), str(teacher["text"]))
+        label = agrees(student.text, teacher.text)
         if label is None:
             unlabelled += 1
             continue
-        found.append(Example(_question(record), {k: float(v) for k, v in student["signals"].items()}, label))
+        found.append(Example(entry.question, dict(student.signals), label))
     return found, unlabelled
 
 
@@ -97,12 +96,6 @@ def examples_from_evaluation(answers: Iterable[dict[str, Any]]) -> list[Example]
     signals, and whether its answer agreed with the teacher's by evaluate's own scoring."""
     return [Example(str(a.get("prompt", "")), {k: float(v) for k, v in a["signals"].items()}, bool(a.get("agreed")))
             for a in answers if isinstance(a.get("signals"), dict)]
-
-
-def _question(record: dict[str, Any]) -> str:
-    messages = record.get("messages") or []
-    users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return str(users[-1]) if users else ""
 
 
 def in_holdout(question: str, share: float = HOLDOUT_SHARE) -> bool:

@@ -13,10 +13,10 @@ import psutil
 
 from ..engine.scheduler import Overloaded
 from ..engine.types import SamplingParams
-from ..ledger import AnswerLedger, AnswerRow
-from ..router import Answer, ChatRequest, Delta, PromptTooLong, Router, Run, UnknownModel
-from ..stats import Stats, quant_type
-from ..stats_schema import StatsSnapshot
+from .ledger import AnswerLedger, AnswerRow
+from ..routing.router import Answer, ChatRequest, Delta, PromptTooLong, Router, Run, UnknownModel
+from .stats import Stats, quant_type
+from ..protocol.stats import StatsSnapshot
 from ..teacher import teacher_status
 from .access_log import note_route
 from .completions_schema import DEFAULT_MAX_TOKENS, parse_completion_request, text_chunk, text_completion_body

@@ -18,11 +18,11 @@ from ..cache.store import cache_path
 from ..config import AthanorConfig, api_keys_path, load_config
 from ..engine.scheduler import Scheduler
 from ..errors import AthanorError
-from ..distill_log import DistillLog
+from ..protocol.distill_log import DistillLog
 from ..teacher.limits import PayerLedgers
-from ..ledger import LEDGER_FILE, AnswerLedger
-from ..router import Router, Routing, Student
-from ..students import open_engine, resolve_student
+from .ledger import LEDGER_FILE, AnswerLedger
+from ..routing.router import Router, Routing, Student
+from ..engine.model_source import open_engine, resolve_student
 from ..teacher import make_teacher
 from ..teacher.pricing import price_for
 from .access_log import AccessLog

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..config import AthanorConfig
 from ..errors import AthanorError
-from ..router import Router, Student
+from ..routing.router import Router, Student
 from ..routing.decide import load_policy
 from .sd_notify import notify as sd_notify
 

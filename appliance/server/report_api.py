@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..report_read import read_report, since_timestamp
+from ..report.read import read_report, since_timestamp
 from .errors import ApiError
 from .http import Handler, HttpRequest, HttpResponse, json_response
 

@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Sparkline, Static
 
-from ..stats_schema import StatsSnapshot
+from ..protocol.stats import StatsSnapshot
 from . import panels
 from .hardware import HardwareMonitor, HardwareSample
 from .metrics import NO_STATS, Thresholds, Tracker, View, alerts

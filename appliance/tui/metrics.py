@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Literal, Mapping
 
-from ..stats_schema import StatsSnapshot
+from ..protocol.stats import StatsSnapshot
 from .hardware import HardwareSample
 
 ROUTES = ("cache", "student", "teacher")

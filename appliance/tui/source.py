@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from ..client import BASE_URL
+from ..clients.daemon_client import BASE_URL
 from ..errors import DaemonUnavailable
-from ..stats_schema import StatsSnapshot
+from ..protocol.stats import StatsSnapshot
 
 
 class Unreachable(DaemonUnavailable):

@@ -7,12 +7,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .distill.retrain_plan import read_state
-from .ledger import LEDGER_FILE, read_rows
-from .paths import RETRAIN_DIR
-from .report import Report, build_report
-from .teacher.factory import LEDGER_FILE as SPEND_FILE
-from .teacher.limits import read_spend, utc_day
+from ..distill.retrain_plan import read_state
+from ..server.ledger import LEDGER_FILE, read_rows
+from ..paths import RETRAIN_DIR
+from .figures import Report, build_report
+from ..teacher.factory import LEDGER_FILE as SPEND_FILE
+from ..teacher.limits import read_spend, utc_day
 
 
 def since_timestamp(since: str) -> float:

@@ -17,7 +17,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import AthanorError
+from ..errors import AthanorError
 from .storage_health import StorageHealth
 
 LEDGER_FILE = "answers.sqlite3"

@@ -10,24 +10,25 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, AsyncGenerator, AsyncIterator, Callable, Literal
 
-from .cache import CacheHit, CacheKey, SemanticCache, normalize_prompt
-from .cache.store import TEACHER_VERSION
+from ..cache import CacheHit, CacheKey, SemanticCache, normalize_prompt
+from ..cache.store import TEACHER_VERSION
 from .confidence import Confidence, confidence
-from .routing.decide import Decision, decide
-from .routing.ensemble import DEFAULT_ROLES, VOTE_SHARE, integration_messages, majority, with_role
-from .routing.learned import LogisticRouter
-from .routing.signals import prompt_features, signals
-from .engine.llama import LlamaEngine
-from .engine.scheduler import Closed, Job, Scheduler
-from .engine.text import TextAssembler
-from .engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
-from .distill.pending import pending_entry, teacher_entry
-from .distill_log import DistillLog
-from .ledger import AnswerLedger
-from .errors import AthanorError
-from .storage_health import StorageHealth
-from .teacher.base import Teacher, TeacherError, TeacherParams
-from .teacher.limits import PayerLedgers, SpendLedger
+from .decide import Decision, decide
+from .ensemble import DEFAULT_ROLES, VOTE_SHARE, integration_messages, majority, with_role
+from .learned import LogisticRouter
+from .signals import prompt_features, signals
+from ..engine.llama import LlamaEngine
+from ..engine.scheduler import Closed, Job, Scheduler
+from ..engine.text import TextAssembler
+from ..engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
+from ..distill.pending import pending_entry, teacher_entry
+from ..protocol.distill_log import DistillLog
+from ..protocol.log_entry import LogEntry, StudentTake
+from ..server.ledger import AnswerLedger
+from ..errors import AthanorError
+from ..server.storage_health import StorageHealth
+from ..teacher.base import Teacher, TeacherError, TeacherParams
+from ..teacher.limits import PayerLedgers, SpendLedger
 
 log = logging.getLogger(__name__)
 
@@ -553,18 +554,14 @@ class StudentRun(Run):
         """Log an unsure answer served without the teacher's as pending: `harvest --from-log` labels it later."""
         await self._log(pending_entry(self.request.messages, reason, self._student_record(completion, sure)))
 
-    def _student_record(self, completion: Completion, sure: Confidence, partial: bool = False) -> dict[str, Any]:
+    def _student_record(self, completion: Completion, sure: Confidence, partial: bool = False) -> StudentTake:
         # The router's signals go into the log with the answer, so that `athanor router refit` can learn,
         # from the teacher's verdicts on this student, which signal values mean a wrong answer.
-        record: dict[str, Any] = {"model": self.student.name, "version": self.student.version, "text": completion.text,
-                                  "confidence": sure.as_dict()}
-        if completion.tokens:
-            record["signals"] = signals(last_user_text(self.request.messages), completion.tokens).as_dict()
-        if partial:
-            record["partial"] = True  # escalated after its first tokens: not the whole answer
-        return record
+        found = signals(last_user_text(self.request.messages), completion.tokens).as_dict() if completion.tokens else None
+        return StudentTake(text=completion.text, model=self.student.name, version=self.student.version,
+                           confidence=sure.as_dict(), signals=found, partial=partial)
 
-    async def _log(self, record: dict[str, Any]) -> None:
+    async def _log(self, record: LogEntry) -> None:
         """Append to the distillation log, if there is one; a failed write is reported to the storage health."""
         routing = self.router.routing
         if routing.distill_log is None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Iterable, Sequence
 
-from .ledger import AnswerRow
-from .teacher.limits import utc_day
+from ..server.ledger import AnswerRow
+from ..teacher.limits import utc_day
 
 RECENT_DAYS = 7
 """Days whose mean rates project the next month and the break-even date."""
@@ -106,13 +106,13 @@ def build_report(rows: Iterable[AnswerRow], teacher_spend: dict[str, float], tod
     break_even, projected = None, False
     if one_time > 0:
         cost = saved = 0.0
-        for d in days:
-            cost += distillation[d.label]
-            saved += d.saved_usd
+        for period in days:
+            cost += distillation[period.label]
+            saved += period.saved_usd
             if saved < cost:
                 break_even = None  # not yet, or a later harvest put it back in debt
             elif break_even is None:
-                break_even = d.label
+                break_even = period.label
     recent = days_before(days, today, RECENT_DAYS)
     daily_saved = sum(d.saved_usd for d in recent) / RECENT_DAYS
     daily_spent = sum(d.spent_usd for d in recent) / RECENT_DAYS

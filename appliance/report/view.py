@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .report import Period, Report
+from .figures import Period, Report
 
 
 def _pct(value: float | None) -> str:
@@ -67,7 +67,9 @@ def plot_report(report: Report, path: Path) -> Path:
         ax.axhline(report.distillation_usd, color="grey", ls="--", lw=0.8,
                    label=f"distillation cost ${report.distillation_usd:.2f}")
     if report.break_even and not report.break_even_projected:
-        ax.axvline(report.break_even, color="green", ls=":", label=f"break-even {report.break_even}")
+        # The x axis holds day labels (matplotlib's categorical units), so a label is a position on it.
+        ax.axvline(report.break_even, color="green", ls=":",  # type: ignore[arg-type]
+                   label=f"break-even {report.break_even}")
     ax.set_xlabel("day (UTC)")
     ax.set_ylabel("USD, cumulative")
     ax.set_title("Athanor: savings against spend")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 STORES = ("cache", "distill_log", "spend_ledger", "answer_ledger")
 
@@ -53,7 +53,7 @@ class StorageHealth:
         with self._lock:
             return not any(state.failing for state in self._stores.values())
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """{"ok": bool, "stores": {name: {writes, write_failures, failing, last_error, last_failure_at}}}."""
         with self._lock:
             stores = {name: dict(vars(state)) for name, state in sorted(self._stores.items())}

@@ -6,27 +6,27 @@ import re
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
-    from .router import Answer
+    from ..routing.router import Answer
 
 
 @dataclass
 class Stats:
     started_at: float = field(default_factory=time.time)
     requests: int = 0
-    by_route: Counter = field(default_factory=Counter)
-    by_status: Counter = field(default_factory=Counter)
+    by_route: Counter[str] = field(default_factory=Counter)
+    by_status: Counter[int] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cancelled: int = 0
-    latencies_s: deque = field(default_factory=lambda: deque(maxlen=1024))
-    route_latencies_s: defaultdict = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=1024)))
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    route_latencies_s: defaultdict[str, deque[float]] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=1024)))
     cost_usd: float = 0.0
     saved_usd: float = 0.0
     degraded: int = 0
-    confidences: deque = field(default_factory=lambda: deque(maxlen=1024))
+    confidences: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
 
     def record_answer(self, answer: "Answer") -> None:
         completion = answer.completion
@@ -45,7 +45,7 @@ class Stats:
         self.requests += 1
         self.by_status[status] += 1
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         return {
             "uptime_s": time.time() - self.started_at,
             "requests": self.requests,

@@ -12,11 +12,12 @@ from typing import Literal
 
 from export.manifest import MANIFEST_NAME, choose_artifact, find_manifest, read_manifest, verify_artifact
 
-from . import paths
-from .config import StudentConfig
-from .defaults import embedded_student_path
-from .errors import AthanorError
-from .fingerprint import file_fingerprint
+from .. import paths
+from ..config import StudentConfig
+from ..defaults import embedded_student_path
+from ..errors import AthanorError
+from ..fingerprint import file_fingerprint
+from .scheduler import Engine
 
 ONNX_MODEL = "model.onnx"
 
@@ -86,7 +87,7 @@ def serve_embedded(quant: str, models_dir: Path) -> Path:
         from export.errors import ExportError
         from export.quantize import quantize
 
-        from .engine import llama_log
+        from . import llama_log
 
         llama_log.install()
         try:
@@ -130,14 +131,14 @@ def _from_manifest(manifest: Path, fmt: str | None, quant: str | None) -> Studen
     return StudentSource(artifact.format, located, artifact.sha256[:16], artifact.quant)  # type: ignore[arg-type]
 
 
-def open_engine(cfg: StudentConfig, source: StudentSource):
+def open_engine(cfg: StudentConfig, source: StudentSource) -> Engine:
     """Load the engine that serves `source` with `cfg`'s settings."""
     if source.format == "onnx":
-        from .engine.onnx import OnnxEngine  # onnxruntime loads only for ONNX students
+        from .onnx import OnnxEngine  # onnxruntime loads only for ONNX students
 
         return OnnxEngine(source.path, cfg.name, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
                           provider=cfg.onnx_provider)
-    from .engine.llama import LlamaEngine
+    from .llama import LlamaEngine
 
     return LlamaEngine(
         source.path, cfg.name, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_threads=cfg.n_threads,

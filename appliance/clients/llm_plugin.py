@@ -16,7 +16,7 @@ import llm
 from llm.parts import TextPart
 from pydantic import Field
 
-from .client import ApiRequestError, answer_json, sse_data
+from .daemon_client import ApiRequestError, answer_json, sse_data
 
 SOCKET_ENV = "ATHANOR_SOCKET"
 START_HINT = "start it with `athanor serve` (installed as a service: `sudo systemctl start athanor.socket`)"
@@ -85,8 +85,8 @@ def resolve_socket(option: str | None) -> Path:
     chosen = option or os.environ.get(SOCKET_ENV)
     if chosen:
         return Path(chosen).expanduser()
-    from .config import load_config
-    from .errors import AthanorError
+    from ..config import load_config
+    from ..errors import AthanorError
 
     try:
         return load_config(None).server.socket

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from .log_entry import LogEntry
+
 
 class DistillLog:
     def __init__(self, path: Path) -> None:
@@ -34,8 +36,10 @@ class DistillLog:
                 os.write(self._fd, b"\n")
                 os.fsync(self._fd)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: LogEntry | dict[str, Any]) -> None:
         """Write one record durably (returns after fsync)."""
+        if isinstance(record, LogEntry):
+            record = record.to_json()
         line = json.dumps({"ts": time.time(), **record}, ensure_ascii=False, separators=(",", ":")) + "\n"
         data = line.encode()
         with self._lock:
@@ -74,3 +78,11 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(record, dict):
                 yield record
+
+
+def read_entries(path: Path) -> Iterator[LogEntry]:
+    """Every distillation-log entry in `path`, typed; lines that hold no conversation are skipped."""
+    for data in read_records(path):
+        entry = LogEntry.from_json(data)
+        if entry is not None:
+            yield entry

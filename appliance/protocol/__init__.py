@@ -1,0 +1,1 @@
+"""Typed records that cross a process boundary: what one process writes and another reads."""
