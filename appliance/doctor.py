@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
-from export.errors import ExportError
-from export.manifest import MANIFEST_NAME, FileEntry, is_export, read_manifest
+from appliance.protocol.manifest import MANIFEST_NAME, FileEntry, is_export, read_manifest
 
 from . import paths
 from .clients.daemon_client import AthanorClient
 from .config import AthanorConfig, StudentConfig, TeacherConfig, load_config
-from .errors import AthanorError, ConfigError
+from .errors import AthanorError, ConfigError, ExportError
 from .fingerprint import sha256_file
 
 Status = Literal["ok", "warn", "fail"]

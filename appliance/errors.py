@@ -24,6 +24,24 @@ class ConfigError(AthanorError):
         super().__init__(message)
 
 
+class ExportError(AthanorError):
+    """An export step cannot go on (missing adapter, unsupported architecture, failed conversion), or an
+    export's manifest cannot be read (the daemon reads manifests without loading the export package)."""
+
+
+class ChecksumMismatch(AthanorError):
+    """An artifact on disk is not the file its manifest describes."""
+
+    def __init__(self, path: object, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"checksum mismatch for {path}: the manifest says sha256 {expected}, the file has {actual}; "
+            "the file is corrupted or was replaced; re-run `athanor export` to rebuild it"
+        )
+
+
 class DaemonUnavailable(AthanorError):
     """The client cannot reach the daemon's socket."""
 

@@ -4,5 +4,5 @@ against the merged model, and publish those that pass in a `manifest.json` the d
     merged -> converted (f16 GGUF, fp32 ONNX) -> quantized -> verified -> published
 
 Heavy dependencies (torch, transformers, optimum, onnxruntime) load only inside the steps that
-need them; `export.manifest` stays light so the daemon can read manifests cheaply.
+need them; `appliance.protocol.manifest` stays light so the daemon can read manifests cheaply.
 """

@@ -1,22 +1,11 @@
-"""Errors of the export stage; each names the problem and the fix."""
+"""Errors of the export stage; each names the problem and the fix.
+
+They are defined beside the appliance's other user errors, because the daemon raises them too when it
+reads an export's manifest, without importing this package.
+"""
 
 from __future__ import annotations
 
-from appliance.errors import AthanorError
+from appliance.errors import ChecksumMismatch, ExportError
 
-
-class ExportError(AthanorError):
-    """An export step cannot go on (missing adapter, unsupported architecture, failed conversion)."""
-
-
-class ChecksumMismatch(AthanorError):
-    """An artifact on disk is not the file its manifest describes."""
-
-    def __init__(self, path, expected: str, actual: str) -> None:
-        self.path = path
-        self.expected = expected
-        self.actual = actual
-        super().__init__(
-            f"checksum mismatch for {path}: the manifest says sha256 {expected}, the file has {actual}; "
-            "the file is corrupted or was replaced; re-run `athanor export` to rebuild it"
-        )
+__all__ = ["ChecksumMismatch", "ExportError"]

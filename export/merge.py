@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.distill.training_meta import TRAINING_FILE, TrainingMeta, read_training_meta
+from appliance.protocol.training import TRAINING_FILE, TrainingMeta, read_training_meta
 
 from .errors import ExportError
 

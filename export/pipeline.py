@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import manifest as mf
+from appliance.protocol import manifest as mf
 from .errors import ExportError
 from .events import ArtifactState, ExportEvents, Format, Stage, Step
 from .merge import BaseRef, check_adapter, read_training_info, resolve_base

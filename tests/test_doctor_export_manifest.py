@@ -1,4 +1,4 @@
-"""The doctor reads an `athanor export` manifest beside a model through export.manifest's reader."""
+"""The doctor reads an `athanor export` manifest beside a model through appliance.protocol.manifest's reader."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 from appliance.config import StudentConfig
 from appliance.doctor import check_model, recorded_sha256
-from export.manifest import Artifact, FileEntry, Manifest, write_manifest
+from appliance.protocol.manifest import Artifact, FileEntry, Manifest, write_manifest
 
 
 def test_an_export_manifest_beside_the_model_is_read_by_the_real_reader(tmp_path):

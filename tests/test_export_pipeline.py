@@ -22,7 +22,7 @@ from appliance.engine.types import SamplingParams
 from appliance.engine.model_source import resolve_student
 from export.errors import ChecksumMismatch, ExportError
 from appliance.fingerprint import sha256_file
-from export.manifest import read_manifest
+from appliance.protocol.manifest import read_manifest
 from export.pipeline import ExportOptions, make_plan, run_export
 from export.verify import Gate
 from tests.tiny_student import LESSONS

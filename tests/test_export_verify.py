@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.errors import ChecksumMismatch, ExportError
-from export.manifest import Artifact, Manifest, choose_artifact, file_entries, read_manifest, verify_artifact, write_manifest
+from appliance.protocol.manifest import Artifact, Manifest, choose_artifact, file_entries, read_manifest, verify_artifact, write_manifest
 from export.verify import Figures, Gate, Threshold, greedy_match, mean_kl, top1_agreement
 
 

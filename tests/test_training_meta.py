@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from appliance.distill.training_meta import TRAINING_FILE, TrainingMeta, read_training_meta
+from appliance.protocol.training import TRAINING_FILE, TrainingMeta, read_training_meta
 from export.errors import ExportError
-from export.manifest import MANIFEST_NAME, find_manifest, is_export
+from appliance.protocol.manifest import MANIFEST_NAME, find_manifest, is_export
 from export.merge import read_training_info
 
 

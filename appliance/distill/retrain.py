@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from ..protocol.distill_log import read_entries
 from ..protocol.log_entry import LogEntry
+from ..protocol.manifest import choose_artifact, verify_artifact
 from .dedup import Embeds, dedup_records
 from .filters import rule_reason
 from .records import Record
@@ -64,7 +65,6 @@ def export_stage() -> Callable[[Path, Path, Path], Path] | None:
     """`export(adapter, out, dataset) -> GGUF path` through the `export` package, or None if it is not there."""
     try:
         pipeline = importlib.import_module(EXPORT_MODULE)
-        manifest = importlib.import_module("export.manifest")
         console = importlib.import_module("export.console")
     except ImportError:
         return None
@@ -75,7 +75,7 @@ def export_stage() -> Callable[[Path, Path, Path], Path] | None:
         # Its progress bar and "done ..." lines are drawn here, from the pipeline's events.
         published = pipeline.run_export(pipeline.ExportOptions(adapter=adapter, out=out, dataset=dataset),
                                         console.ConsoleEvents())
-        return Path(manifest.verify_artifact(manifest.choose_artifact(published, "gguf"), out))
+        return verify_artifact(choose_artifact(published, "gguf"), out)
 
     return export
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from . import DistillError
 from .models import device, end_of_generation, is_adapter, load_model, load_tokenizer
-from .training_meta import read_training_meta
+from ..protocol.training import read_training_meta
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _adapter_base(adapter: Path) -> Path:
 def open_runner(path: Path, **gguf_options: Any) -> Runner:
     """The right runner for a `.gguf` file, a peft adapter folder or a model folder."""
     path = Path(path)
-    from export.manifest import choose_artifact, find_manifest, read_manifest, verify_artifact
+    from appliance.protocol.manifest import choose_artifact, find_manifest, read_manifest, verify_artifact
 
     manifest = find_manifest(path)
     if manifest is not None:

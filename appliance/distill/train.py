@@ -35,7 +35,7 @@ from .models import DTYPES, end_of_turn, load_model, load_tokenizer
 from .reasoning import join_reasoning
 from .records import Record
 from .split import balance_labels, stratified_split
-from .training_meta import TrainingMeta
+from ..protocol.training import TrainingMeta
 
 IGNORE = -100
 LOSS_PNG = "loss.png"

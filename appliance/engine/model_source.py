@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from export.manifest import MANIFEST_NAME, choose_artifact, find_manifest, read_manifest, verify_artifact
+from appliance.protocol.manifest import MANIFEST_NAME, choose_artifact, find_manifest, read_manifest, verify_artifact
 
 from .. import paths
 from ..config import StudentConfig
@@ -84,7 +84,7 @@ def serve_embedded(quant: str, models_dir: Path) -> Path:
     copy = embedded_served_path(quant, models_dir)
     shipped = embedded_student_path()
     if not copy.is_file():
-        from export.errors import ExportError
+        from ..errors import ExportError
         from export.quantize import quantize
 
         from . import llama_log

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.fingerprint import sha256_file
+from ..errors import ChecksumMismatch, ExportError
+from ..fingerprint import sha256_file
 
-from .errors import ChecksumMismatch, ExportError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -80,7 +80,7 @@ class Manifest:
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def _artifact(data: dict) -> Artifact:
+def _artifact(data: dict[str, Any]) -> Artifact:
     files = tuple(FileEntry(**entry) for entry in data.get("files", ()))
     return Artifact(
         format=data["format"], quant=data["quant"], path=data["path"], sha256=data["sha256"],
@@ -89,7 +89,7 @@ def _artifact(data: dict) -> Artifact:
     )
 
 
-def parse_manifest(data: dict) -> Manifest:
+def parse_manifest(data: dict[str, Any]) -> Manifest:
     """Build a `Manifest` from decoded JSON; raises `ExportError` on an unknown format."""
     if not isinstance(data, dict):
         raise ExportError(f"a manifest is a JSON object, not {type(data).__name__}; re-run `athanor export`")

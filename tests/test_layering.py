@@ -1,0 +1,31 @@
+"""The tree is the map only while the processes keep to their parts: the daemon and the dashboard load
+neither the offline export package nor the training stack (torch, transformers, peft)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+OFFLINE = ("export", "torch", "transformers", "peft", "optimum")
+
+
+@pytest.mark.parametrize("module", ["appliance.server.daemon", "appliance.tui.app", "appliance.clients.llm_plugin"])
+def test_a_serving_process_loads_no_offline_package(module):
+    # A fresh interpreter: this test process has imported everything already.
+    probe = (f"import json, sys, {module}\n"
+             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {OFFLINE!r})))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                       text=True, timeout=120).stdout)
+    assert loaded == [], f"{module} imports {loaded}"
+
+
+def test_the_offline_jobs_read_the_daemon_contracts_from_protocol():
+    # The export package writes the manifest the daemon reads; both name the one definition.
+    from appliance.errors import ExportError
+    from appliance.protocol import manifest
+    from export import errors, pipeline
+
+    assert pipeline.mf is manifest and errors.ExportError is ExportError
