@@ -11,13 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64 (stable for f16-sized logits too)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    peak = logits.max(axis=-1, keepdims=True)
-    shifted = logits - peak
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+from appliance.engine.logits import log_softmax
 
 
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:

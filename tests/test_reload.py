@@ -9,13 +9,14 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from appliance.config import parse_config
 from appliance.errors import ConfigError
 from appliance.routing.router import Router, Student
-from appliance.server.access_log import AccessLog, note_route
+from appliance.server.access_log import AccessLog
 from appliance.server.admin import RELOAD_PATH, AdminApi
 from appliance.server.http import HttpRequest, HttpResponse, Peer, json_response, request_id_for
 from appliance.server.logs import JournalFormatter, stderr_is_journal
@@ -237,7 +238,7 @@ def test_incoming_request_ids_are_kept_only_when_sane(given, kept):
 
 def test_one_log_line_per_request_with_id_status_route_and_duration(caplog):
     async def plain(req: HttpRequest) -> HttpResponse:
-        note_route("cache")
+        req.notes.route = "cache"
         return json_response(200, {})
 
     with caplog.at_level(logging.INFO, logger="athanor.access"):
@@ -248,13 +249,14 @@ def test_one_log_line_per_request_with_id_status_route_and_duration(caplog):
 
 
 def test_a_streamed_answer_is_logged_when_its_last_chunk_is_out(caplog):
-    async def chunks():
+    async def chunks(req: HttpRequest):
         yield b"a"
-        note_route("teacher")  # known only once the router has decided
+        req.notes.route = "teacher"  # known only once the router has decided
         yield b"b"
 
     async def streaming(req: HttpRequest) -> HttpResponse:
-        return HttpResponse(200, stream=chunks())
+        # A middleware's copy of the request (KeyAuth sets the caller this way) shares the original's notes.
+        return HttpResponse(200, stream=chunks(replace(req, client="key:alice")))
 
     async def consume():
         response = await AccessLog(streaming)(request("POST", "/v1/chat/completions", 1000))

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from appliance.routing.router import Router, Routing
 from appliance.server.api import Api
 from appliance.server.stats import Stats, percentiles, quant_type
 from appliance.server.storage_health import StorageHealth
@@ -80,8 +81,8 @@ def fake_router(tmp_path: Path):
                            description="llama 135M Q4_1", gpu_offload=False)
     scheduler = SimpleNamespace(stats=lambda: {"parallel": 8, "running": 0, "waiting": 0})
     student = SimpleNamespace(name="smollm2-135m", info=info, scheduler=scheduler)
-    routing = SimpleNamespace(cache=None, teacher=None, confidence_threshold=0.2, storage=StorageHealth())
-    return SimpleNamespace(students={"smollm2-135m": student}, default="smollm2-135m", routing=routing)
+    # A real router over a stand-in student: the API reads it only through the router's own methods.
+    return Router({"smollm2-135m": student}, "smollm2-135m", Routing(confidence_threshold=0.2, storage=StorageHealth()))
 
 
 def test_models_name_their_quant_type(tmp_path):

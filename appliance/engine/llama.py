@@ -30,6 +30,7 @@ from ..errors import AthanorError
 from . import llama_log
 from .batching import Feed, copy_by_state, in_stream_order, interruptible, place_prompt, plan_step
 from .chat_markup import chat_tokens
+from .logits import log_softmax_at
 from .types import FinishReason, ModelInfo, SamplingParams, StepResult, StepStats, TokenEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,6 @@ _MIN_COPY_TOKENS = 8
 
 class EngineError(AthanorError):
     """llama.cpp refused a model or a step."""
-
-
-def log_softmax_at(logits: np.ndarray, token: int) -> float:
-    """log p(token) under the softmax of a logits row, computed stably."""
-    peak = float(logits.max())
-    return float(logits[token]) - peak - float(np.log(np.exp(logits - peak).sum()))
 
 
 def step_stats(logits: np.ndarray) -> StepStats:

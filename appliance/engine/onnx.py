@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import AthanorError
 from .chat_markup import chat_tokens
+from .logits import log_softmax
 from .types import ModelInfo, SamplingParams, StepResult, TokenEvent, TokenLogprob
 
 MODEL_FILE = "model.onnx"
@@ -47,13 +48,6 @@ def choose_providers(available: list[str], setting: Provider) -> list[str]:
                               f"(it offers {', '.join(available) or 'none'}); {CUDA_FIX}, "
                               f"or set onnx_provider to \"auto\" or \"cpu\"")
     return [CPU]
-
-
-def _log_softmax(row: np.ndarray) -> np.ndarray:
-    row = row.astype(np.float64)
-    peak = row.max()
-    logprobs: np.ndarray = row - peak - np.log(np.exp(row - peak).sum())
-    return logprobs
 
 
 class OnnxDecoder:
@@ -248,7 +242,7 @@ class OnnxEngine:
         if token in self._eog:
             self._seq = None
             return [StepResult(0, finish="stop")]
-        logprobs = _log_softmax(row)
+        logprobs = log_softmax(row)
         top: tuple[TokenLogprob, ...] = ()
         if params.top_logprobs:
             best = np.argsort(-logprobs)[: params.top_logprobs]
@@ -270,7 +264,7 @@ class OnnxEngine:
     def _choose(row: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
         if params.temperature <= 0:
             return int(np.argmax(row))
-        probs = np.exp(_log_softmax(row / params.temperature))
+        probs = np.exp(log_softmax(row / params.temperature))
         if params.top_p < 1.0:
             order = np.argsort(-probs)
             keep = order[: int(np.searchsorted(np.cumsum(probs[order]), params.top_p)) + 1]

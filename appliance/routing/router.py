@@ -213,6 +213,37 @@ class Router:
             raise UnknownModel(key, sorted(self.students))
         return self.students[key]
 
+    # What the API reports about the router, so that it need not reach into `routing` or the schedulers.
+
+    def loads(self) -> list[tuple[str, dict[str, int | float | None]]]:
+        """Each student's name and its scheduler's figures (running, waiting, batching, prompt reuse)."""
+        return [(s.name, s.scheduler.stats()) for s in self.students.values()]
+
+    def queue_depth(self) -> tuple[int, int]:
+        """(requests waiting, requests being decoded) over every student."""
+        students = self.students.values()
+        return sum(s.scheduler.waiting for s in students), sum(s.scheduler.busy for s in students)
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        """The semantic cache's figures (reads SQLite: call it off the event loop); None without a cache."""
+        return self.routing.cache.stats() if self.routing.cache is not None else None
+
+    @property
+    def has_cache(self) -> bool:
+        return self.routing.cache is not None
+
+    @property
+    def teacher(self) -> Teacher | None:
+        return self.routing.teacher
+
+    @property
+    def confidence_threshold(self) -> float:
+        return self.routing.confidence_threshold
+
+    def storage(self) -> dict[str, Any]:
+        """Which stores can still be written (`StorageHealth.snapshot`)."""
+        return self.routing.storage.snapshot()
+
     def replace_students(self, students: dict[str, Student], default: str) -> dict[str, Student]:
         """Serve `students` from now on (hot reload); returns the old ones for the caller to retire.
 

@@ -9,30 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextvars import ContextVar
 from typing import AsyncIterator
 
 from .http import Handler, HttpRequest, HttpResponse
 
 log = logging.getLogger("athanor.access")
-
-# The handler and the stream it returns run in the request's own task, so a context variable
-# carries the route from the API to this log without threading it through every signature.
-class _RouteNote:
-    value: str | None = None
-
-
-# The variable holds a box, set once per request, and the box is written: a streamed answer is produced
-# in a task (keep-alives), whose copy of the context still points at the same box.
-_route: ContextVar[_RouteNote | None] = ContextVar("athanor_route", default=None)
-
-
-def note_route(route: str) -> None:
-    """Record where the current request's answer came from (cache, student, teacher)."""
-    note = _route.get()
-    if note is not None:
-        note.value = route
-
 
 class AccessLog:
     """Wraps a handler and logs each request it answers at INFO."""
@@ -42,7 +23,6 @@ class AccessLog:
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.monotonic()
-        _route.set(_RouteNote())
         try:
             response = await self.inner(request)
         except asyncio.CancelledError:
@@ -81,9 +61,4 @@ async def _logged(
 def _log(request: HttpRequest, status: str, started: float) -> None:
     uid = request.peer.uid if request.peer is not None else "-"
     log.info("%s uid=%s %s %s %s route=%s %.3fs", request.request_id, uid, request.method, request.path, status,
-             _route_name(), time.monotonic() - started)
-
-
-def _route_name() -> str:
-    note = _route.get()
-    return note.value if note is not None and note.value else "-"
+             request.notes.route or "-", time.monotonic() - started)

@@ -18,7 +18,6 @@ from ..routing.router import Answer, ChatRequest, Delta, PromptTooLong, Router, 
 from .stats import Stats, quant_type
 from ..protocol.stats import StatsSnapshot
 from ..teacher import teacher_status
-from .access_log import note_route
 from .completions_schema import DEFAULT_MAX_TOKENS, parse_completion_request, text_chunk, text_completion_body
 from .errors import ApiError
 from .tools import FunctionSpec, parse_call
@@ -110,14 +109,10 @@ class Api:
         return response
 
     def _live(self) -> LiveFigures:
-        students = []
-        for student in self.router.students.values():
-            b = student.scheduler.stats()
-            students.append(StudentLive(student.name, int(b.get("running") or 0), int(b.get("waiting") or 0),
-                                        b.get("mean_batch"), _int_or_none(b.get("prompt_tokens_reused")),
-                                        _int_or_none(b.get("prompt_tokens_computed"))))
-        cache = self.router.routing.cache
-        return LiveFigures(students, cache.stats() if cache is not None else None)
+        students = [StudentLive(name, int(b.get("running") or 0), int(b.get("waiting") or 0), b.get("mean_batch"),
+                                _int_or_none(b.get("prompt_tokens_reused")), _int_or_none(b.get("prompt_tokens_computed")))
+                    for name, b in self.router.loads()]
+        return LiveFigures(students, self.router.cache_stats())
 
     async def metrics_view(self, request: HttpRequest) -> HttpResponse:
         body, content_type = await asyncio.to_thread(self.metrics.exposition)
@@ -137,17 +132,17 @@ class Api:
     # --- endpoints -----------------------------------------------------------------------------
 
     async def health(self, request: HttpRequest) -> HttpResponse:
-        students = self.router.students.values()
-        storage = self.router.routing.storage.snapshot()
+        storage = self.router.storage()
+        queued, busy = self.router.queue_depth()
         # Still 200 when a store cannot be written: answers go on, and a restart would not free the disk.
         return json_response(200, {
             "status": "ok" if storage["ok"] else "degraded",
             "storage": storage,
-            "students": [s.name for s in students],
-            "queued": sum(s.scheduler.waiting for s in students),
-            "busy": sum(s.scheduler.busy for s in students),
-            "cache": self.router.routing.cache is not None,
-            "teacher": getattr(self.router.routing.teacher, "name", None),
+            "students": list(self.router.students),
+            "queued": queued,
+            "busy": busy,
+            "cache": self.router.has_cache,
+            "teacher": getattr(self.router.teacher, "name", None),
         })
 
     async def models(self, request: HttpRequest) -> HttpResponse:
@@ -173,14 +168,13 @@ class Api:
         return json_response(200, {"object": "list", "data": data})
 
     async def stats_view(self, request: HttpRequest) -> HttpResponse:
-        routing = self.router.routing
         snapshot = StatsSnapshot.build(
             self.stats.snapshot(),
-            cache=await asyncio.to_thread(routing.cache.stats) if routing.cache is not None else None,
-            teacher=teacher_status(routing.teacher),
-            confidence_threshold=routing.confidence_threshold,
-            students=[(s.name, s.scheduler.stats()) for s in self.router.students.values()],
-            storage=routing.storage.snapshot(),
+            cache=await asyncio.to_thread(self.router.cache_stats),
+            teacher=teacher_status(self.router.teacher),
+            confidence_threshold=self.router.confidence_threshold,
+            students=self.router.loads(),
+            storage=self.router.storage(),
             connections=self.connections() if self.connections is not None else None,
             rss_bytes=psutil.Process().memory_info().rss,  # the dashboard's memory figure
         )
@@ -199,10 +193,10 @@ class Api:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         log.info("%s %s: %s prompt tokens -> %s", request.request_id, completion_id, len(run.prompt), run.student.name)
         if body.stream:
-            return _event_stream(self.keepalive_s, self._stream(run.events(), completion_id, run.student.name, body.logprobs,
+            return _event_stream(self.keepalive_s, self._stream(run.events(), request, completion_id, run.student.name, body.logprobs,
                                               body.include_usage, time.monotonic(),
                                               body.functions() if body.tool_mode != "none" else None))
-        answer = await self._final_answer(run)
+        answer = await self._final_answer(run, request)
         completion = answer.completion
         call = parse_call(completion.text, body.functions()) if body.tool_mode != "none" else None
         return json_response(200, completion_body(
@@ -210,14 +204,14 @@ class Api:
             completion.completion_tokens, completion.tokens, body.logprobs, answer.provenance(), tool_call=call,
         ))
 
-    async def _final_answer(self, run: Run) -> Answer:
+    async def _final_answer(self, run: Run, request: HttpRequest) -> Answer:
         """Run a request nobody streams to its end; its answer, recorded."""
         answer = None
         async for event in run.events():
             if isinstance(event, Answer):
                 answer = event
         assert answer is not None
-        self._record(answer)
+        self._record(answer, request)
         return answer
 
     async def _admit(self, chat: ChatRequest, stream: bool) -> Run:
@@ -247,15 +241,15 @@ class Api:
         run = await self._admit(chat, stream=body.stream)
         completion_id = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return _event_stream(self.keepalive_s, self._stream_text(run.events(), completion_id, run.student.name, body.logprobs,
+            return _event_stream(self.keepalive_s, self._stream_text(run.events(), request, completion_id, run.student.name, body.logprobs,
                                                    body.include_usage, time.monotonic()))
-        answer = await self._final_answer(run)
+        answer = await self._final_answer(run, request)
         c = answer.completion
         return json_response(200, text_completion_body(completion_id, answer.model, c.text, c.finish_reason,
                                                        c.prompt_tokens, c.completion_tokens, c.tokens, body.logprobs,
                                                        answer.provenance()))
 
-    async def _stream_text(self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str,
+    async def _stream_text(self, events: AsyncIterator[Delta | Answer], request: HttpRequest, completion_id: str, model: str,
                            logprobs: int | None, include_usage: bool, started: float) -> AsyncIterator[bytes]:
         created, offset, first = int(time.time()), 0, True
         try:
@@ -269,7 +263,7 @@ class Api:
                                          offset)
                         offset += len(event.text)
                     continue
-                self._record(event)
+                self._record(event, request)
                 c = event.completion
                 yield text_chunk(completion_id, model, "", c.finish_reason, created, extra=event.provenance())
                 if include_usage:
@@ -303,7 +297,8 @@ class Api:
                                code="invalid_value")
 
     async def _stream(
-        self, events: AsyncIterator[Delta | Answer], completion_id: str, model: str, logprobs: bool, include_usage: bool,
+        self, events: AsyncIterator[Delta | Answer], request: HttpRequest, completion_id: str, model: str,
+        logprobs: bool, include_usage: bool,
         started: float, functions: list[FunctionSpec] | None = None,
     ) -> AsyncIterator[bytes]:
         """SSE chunks as the answer comes. With tools offered the text is held to its end: only then is it
@@ -323,7 +318,7 @@ class Api:
                     call = parse_call("".join(held), functions)
                     if call is not None:
                         yield chunks.tool_call(call)
-                        self._record(event)
+                        self._record(event, request)
                         yield chunks.finish("tool_calls", event.provenance())
                         if include_usage:
                             yield chunks.usage(event.completion.prompt_tokens, event.completion.completion_tokens,
@@ -338,7 +333,7 @@ class Api:
                             first = False
                         yield chunks.content(event.text, event.tokens if logprobs else None)
                     continue
-                self._record(event)
+                self._record(event, request)
                 completion = event.completion
                 yield chunks.finish(completion.finish_reason, event.provenance())
                 if include_usage:
@@ -350,8 +345,8 @@ class Api:
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    def _record(self, answer: Answer) -> None:
-        note_route(answer.route)
+    def _record(self, answer: Answer, request: HttpRequest) -> None:
+        request.notes.route = answer.route
         self.stats.record_answer(answer)
         completion = answer.completion
         self.metrics.observe_answer(answer.route, completion.prompt_tokens, completion.completion_tokens,

@@ -61,6 +61,15 @@ class Limits:
 
 
 @dataclass
+class RequestNotes:
+    """What an inner layer learns about a request and an outer one reports (the access log prints the route).
+    Every copy of a request (`dataclasses.replace` in a middleware) shares its one notes object."""
+
+    route: str | None = None
+    """Where the answer came from (cache, student, teacher), once the router has decided."""
+
+
+@dataclass
 class HttpRequest:
     method: str
     target: str
@@ -74,6 +83,7 @@ class HttpRequest:
     """Who an API key says is asking over TCP ("key:NAME", set by `KeyAuth`); None on the socket."""
     client_budget_usd: float | None = None
     """That key's daily teacher budget, if it has one."""
+    notes: RequestNotes = field(default_factory=RequestNotes)
 
     @property
     def path(self) -> str:
