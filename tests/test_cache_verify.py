@@ -148,3 +148,21 @@ def test_normalize_prompt_puts_the_last_user_turn_first() -> None:
 ])
 def test_a_question_word_may_trade_places_only_across_the_copula(a: str, b: str, swap: bool) -> None:
     assert (blocked(a, b) == "word order swaps roles") is swap
+
+
+@pytest.mark.parametrize("a, b, ok", [
+    ("这家店周末开门吗？", "这家店周末开门呢？", True),   # mood particles (the lexicon's `y`) set the tone only
+    ("猫能吃葡萄吗？", "猫能吃葡萄嘛？", True),
+    ("你明天有空吧？", "你明天有空吗？", True),
+    ("他去过北京吗？", "他去了北京吗？", False),          # aspect particles are not mood: 过 is not 了
+    ("这个药饭前吃吗？", "这个药饭后吃吗？", False),
+])
+def test_sentence_final_mood_particles_may_trade_places(similarity, a: str, b: str, ok: bool) -> None:
+    assert check_match(a, b, similarity).ok is ok
+
+
+def test_mood_particles_come_from_the_segmenters_lexicon() -> None:
+    from appliance.cache.segment import mood_particle
+
+    assert all(mood_particle(w) for w in "吗呢吧嘛")
+    assert not any(mood_particle(w) for w in ("了", "过", "的", "前", "不", "而已"))

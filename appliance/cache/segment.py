@@ -8,6 +8,7 @@ checks that follow were built or measured for it, so such a question is never se
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import unicodedata
@@ -65,6 +66,25 @@ def normalize(text: str) -> str:
 def chinese_words(run: str) -> list[str]:
     """A run of Chinese characters cut into words (jieba, dictionary only)."""
     return [w for w in _segmenter().cut(run, HMM=False) if w.strip()]
+
+
+def mood_particle(word: str) -> bool:
+    """A one-character sentence-final particle (吗, 呢, 吧, 嘛): a word the segmenter's own lexicon tags
+    `y` (语气词). It sets the tone of a question, never what it asks, so 吗 and 呢 may trade places."""
+    return len(word) == 1 and word in _mood_particles()
+
+
+@functools.cache
+def _mood_particles() -> frozenset[str]:
+    import jieba
+
+    found = set()
+    with jieba.get_dict_file() as lexicon:  # lines of "word frequency part-of-speech"
+        for line in lexicon:
+            parts = line.decode("utf-8").split()
+            if len(parts) == 3 and parts[2] == "y" and len(parts[0]) == 1:
+                found.add(parts[0])
+    return frozenset(found)
 
 
 def _segmenter() -> Any:

@@ -327,6 +327,8 @@ def compare(a: Analysis, b: Analysis, params: VerifyParams) -> Comparison:
         # A frequent word may come or go ("please", 的, 吗); one frequent word put in place of another
         # (some / all, is / was) is judged like any other replacement. Numbers were compared above.
         def keep(word: str, replacing: bool = tag == "replace") -> bool:
+            if segment.mood_particle(word):
+                return False  # 吗 for 呢: the tone of the question, not its content
             return number_of(word) is None if replacing else not free(word)
 
         side_a = [w for w in a.words[i1:i2] if only_a[w] > 0 and keep(w)]
