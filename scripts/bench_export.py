@@ -3,7 +3,7 @@ merged model, mean KL and tokens/s of f16 / q8_0 / q4_k_m GGUF and fp32 / fp16 /
 
     .venv/bin/python scripts/bench_export.py [--out bench-out/export] [--steps 20]
 
-Writes bench-out/export.json (and the export itself under --out).
+Writes export.json beside --out (bench-out/export.json by default) and the export itself under --out.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     report = {"base": str(base), "adapter_steps": args.steps, "train_s": round(trained_s, 1),
               "export_s": round(export_s, 1), "merged_torch_fp32": manifest.merged_reference,
               "prompts": len(HELD_OUT), "artifacts": rows}
-    target = ROOT / "bench-out" / "export.json"
+    target = args.out.parent / "export.json"
     target.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
