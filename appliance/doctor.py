@@ -373,7 +373,8 @@ def retrain_outlook(config: AthanorConfig) -> Check:
     regression half of the decision is left to the timer)."""
     from .distill.records import read_dataset
     from .distill.retrain import build_dataset
-    from .distill.retrain_plan import DRAWN_HELDOUT, MIN_RECORDS, RetrainInputs, plan_retrain, read_state
+    from .distill.retrain_plan import DRAWN_HELDOUT, MIN_RECORDS, RetrainInputs, plan_retrain
+    from .protocol.retrain_state import read_state
 
     folder = paths.retrain_dir()
     usable, _ = build_dataset(paths.state_dir() / "distill.jsonl", [], [], None, config.distill.language, None)

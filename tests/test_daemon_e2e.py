@@ -238,7 +238,7 @@ def test_sigterm_finishes_the_answer_in_flight(tmp_path):
 
 
 def test_every_answer_reaches_the_ledger_that_athanor_report_reads(daemon):
-    from appliance.server.ledger import LEDGER_FILE, read_rows
+    from appliance.storage.ledger import LEDGER_FILE, read_rows
 
     ledger = daemon.parent.parent / "state" / LEDGER_FILE
     started = time.time()

@@ -248,7 +248,7 @@ def test_retrain_dry_run_says_it_would_draw_a_heldout_set_and_retrain(tmp_path, 
 def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_adapter, tmp_path, monkeypatch):
     """log -> held-out drawn -> train -> export -> gate -> installed where the daemon will serve it."""
     from appliance.config import StudentConfig
-    from appliance.distill.retrain_plan import read_state
+    from appliance.protocol.retrain_state import read_state
     from appliance.paths import retrain_dir, retrained_student_dir
     from appliance.engine.model_source import resolve_student
 

@@ -220,7 +220,7 @@ def test_retrain_draws_a_heldout_set_once_and_waits_while_data_is_short():
 
 
 def test_retrain_state_survives_a_torn_file(tmp_path):
-    from appliance.distill.retrain_plan import STATE_FILE, read_state, write_state
+    from appliance.protocol.retrain_state import STATE_FILE, read_state, write_state
 
     assert read_state(tmp_path).seen == 0
     write_state(tmp_path, 321, tmp_path / "student")

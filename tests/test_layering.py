@@ -1,5 +1,6 @@
 """The tree is the map only while the processes keep to their parts: the daemon and the dashboard load
-neither the offline export package nor the training stack (torch, transformers, peft)."""
+none of the offline jobs (`appliance.distill`, `export`) nor the training stack (torch, transformers, peft);
+what they share with those jobs is in `appliance.protocol`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ OFFLINE = ("export", "torch", "transformers", "peft", "optimum")
 def test_a_serving_process_loads_no_offline_package(module):
     # A fresh interpreter: this test process has imported everything already.
     probe = (f"import json, sys, {module}\n"
-             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {OFFLINE!r})))")
+             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {OFFLINE!r}\n"
+             f"                        or m.startswith('appliance.distill'))))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
                                        text=True, timeout=120).stdout)
     assert loaded == [], f"{module} imports {loaded}"

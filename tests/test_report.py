@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from click.testing import CliRunner
 
 from appliance.cli import main
-from appliance.server.ledger import LEDGER_FILE, AnswerLedger, AnswerRow, read_rows
+from appliance.storage.ledger import LEDGER_FILE, AnswerLedger, AnswerRow, read_rows
 from appliance.paths import state_dir
 from appliance.report.figures import build_report
 from appliance.teacher.factory import LEDGER_FILE as SPEND_FILE
@@ -92,7 +92,7 @@ def test_report_command_prints_the_tables_writes_json_and_a_png(tmp_path):
     data = json.loads(runner.invoke(main, ["report", "--json"]).output)
     assert data["total"]["by_route"] == {"teacher": 1, "cache": 1, "student": 1}
     assert data["quality"] == {"retention": None, "previous_retention": None, "measured_at": None}  # never retrained
-    from appliance.distill.retrain_plan import write_state
+    from appliance.protocol.retrain_state import write_state
     from appliance.paths import retrain_dir
 
     write_state(retrain_dir(), 60, tmp_path / "student", 0.95, 0.9)

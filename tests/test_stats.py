@@ -13,7 +13,7 @@ import pytest
 from appliance.routing.router import Router, Routing
 from appliance.server.api import Api
 from appliance.server.stats import Stats, percentiles, quant_type
-from appliance.server.storage_health import StorageHealth
+from appliance.storage.health import StorageHealth
 
 
 def answer(route: str, elapsed_s: float, score: float | None = None, tokens: int = 3):

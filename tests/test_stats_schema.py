@@ -16,7 +16,7 @@ from appliance.server.http import ConnectionStats
 from appliance.server.stats import Stats
 from appliance.protocol.stats import (BatchingStats, CacheStats, ConnectionCounts, DaemonCounters, Percentiles,
                                     StatsSnapshot, StoreHealth, TeacherStatus)
-from appliance.server.storage_health import StorageHealth
+from appliance.storage.health import StorageHealth
 from appliance.teacher import teacher_status
 
 from .test_stats import answer, fake_router

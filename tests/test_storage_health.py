@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from appliance.protocol.distill_log import DistillLog, read_records
-from appliance.server.storage_health import StorageHealth, describe
+from appliance.storage.health import StorageHealth, describe
 from appliance.teacher.limits import SpendLedger
 
 

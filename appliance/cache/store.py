@@ -28,7 +28,7 @@ import numpy as np
 from .. import paths
 from ..config import CacheConfig
 from ..errors import ConfigError
-from ..server.storage_health import StorageHealth
+from ..storage.health import StorageHealth
 from . import segment
 from .embedder import span_similarity
 from .eviction import delete_ids, expired, least_recently_used

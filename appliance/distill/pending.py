@@ -8,28 +8,12 @@ to the same log as an ordinary teacher record, which `retrain` then learns from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
-from ..protocol.log_entry import LogEntry, StudentTake, TeacherTake
-from ..teacher.base import BudgetExceeded, Teacher, TeacherAnswer, TeacherError, TeacherParams
+from ..protocol.log_entry import LogEntry, pending_entry, teacher_entry
+from ..teacher.base import BudgetExceeded, Teacher, TeacherError, TeacherParams
 
-
-def pending_entry(messages: list[dict[str, Any]], reason: str | None, student: StudentTake) -> LogEntry:
-    """The log line for an unsure answer served without a teacher's."""
-    return LogEntry(messages=_messages(messages), pending=reason or "student unsure", student=student)
-
-
-def teacher_entry(messages: Sequence[dict[str, Any]], answer: TeacherAnswer, student: StudentTake | None,
-                  labelled_later: bool = False) -> LogEntry:
-    """The log line for a teacher's answer (what `retrain` learns from)."""
-    return LogEntry(messages=_messages(messages),
-                    teacher=TeacherTake(text=answer.text, model=answer.model, input_tokens=answer.input_tokens,
-                                        output_tokens=answer.output_tokens, cost_usd=answer.cost_usd),
-                    student=student, labelled_later=labelled_later)
-
-
-def _messages(messages: Sequence[dict[str, Any]]) -> tuple[dict[str, str], ...]:
-    return tuple({"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in messages)
+__all__ = ["LabelReport", "label_pending", "pending_entries", "pending_entry", "teacher_entry"]
 
 
 def pending_entries(entries: Iterable[LogEntry]) -> list[LogEntry]:

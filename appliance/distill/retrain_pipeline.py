@@ -212,7 +212,8 @@ def plan_stage(request: RetrainRequest, hooks: RetrainHooks) -> PlanResult:
     from ..engine.model_source import resolve_student
     from .records import HELDOUT_FILE, read_dataset, resolve_dataset
     from .retrain import build_dataset
-    from .retrain_plan import DRAWN_HELDOUT, RetrainInputs, plan_retrain, read_state
+    from ..protocol.retrain_state import read_state
+    from .retrain_plan import DRAWN_HELDOUT, RetrainInputs, plan_retrain
 
     config = request.config
     folder = retrain_dir()
@@ -358,7 +359,7 @@ def install_stage(request: RetrainRequest, planned: PlanResult, exported: Export
                   gate: GateResult | None = None) -> InstallResult:
     from ..paths import retrained_student_dir
     from .retrain import install
-    from .retrain_plan import write_state
+    from ..protocol.retrain_state import write_state
 
     target = request.config.student.path or retrained_student_dir()
     install(exported.gguf, exported.folder, target)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,43 @@ class LogEntry:
                    student=StudentTake.from_json(data.get("student")), pending=reason,
                    labelled_later=bool(data.get("labelled_later")),
                    ts=float(ts) if isinstance(ts, (int, float)) else None)
+
+
+class TeacherUsage(Protocol):
+    """What a teacher's answer carries into the log (`teacher.base.TeacherAnswer` is one)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+    @property
+    def cost_usd(self) -> float: ...
+
+
+def pending_entry(messages: Sequence[Mapping[str, Any]], reason: str | None, student: StudentTake) -> LogEntry:
+    """The log line for an unsure answer served without a teacher's."""
+    return LogEntry(messages=_messages(messages), pending=reason or "student unsure", student=student)
+
+
+def teacher_entry(messages: Sequence[Mapping[str, Any]], answer: TeacherUsage, student: StudentTake | None,
+                  labelled_later: bool = False) -> LogEntry:
+    """The log line for a teacher's answer (what `retrain` learns from)."""
+    return LogEntry(messages=_messages(messages),
+                    teacher=TeacherTake(text=answer.text, model=answer.model, input_tokens=answer.input_tokens,
+                                        output_tokens=answer.output_tokens, cost_usd=answer.cost_usd),
+                    student=student, labelled_later=labelled_later)
+
+
+def _messages(messages: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], ...]:
+    return tuple({"role": str(m.get("role")), "content": str(m.get("content") or "")} for m in messages)
 
 
 def _int(value: Any) -> int:

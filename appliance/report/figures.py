@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Iterable, Sequence
 
-from ..server.ledger import AnswerRow
+from ..storage.ledger import AnswerRow
 from ..teacher.limits import utc_day
 
 RECENT_DAYS = 7

@@ -7,8 +7,8 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..distill.retrain_plan import read_state
-from ..server.ledger import LEDGER_FILE, read_rows
+from ..protocol.retrain_state import read_state
+from ..storage.ledger import LEDGER_FILE, read_rows
 from ..paths import RETRAIN_DIR
 from .figures import Report, build_report
 from ..teacher.factory import LEDGER_FILE as SPEND_FILE

@@ -12,23 +12,22 @@ from typing import Any, AsyncGenerator, AsyncIterator, Callable, Literal
 
 from ..cache import CacheHit, CacheKey, SemanticCache, normalize_prompt
 from ..cache.store import TEACHER_VERSION
+from ..engine.llama import LlamaEngine
+from ..engine.scheduler import Closed, Job, Scheduler
+from ..engine.text import TextAssembler
+from ..engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
+from ..errors import AthanorError
+from ..protocol.distill_log import DistillLog
+from ..protocol.log_entry import LogEntry, StudentTake, pending_entry, teacher_entry
+from ..storage.health import StorageHealth
+from ..storage.ledger import AnswerLedger
+from ..teacher.base import Teacher, TeacherError, TeacherParams
+from ..teacher.limits import PayerLedgers, SpendLedger
 from .confidence import Confidence, confidence
 from .decide import Decision, decide
 from .ensemble import DEFAULT_ROLES, VOTE_SHARE, integration_messages, majority, with_role
 from .learned import LogisticRouter
 from .signals import prompt_features, signals
-from ..engine.llama import LlamaEngine
-from ..engine.scheduler import Closed, Job, Scheduler
-from ..engine.text import TextAssembler
-from ..engine.types import Completion, FinishReason, ModelInfo, SamplingParams, TokenEvent
-from ..distill.pending import pending_entry, teacher_entry
-from ..protocol.distill_log import DistillLog
-from ..protocol.log_entry import LogEntry, StudentTake
-from ..server.ledger import AnswerLedger
-from ..errors import AthanorError
-from ..server.storage_health import StorageHealth
-from ..teacher.base import Teacher, TeacherError, TeacherParams
-from ..teacher.limits import PayerLedgers, SpendLedger
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import psutil
 
 from ..engine.scheduler import Overloaded
 from ..engine.types import SamplingParams
-from .ledger import AnswerLedger, AnswerRow
+from ..storage.ledger import AnswerLedger, AnswerRow
 from ..routing.router import Answer, ChatRequest, Delta, PromptTooLong, Router, Run, UnknownModel
 from .stats import Stats, quant_type
 from ..protocol.stats import StatsSnapshot

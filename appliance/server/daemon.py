@@ -20,7 +20,7 @@ from ..engine.scheduler import Scheduler
 from ..errors import AthanorError
 from ..protocol.distill_log import DistillLog
 from ..teacher.limits import PayerLedgers
-from .ledger import LEDGER_FILE, AnswerLedger
+from ..storage.ledger import LEDGER_FILE, AnswerLedger
 from ..routing.router import Router, Routing, Student
 from ..engine.model_source import open_engine, resolve_student
 from ..teacher import make_teacher

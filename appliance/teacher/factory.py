@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TeacherConfig
-from ..server.storage_health import StorageHealth
+from ..storage.health import StorageHealth
 from .base import Teacher
 from .keys import read_api_key
 from .limits import RateLimiter, SpendLedger

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 from ..errors import AthanorError
-from ..server.storage_health import StorageHealth
+from ..storage.health import StorageHealth
 from .base import BudgetExceeded, TeacherChunk, TeacherError
 from .pricing import Price
 

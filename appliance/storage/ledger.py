@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import AthanorError
-from .storage_health import StorageHealth
+from .health import StorageHealth
 
 LEDGER_FILE = "answers.sqlite3"
 FLUSH_S = 1.0
