@@ -24,7 +24,7 @@ from .errors import ExportError
 from .events import ArtifactState, ExportEvents, Format, Stage, Step
 from .merge import BaseRef, check_adapter, read_training_info, resolve_base
 from .onnx_export import check_onnx_types
-from .quantize import check_gguf_types
+from appliance.engine.quantize import check_gguf_types
 from .verify import Gate
 
 # Held out from any training set: short, generic, and each answerable in a few tokens.
@@ -258,7 +258,7 @@ class _Builder:
         self.merged_dir, self.model, self.manifest = merged_dir, model, manifest
 
     def gguf(self) -> None:
-        from .quantize import quantize
+        from appliance.engine.quantize import quantize
 
         plan = self.plan
         f16 = self.work / f"{plan.name}.f16.gguf"

@@ -31,3 +31,16 @@ def test_the_offline_jobs_read_the_daemon_contracts_from_protocol():
     from export import errors, pipeline
 
     assert pipeline.mf is manifest and errors.ExportError is ExportError
+
+
+def test_serving_a_converted_embedded_student_needs_no_offline_package(tmp_path):
+    # The default serves a copy of the embedded student converted at the first start: llama.cpp's
+    # quantizer is the engine's, not the export package's.
+    probe = ("import json, sys\n"
+             "from pathlib import Path\n"
+             "from appliance.engine.model_source import serve_embedded\n"
+             f"copy = serve_embedded('q8_0', Path({str(tmp_path)!r}))\n"
+             f"print(json.dumps([copy.is_file(), sorted(m for m in sys.modules if m.split('.')[0] in {OFFLINE!r})]))")
+    converted, loaded = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                                  text=True, timeout=300).stdout)
+    assert converted and loaded == []

@@ -85,7 +85,7 @@ def serve_embedded(quant: str, models_dir: Path) -> Path:
     shipped = embedded_student_path()
     if not copy.is_file():
         from ..errors import ExportError
-        from export.quantize import quantize
+        from .quantize import quantize
 
         from . import llama_log
 

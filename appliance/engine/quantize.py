@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ExportError
+from ..errors import ExportError
 
 # Requested names -> llama.cpp's ftype constant names. f16 is the converter's own output.
 _FTYPES = {
