@@ -1,5 +1,5 @@
-"""Log-probabilities from logits, in float64 so that f16-sized logits stay stable: the one log-softmax
-the engines (per token) and the export's verification (per position) share."""
+"""Log-probabilities from logits: the log-softmax the engines (one token per decoded step) and the export's
+verification (every position, in float64 so that f16-sized logits stay stable) share."""
 
 from __future__ import annotations
 
@@ -15,5 +15,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def log_softmax_at(logits: np.ndarray, token: int) -> float:
-    """log p(token) under the softmax of one logits row."""
-    return float(log_softmax(logits)[token])
+    """log p(token) under the softmax of one logits row. It runs for every token the engines decode, so it
+    normalises one entry in the row's own dtype rather than building the whole float64 row."""
+    peak = float(logits.max())
+    return float(logits[token]) - peak - float(np.log(np.exp(logits - peak).sum()))
