@@ -14,6 +14,12 @@ quality-against-teacher-share curve on test (PNG). The best router without sampl
 appliance/routing/default_router.json (the daemon's default for the embedded student) with --install.
 
     python scripts/bench_route.py [--samples 4] [--max-tokens 48] [--recollect] [--install]
+
+With `--questions FILE` (the same JSONL: question, answer, optional aliases, category, lang) nothing
+is fitted: the routers the daemon ships are scored at their own thresholds on questions they never
+saw, which is how to check them on a set of your own.
+
+    python scripts/bench_route.py --questions my_questions.jsonl --out bench-out/route-probe
 """
 
 from __future__ import annotations
@@ -62,12 +68,12 @@ def decode_together(engine: Any, jobs: dict[str, tuple[list[int], Any]]) -> dict
     return events
 
 
-def collect(out: Path, samples: int, max_tokens: int, threads: int) -> None:
+def collect(out: Path, samples: int, max_tokens: int, threads: int, source: Path = DATA) -> None:
     from appliance.engine.llama import LlamaEngine
     from appliance.engine.types import SamplingParams
     from appliance.engine.model_source import embedded_quant, serve_embedded
 
-    questions = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     model = serve_embedded(embedded_quant("", samples + 1), ROOT / "bench-out" / "models")
     engine = LlamaEngine(model, "student", n_ctx=512, parallel=samples + 1, n_threads=threads)
     greedy = SamplingParams(max_tokens=max_tokens, temperature=0.0)
@@ -109,10 +115,19 @@ def main() -> None:
     ap.add_argument("--recollect", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="decode threads (1 on a machine that is busy)")
     ap.add_argument("--install", action="store_true", help="write the fitted router to " + str(DEFAULT_ROUTER))
+    ap.add_argument("--questions", type=Path, default=None,
+                    help="score the shipped routers on these questions instead of fitting on route_questions")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "route")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     answers = args.out / "answers.jsonl"
+    if args.questions is not None:
+        if args.install:
+            ap.error("--install fits on route_questions' dev half; with --questions nothing is fitted")
+        print(f"the student answers {args.questions} ({args.samples} samples each)...", flush=True)
+        collect(answers, args.samples, args.max_tokens, args.threads, args.questions)
+        probe_shipped([json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()], args.out)
+        return
     if args.recollect or not answers.is_file():
         print(f"the student answers {DATA.name} ({args.samples} samples each)...", flush=True)
         collect(answers, args.samples, args.max_tokens, args.threads)
@@ -189,6 +204,44 @@ def main() -> None:
         print(f"wrote {DEFAULT_ROUTER}, {DEFAULT_EARLY_ROUTER} and {DEFAULT_PRE_ROUTER}")
     (args.out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     print(f"wrote {args.out / 'report.json'} and cost_quality.png")
+
+
+def probe_shipped(rows: list[dict[str, Any]], out: Path) -> None:
+    """The shipped routers at their own thresholds on questions they were never fitted on."""
+    from appliance.routing.learned import LogisticRouter
+
+    for r in rows:
+        r["right"] = correct(r["student"], r["answer"], r.get("aliases", []), r.get("category", ""))
+    y = [r["right"] for r in rows]
+    report: dict[str, Any] = {"questions": len(rows), "student_right": f"{sum(y)}/{len(rows)}", "routers": {}}
+    early = {id(r): features(r, HOLD_TOKENS)[0].vector() for r in rows}
+    full = {id(r): features(r)[0].vector() for r in rows}
+    for name, path, vec in (("learned (signals)", DEFAULT_ROUTER, full), (f"early ({HOLD_TOKENS} tokens)",
+                                                                         DEFAULT_EARLY_ROUTER, early)):
+        router = LogisticRouter.load(path)
+        scores = [router.probability(vec[id(r)]) for r in rows]
+        kept = [r for r, s in zip(rows, scores) if s >= router.threshold]
+        cached = [r for r, s in zip(rows, scores) if s >= router.cache_threshold]
+        wrong_kept = [r for r in kept if not r["right"]]
+        report["routers"][name] = {
+            "auroc": round(auroc(scores, y), 3), "threshold": round(router.threshold, 4),
+            "kept": len(kept), "wrong_among_kept": len(wrong_kept), "cached": len(cached),
+            "wrong_among_cached": sum(1 for r in cached if not r["right"]),
+            "teacher_share": round(1 - len(kept) / len(rows), 3),
+            "wrong_kept_examples": [f"{r['question']} -> {r['student'][:80]!r}" for r in wrong_kept[:5]]}
+    pre = LogisticRouter.load(DEFAULT_PRE_ROUTER)
+    sent = [r for r in rows if pre.probability(prompt_features(r["question"])) < pre.threshold]
+    report["pre_route"] = {"sent_unasked": f"{len(sent)}/{len(rows)}",
+                           "right_among_sent": f"{sum(r['right'] for r in sent)}/{len(sent)}"}
+    by_lang: dict[str, list[int]] = {}
+    for r in rows:
+        by_lang.setdefault(r.get("lang", "?"), [0, 0])
+        by_lang[r.get("lang", "?")][0] += r["right"]
+        by_lang[r.get("lang", "?")][1] += 1
+    report["student_right_by_language"] = {k: f"{a}/{b}" for k, (a, b) in sorted(by_lang.items())}
+    print(json.dumps(report, ensure_ascii=False, indent=1))
+    (out / "probe.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"wrote {out / 'probe.json'}")
 
 
 def plot(curves: dict[str, list], path: Path) -> None:
