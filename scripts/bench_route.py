@@ -37,10 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.config import RoutingConfig  # noqa: E402
+from appliance.routing.decide import needs_outcomes, pre_route_probability  # noqa: E402
 from appliance.routing.ensemble import verdict  # noqa: E402
 from appliance.routing.grading import correct  # noqa: E402
 from appliance.routing.learned import fit  # noqa: E402
 from appliance.routing.measures import auroc, cheapest, operating_points, pre_route_threshold  # noqa: E402
+from appliance.routing.outcomes import (OUTCOME_FEATURES, Outcome, PastOutcomes, outcomes_path,  # noqa: E402
+                                        read_outcomes, write_outcomes)
 from appliance.routing.signals import PROMPT_FEATURES, Signals, prompt_features, signals  # noqa: E402
 
 DATA = ROOT / "scripts" / "data" / "route_questions.jsonl"
@@ -100,6 +103,21 @@ def collect(out: Path, samples: int, max_tokens: int, threads: int, source: Path
     engine.close()
 
 
+def embed_questions(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each question's vector from the cache's default embedder (the one the daemon's memory uses)."""
+    from appliance.cache.embedder import load_embedder
+
+    questions = sorted({r["question"] for r in rows})
+    return dict(zip(questions, load_embedder(None).embed(questions)))
+
+
+def outcome_memory(rows: list[dict[str, Any]], vectors: dict[str, Any]) -> PastOutcomes:
+    import numpy as np
+
+    return PastOutcomes(np.stack([vectors[r["question"]] for r in rows]), [r["right"] for r in rows],
+                        [r["question"] for r in rows])
+
+
 def features(row: dict[str, Any], first: int | None = None) -> tuple[Signals, float]:
     from appliance.engine.types import StepStats, TokenEvent
 
@@ -153,7 +171,18 @@ def main() -> None:
     router_early = fit(names, [early[id(r)] for r in dev], y_dev)
     policies[f"learned (first {HOLD_TOKENS} tokens only)"] = lambda r: router_early.probability(early[id(r)])
     prompt_only = fit(list(PROMPT_FEATURES), [prompt_features(r["question"]) for r in dev], y_dev)
-    policies["pre-route (the question alone)"] = lambda r: prompt_only.probability(prompt_features(r["question"]))
+    policies["pre-route, the question's form"] = lambda r: prompt_only.probability(prompt_features(r["question"]))
+    # The student's record on the nearest past questions: each dev question sees the other dev questions,
+    # each test question the dev half (what the shipped memory knew when the router was fitted).
+    vectors = embed_questions(rows)
+    memory = outcome_memory(dev, vectors)
+
+    def pre_x(r: dict[str, Any]) -> list[float]:
+        return prompt_features(r["question"]) + memory.features(vectors[r["question"]], skip=r["question"])
+
+    pre_router = fit(list(PROMPT_FEATURES + OUTCOME_FEATURES), [pre_x(r) for r in dev], y_dev)
+    policies["pre-route (the question alone)"] = lambda r: pre_router.probability(pre_x(r))
+    policies["nearest past questions' record alone"] = lambda r: pre_x(r)[len(PROMPT_FEATURES)]
 
     report: dict[str, Any] = {"questions": len(rows), "student_right": {
         split: f"{sum(r['right'] for r in part)}/{len(part)}" for split, part in (("dev", dev), ("test", test))},
@@ -193,15 +222,17 @@ def main() -> None:
         early_dev = [router_early.probability(early[id(r)]) for r in dev]
         early_chosen = cheapest(operating_points(early_dev, y_dev), MAX_WRONG_KEPT)
         replace(router_early, threshold=early_chosen.threshold, cache_threshold=1.0).save(DEFAULT_EARLY_ROUTER)
-        pre_dev = [prompt_only.probability(prompt_features(r["question"])) for r in dev]
+        pre_dev = [pre_router.probability(pre_x(r)) for r in dev]
         pre_t = pre_route_threshold(pre_dev, y_dev, MAX_PRE_ROUTED_RIGHT)
-        replace(prompt_only, threshold=pre_t, cache_threshold=1.0).save(DEFAULT_PRE_ROUTER)
-        pre_test = [prompt_only.probability(prompt_features(r["question"])) for r in test]
+        replace(pre_router, threshold=pre_t, cache_threshold=1.0).save(DEFAULT_PRE_ROUTER)
+        # The daemon's memory holds every graded question, test half too: it is not scored again here.
+        write_outcomes(outcomes_path(DEFAULT_PRE_ROUTER), [Outcome(r["question"], r["right"]) for r in rows])
+        pre_test = [pre_router.probability(pre_x(r)) for r in test]
         sent = [r["right"] for r, p in zip(test, pre_test) if p < pre_t]
         report["pre_route"] = {"threshold_from_dev": round(pre_t, 4), "test_sent_unasked": f"{len(sent)}/{len(test)}",
                                "test_right_among_sent": f"{sum(sent)}/{len(sent)}"}
         print("pre-route on test:", report["pre_route"])
-        print(f"wrote {DEFAULT_ROUTER}, {DEFAULT_EARLY_ROUTER} and {DEFAULT_PRE_ROUTER}")
+        print(f"wrote {DEFAULT_ROUTER}, {DEFAULT_EARLY_ROUTER}, {DEFAULT_PRE_ROUTER} and its outcomes")
     (args.out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     print(f"wrote {args.out / 'report.json'} and cost_quality.png")
 
@@ -230,7 +261,14 @@ def probe_shipped(rows: list[dict[str, Any]], out: Path) -> None:
             "teacher_share": round(1 - len(kept) / len(rows), 3),
             "wrong_kept_examples": [f"{r['question']} -> {r['student'][:80]!r}" for r in wrong_kept[:5]]}
     pre = LogisticRouter.load(DEFAULT_PRE_ROUTER)
-    sent = [r for r in rows if pre.probability(prompt_features(r["question"])) < pre.threshold]
+    shipped = read_outcomes(outcomes_path(DEFAULT_PRE_ROUTER)) if needs_outcomes(pre) else []
+    vectors = embed_questions(rows + [{"question": o.question} for o in shipped])
+    memory = PastOutcomes(None, [])
+    if shipped:
+        memory = outcome_memory([{"question": o.question, "right": o.right} for o in shipped], vectors)
+    pre_scores = [pre_route_probability(pre, r["question"], memory, vectors[r["question"]]) for r in rows]
+    sent = [r for r, p in zip(rows, pre_scores) if p < pre.threshold]
+    report["pre_route_auroc"] = round(auroc(pre_scores, y), 3)
     report["pre_route"] = {"sent_unasked": f"{len(sent)}/{len(rows)}",
                            "right_among_sent": f"{sum(r['right'] for r in sent)}/{len(sent)}"}
     by_lang: dict[str, list[int]] = {}

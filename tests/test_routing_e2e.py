@@ -293,6 +293,38 @@ def test_a_question_the_student_will_fail_goes_to_the_teacher_before_any_decode(
             stop_daemon(process)
 
 
+def test_the_students_record_on_like_questions_pre_routes_through_the_real_embedder(tmp_path):
+    """A pre-router reading the nearest past questions' record: the daemon embeds each question with the
+    cache's embedder and sends the kind the student always failed to the teacher, unasked."""
+    from appliance.routing.decide import pre_path
+    from appliance.routing.learned import LogisticRouter
+    from appliance.routing.outcomes import OUTCOME_FEATURES, Outcome, outcomes_path, write_outcomes
+    from appliance.routing.signals import PROMPT_FEATURES
+
+    router = _router_files(tmp_path, keep_early=True)
+    names = tuple(PROMPT_FEATURES + OUTCOME_FEATURES)
+    weights = tuple(12.0 if n == "past_right_share" else 0.0 for n in names)
+    LogisticRouter(names, (0.0,) * len(names), (1.0,) * len(names), weights, -6.0, 0.5, 1.0).save(pre_path(router))
+    failed = [f"What is {a} times {b}?" for a, b in ((12, 13), (17, 19), (23, 29), (31, 37), (41, 43), (14, 16))]
+    right = ["What is the capital of France?", "What is the capital of Spain?", "What is the capital of Japan?",
+             "What is the capital of Italy?", "What is the capital of Egypt?", "What is the capital of Chile?"]
+    write_outcomes(outcomes_path(pre_path(router)),
+                   [Outcome(q, False) for q in failed] + [Outcome(q, True) for q in right])
+    with FakeGemini(api_key="fake-key-123", answer=lambda prompt: "3367") as teacher:
+        process, path = start_daemon(tmp_path / "pre", env=gemini_env(teacher, ATHANOR_ROUTING__ROUTER=str(router)))
+        try:
+            chunks, _ = _stream(path, [{"role": "user", "content": "What is 37 times 91?"}], 16)
+            assert {c["route"] for c in chunks} == {"teacher"}
+            with client(path) as c:
+                assert c.get("/v1/stats").json()["students"][0]["batching"]["steps"] == 0  # no student decode
+            chunks, _ = _stream(path, [{"role": "user", "content": "What is the capital of Peru?"}], 16)
+            with client(path) as c:
+                assert c.get("/v1/stats").json()["students"][0]["batching"]["steps"] > 0  # the student answered
+            assert len(teacher.requests) == 1
+        finally:
+            stop_daemon(process)
+
+
 def test_text_completions_are_the_students_alone_even_when_unsure(hybrid, gemini):
     """/v1/completions continues raw text: a chat teacher is never asked, and the answer says why it is unsure."""
     _, path, _ = hybrid

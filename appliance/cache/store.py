@@ -235,6 +235,14 @@ class SemanticCache:
                 return None
             k = min(k * 4, _MAX_SEARCH_K, index.ntotal)
 
+    def embed(self, text: str) -> np.ndarray:
+        """`text`'s unit vector, from the same recent-vectors memory the lookups use."""
+        return self._embed(text)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of many texts at once (the router's memory of past questions)."""
+        return np.ascontiguousarray(self._embedder.embed(texts), dtype=np.float32)
+
     def uncovered_reason(self, prompt: str) -> str:
         """Why the cache cannot judge `prompt` (never served from it, never stored), or "" when it can."""
         cover = segment.coverage(prompt)

@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .. import paths
 from .confidence import Confidence, confidence
 from ..engine.types import TokenEvent
 from .learned import LogisticRouter
-from .signals import signals
+from .outcomes import (OUTCOME_FEATURES, Embed, PastOutcomes, build, logged_outcomes, outcomes_path,
+                       read_outcomes)
+from .signals import prompt_features, signals
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +90,37 @@ def load_policy(setting: str, early: bool = False, pre: bool = False, ensemble: 
         log.warning("no shipped router at %s; routing by the quantile rule", path)
         return None
     return LogisticRouter.load(path)
+
+
+def pre_route_probability(policy: LogisticRouter, question: str, outcomes: PastOutcomes | None,
+                          vector: np.ndarray | None) -> float:
+    """P(the student gets `question` right) from the question alone and, when the pre-router was fitted
+    with them, the student's record on the nearest past questions (`vector` is the question's embedding)."""
+    x = prompt_features(question)
+    if OUTCOME_FEATURES[0] in policy.features:
+        x += (outcomes or PastOutcomes(None, [])).features(vector)
+    return policy.probability(x)
+
+
+def needs_outcomes(policy: LogisticRouter | None) -> bool:
+    return policy is not None and OUTCOME_FEATURES[0] in policy.features
+
+
+def load_past_outcomes(setting: str, embed: Embed | None, student_version: str | None) -> PastOutcomes | None:
+    """The pre-router's memory: the outcomes shipped beside it, then those the teacher graded in this
+    appliance's distillation log for the serving student (`student_version`).
+
+    None when the pre-router in use does not read past outcomes. Without an embedder (the cache off)
+    only their overall share is used.
+    """
+    pre = load_policy(setting, pre=True)
+    if not needs_outcomes(pre):
+        return None
+    path = default_router_file() if setting == "default" else Path(setting)
+    if setting == "default" and not pre_path(path).is_file():
+        path = DEFAULT_ROUTER
+    shipped = outcomes_path(pre_path(path))
+    found = read_outcomes(shipped) if shipped.is_file() else []
+    if not found:
+        log.warning("the pre-router reads past outcomes but %s holds none", shipped)
+    return build(found + logged_outcomes(paths.state_dir() / "distill.jsonl", student_version), embed)

@@ -24,10 +24,11 @@ from ..storage.ledger import AnswerLedger
 from ..teacher.base import Teacher, TeacherError, TeacherParams
 from ..teacher.limits import PayerLedgers, SpendLedger
 from .confidence import Confidence, confidence
-from .decide import Decision, decide
+from .decide import Decision, decide, needs_outcomes, pre_route_probability
 from .ensemble import DEFAULT_ROLES, VOTE_SHARE, integration_messages, majority, with_role
 from .learned import LogisticRouter
-from .signals import prompt_features, signals
+from .outcomes import PastOutcomes
+from .signals import signals
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ class Routing:
     """A fitted router over the answer's signals; None routes by the quantile rule alone."""
     pre_policy: LogisticRouter | None = None
     """A router over the question alone: below its threshold the teacher answers before any decode."""
+    past_outcomes: PastOutcomes | None = None
+    """How the student fared on past questions, for a pre-router fitted with the nearest ones' record."""
     early_policy: LogisticRouter | None = None
     """A router over the first `hold_tokens` tokens: escalate at once, or stream the student live."""
     hold_tokens: int = 8
@@ -307,7 +310,11 @@ class Router:
         hold = self.routing.teacher is not None and not params.logit_bias
         pre = self.routing.pre_policy
         if hold and pre is not None:
-            p_right = pre.probability(prompt_features(last_user_text(request.messages)))
+            question = last_user_text(request.messages)
+            vector = None
+            if cache is not None and needs_outcomes(pre):
+                vector = await asyncio.to_thread(cache.embed, question)
+            p_right = pre_route_probability(pre, question, self.routing.past_outcomes, vector)
             if p_right < pre.threshold:
                 # The question alone says the student will likely fail: the teacher, before any decode.
                 return PreRoutedRun(self, student, prompt, params, request, key, prompt_text, p_right, stream)

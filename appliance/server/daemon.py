@@ -32,7 +32,8 @@ from .report_api import ReportApi
 from .api_keys import Cors, KeyAuth, read_keys
 from .embeddings_api import EmbeddingsApi
 from .errors import openai_error
-from ..routing.decide import load_policy
+from ..routing.decide import load_past_outcomes, load_policy
+from ..routing.outcomes import PastOutcomes
 from .api import Api
 from .http import ConnectionStats, HttpServer, Limits, fit_connections_to_fd_limit
 from .reload import Reloader
@@ -109,7 +110,17 @@ def _price_or_none(config: AthanorConfig):
 
 
 def build_router(config: AthanorConfig) -> Router:
-    return Router(load_students(config), config.student.name, build_routing(config))
+    students = load_students(config)
+    routing = build_routing(config)
+    routing.past_outcomes = past_outcomes(config, routing, students)
+    return Router(students, config.student.name, routing)
+
+
+def past_outcomes(config: AthanorConfig, routing: Routing, students: dict[str, Student]) -> PastOutcomes | None:
+    """The pre-router's memory of past questions, embedded with the cache's embedder, for the default student."""
+    default = students.get(config.student.name)
+    embed = routing.cache.embed_texts if routing.cache is not None else None
+    return load_past_outcomes(config.routing.router, embed, default.version if default else None)
 
 
 def inherited_socket() -> socket.socket | None:

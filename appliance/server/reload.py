@@ -17,7 +17,7 @@ from typing import Callable
 from ..config import AthanorConfig
 from ..errors import AthanorError
 from ..routing.router import Router, Student
-from ..routing.decide import load_policy
+from ..routing.decide import load_past_outcomes, load_policy
 from .sd_notify import notify as sd_notify
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,11 @@ class Reloader:
                 early_policy = await asyncio.to_thread(load_policy, config.routing.router, True)
                 pre_policy = await asyncio.to_thread(load_policy, config.routing.router, False, True)
                 ensemble_policy = await asyncio.to_thread(load_policy, config.routing.router, False, False, True)
+                cache = self.router.routing.cache
+                default = students.get(config.student.name)
+                past_outcomes = await asyncio.to_thread(
+                    load_past_outcomes, config.routing.router, cache.embed_texts if cache is not None else None,
+                    default.version if default is not None else None)
             except Exception as exc:  # whatever went wrong, the daemon must go on serving
                 return self._failed(exc)
             old = self.router.replace_students(students, config.student.name)
@@ -82,6 +87,7 @@ class Reloader:
             self.router.routing.policy = policy
             self.router.routing.early_policy = early_policy
             self.router.routing.pre_policy = pre_policy
+            self.router.routing.past_outcomes = past_outcomes
             self.router.routing.hold_tokens = config.routing.hold_tokens
             self.router.routing.ensemble_policy = ensemble_policy
             self.router.routing.mode = config.routing.mode
