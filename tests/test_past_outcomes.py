@@ -102,6 +102,9 @@ def test_the_memory_adds_what_the_teacher_graded_in_the_log_for_the_serving_stud
     assert memory is not None
     assert memory.questions == ("What is 2 times 2?", "Is the sun a star?", "Is a whale a fish?")
     assert list(memory.right) == [0.0, 1.0, 0.0]
+    # Another student than the one the shipped record is of (a retrained or brought one): its own record only.
+    own = load_past_outcomes(str(router), _embed, "v2", shipped_student=False)
+    assert own is not None and own.questions == ("Is the sun a star?", "Is a whale a fish?")
 
 
 def test_a_pre_router_without_the_record_needs_no_memory(tmp_path):

@@ -99,6 +99,11 @@ def serve_embedded(quant: str, models_dir: Path) -> Path:
     return copy
 
 
+def is_embedded_default(cfg: StudentConfig) -> bool:
+    """Whether `cfg` serves the embedded default (no path set, and no student installed by `retrain`)."""
+    return cfg.path is None and find_manifest(paths.retrained_student_dir()) is None
+
+
 def resolve_student(cfg: StudentConfig, models_dir: Path | None = None) -> StudentSource:
     """The model `cfg.path` points at (manifests are checked against their checksums first), or the
     embedded default as `cfg.quant`, converted into `models_dir` when needed."""

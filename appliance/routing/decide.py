@@ -106,12 +106,14 @@ def needs_outcomes(policy: LogisticRouter | None) -> bool:
     return policy is not None and OUTCOME_FEATURES[0] in policy.features
 
 
-def load_past_outcomes(setting: str, embed: Embed | None, student_version: str | None) -> PastOutcomes | None:
-    """The pre-router's memory: the outcomes shipped beside it, then those the teacher graded in this
+def load_past_outcomes(setting: str, embed: Embed | None, student_version: str | None,
+                       shipped_student: bool = True) -> PastOutcomes | None:
+    """The pre-router's memory: the outcomes shipped beside it (the record of the student it was fitted
+    for: only when that student serves, `shipped_student`), then those the teacher graded in this
     appliance's distillation log for the serving student (`student_version`).
 
     None when the pre-router in use does not read past outcomes. Without an embedder (the cache off)
-    only their overall share is used.
+    only their overall share is used; with no record at all, an even chance.
     """
     pre = load_policy(setting, pre=True)
     if not needs_outcomes(pre):
@@ -120,7 +122,9 @@ def load_past_outcomes(setting: str, embed: Embed | None, student_version: str |
     if setting == "default" and not pre_path(path).is_file():
         path = DEFAULT_ROUTER
     shipped = outcomes_path(pre_path(path))
-    found = read_outcomes(shipped) if shipped.is_file() else []
-    if not found:
-        log.warning("the pre-router reads past outcomes but %s holds none", shipped)
+    found = []
+    if shipped_student:
+        found = read_outcomes(shipped) if shipped.is_file() else []
+        if not found:
+            log.warning("the pre-router reads past outcomes but %s holds none", shipped)
     return build(found + logged_outcomes(paths.state_dir() / "distill.jsonl", student_version), embed)

@@ -22,7 +22,7 @@ from ..protocol.distill_log import DistillLog
 from ..teacher.limits import PayerLedgers
 from ..storage.ledger import LEDGER_FILE, AnswerLedger
 from ..routing.router import Router, Routing, Student
-from ..engine.model_source import open_engine, resolve_student
+from ..engine.model_source import is_embedded_default, open_engine, resolve_student
 from ..teacher import make_teacher
 from ..teacher.pricing import price_for
 from .access_log import AccessLog
@@ -120,7 +120,8 @@ def past_outcomes(config: AthanorConfig, routing: Routing, students: dict[str, S
     """The pre-router's memory of past questions, embedded with the cache's embedder, for the default student."""
     default = students.get(config.student.name)
     embed = routing.cache.embed_texts if routing.cache is not None else None
-    return load_past_outcomes(config.routing.router, embed, default.version if default else None)
+    return load_past_outcomes(config.routing.router, embed, default.version if default else None,
+                              shipped_student=is_embedded_default(config.student))
 
 
 def inherited_socket() -> socket.socket | None:

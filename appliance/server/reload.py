@@ -17,6 +17,7 @@ from typing import Callable
 from ..config import AthanorConfig
 from ..errors import AthanorError
 from ..routing.router import Router, Student
+from ..engine.model_source import is_embedded_default
 from ..routing.decide import load_past_outcomes, load_policy
 from .sd_notify import notify as sd_notify
 
@@ -78,7 +79,7 @@ class Reloader:
                 default = students.get(config.student.name)
                 past_outcomes = await asyncio.to_thread(
                     load_past_outcomes, config.routing.router, cache.embed_texts if cache is not None else None,
-                    default.version if default is not None else None)
+                    default.version if default is not None else None, is_embedded_default(config.student))
             except Exception as exc:  # whatever went wrong, the daemon must go on serving
                 return self._failed(exc)
             old = self.router.replace_students(students, config.student.name)
