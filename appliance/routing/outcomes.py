@@ -8,7 +8,7 @@ teacher's answer in the distillation log); a new question is scored by the share
 nearest past questions in the cache's embedding space, each weighed by its similarity and shrunk
 towards the memory's overall share when the neighbours are few or far.
 
-The features are pure given the vectors; `load_outcomes` is the I/O.
+The features are pure given the vectors; reading the files and the log, and embedding, are apart from them.
 """
 
 from __future__ import annotations
