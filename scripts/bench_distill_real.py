@@ -317,7 +317,7 @@ def shares_text(shares: dict[str, float]) -> str:
     return ", ".join(f"{label} {share:.0%}" for label, share in shares.items())
 
 
-def plot(task: Task, points: list[Point], before: float, path: Path) -> None:
+def plot(task: Task, points: list[Point], before: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,7 +325,8 @@ def plot(task: Task, points: list[Point], before: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([p.labels for p in points], [p.accuracy for p in points], marker="o", label="served student (q8_0)")
-    ax.axhline(before, color="grey", ls=":", label=f"base student {before:.0%}")
+    if before is not None:
+        ax.axhline(before, color="grey", ls=":", label=f"base student {before:.0%}")
     if task.chnsenticorp:
         ax.axhline(0.94, color="green", ls="--", lw=0.8, label="BERT-base (published) 94%")
     ax.axhline(0.9, color="red", ls="--", lw=0.8, label="target 90%")
@@ -413,12 +414,11 @@ def main() -> None:
     args.out.mkdir(parents=True)
     print(f"{len(pool)} texts to harvest from, {len(test)} held out (balanced over {len(task.labels)} labels: "
           f"{', '.join(task.labels)})", flush=True)
-    if args.skip_base:
-        before = Score(0.0, 0, {label: 0.0 for label in task.labels})
-    else:
-        before = served_score(task, None, test, args.out / "home-base", args.threads)
-    print(f"base student served: accuracy {before.accuracy:.1%}, off-label {before.off_label}, "
-          f"answered {shares_text(before.shares)}", flush=True)
+    # --skip-base leaves the base student unmeasured: no figure stands in for it.
+    before = None if args.skip_base else served_score(task, None, test, args.out / "home-base", args.threads)
+    if before is not None:
+        print(f"base student served: accuracy {before.accuracy:.1%}, off-label {before.off_label}, "
+              f"answered {shares_text(before.shares)}", flush=True)
     points: list[Point] = []
     rates = [float(x) for x in args.lr.split(",")]
     sweep: dict[float, float] = {}
@@ -463,15 +463,18 @@ def main() -> None:
         summary = {"data": str(task.data), "labels": task.labels, "role": task.role, "question": task.question,
                    "test": len(test), "test_per_label": counts, "reference": task.reference,
                    "settings": vars(args) | {"out": str(args.out)},
-                   "base": {"accuracy": before.accuracy, "off_label": before.off_label,
-                            "answer_shares": before.shares},
+                   "base": None if before is None else {"accuracy": before.accuracy, "off_label": before.off_label,
+                                                        "answer_shares": before.shares},
                    "learning_rate_sweep": sweep, "learning_rate": min(sweep, key=lambda r: sweep[r]),
                    "points": [asdict(p) for p in points]}
         (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str, ensure_ascii=False) + "\n")
-        plot(task, points, before.accuracy, args.out / "learning_curve.png")
+        plot(task, points, before.accuracy if before is not None else None, args.out / "learning_curve.png")
     print("\n| teacher labels | served accuracy | off-label | answered | steps (kept) | train min |")
     print("|---|---|---|---|---|---|")
-    print(f"| 0 (base) | {before.accuracy:.1%} | {before.off_label} | {shares_text(before.shares)} | - | - |")
+    if before is None:
+        print("| 0 (base) | not measured (--skip-base) | - | - | - | - |")
+    else:
+        print(f"| 0 (base) | {before.accuracy:.1%} | {before.off_label} | {shares_text(before.shares)} | - | - |")
     for p in points:
         print(f"| {p.labels} | {p.accuracy:.1%} | {p.off_label} | {shares_text(p.answer_shares)} "
               f"| {p.steps} ({p.best_step}) | {p.train_minutes} |")
