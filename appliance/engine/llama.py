@@ -190,6 +190,8 @@ class LlamaEngine:
         )
         self._formatter = self._chat_formatter()
         self._special_texts: list[str] | None = None
+        # Read now, not on the first chat request: the vocabulary scan would land on one user's answer.
+        self.special_texts()
 
     # --- text <-> tokens -------------------------------------------------------------------
 
@@ -208,8 +210,7 @@ class LlamaEngine:
         return list(buffer[:count])
 
     def special_texts(self) -> list[str]:
-        """The texts llama.cpp parses as special tokens (`<|im_start|>` ...), read from the vocabulary once
-        (about 40 ms for SmolLM2's 49k tokens)."""
+        """The texts llama.cpp parses as special tokens (`<|im_start|>` ...), read from the vocabulary once."""
         if self._special_texts is None:
             parsed = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
             self._special_texts = [
