@@ -388,6 +388,45 @@ def retrain_outlook(config: AthanorConfig) -> Check:
     return check_retrain(config.teacher.provider, plan.describe(), plan.retrain, len(usable), state.installed_at)
 
 
+def check_router(setting: str, answer_router: str | None, trained_on: int, pre_reads_record: bool,
+                 shipped_record: int, logged_record: int) -> Check:
+    """Which router decides whether the student's answer is kept, and what pre-routing remembers."""
+    if setting == "off":
+        return Check("router", "ok", "the quantile rule ([routing].router = \"off\"): no fitted router")
+    if answer_router is None:
+        return Check("router", "warn", f"no router file at {setting}: answers are judged by the quantile rule",
+                     "run `athanor router refit`, or set [routing].router to a router file")
+    text = f"answers judged by {answer_router} (fitted on {trained_on} graded answers)"
+    if pre_reads_record:
+        text += (f"; pre-routing reads the student's record on {shipped_record + logged_record} past questions "
+                 f"({shipped_record} shipped, {logged_record} graded in the distillation log)")
+    return Check("router", "ok", text)
+
+
+def router_outlook(config: AthanorConfig) -> Check:
+    """`check_router` from the router files and the distillation log (no model or embedder is loaded)."""
+    from .engine.model_source import is_embedded_default
+    from .routing.decide import default_router_file, load_policy, needs_outcomes, pre_router_file
+    from .routing.outcomes import logged_outcomes, outcomes_path, read_outcomes
+
+    setting = config.routing.router
+    if setting == "off":
+        return check_router(setting, None, 0, False, 0, 0)
+    path = default_router_file() if setting == "default" else Path(setting)
+    if not path.is_file():
+        return check_router(setting, None, 0, False, 0, 0)
+    policy = load_policy(setting)
+    pre = load_policy(setting, pre=True)
+    shipped = logged = 0
+    if needs_outcomes(pre):
+        record = outcomes_path(pre_router_file(setting))
+        if is_embedded_default(config.student) and record.is_file():
+            shipped = len(read_outcomes(record))
+        # Every version's graded questions: which student serves is the daemon's to say.
+        logged = len(logged_outcomes(paths.state_dir() / "distill.jsonl", None))
+    return check_router(setting, str(path), policy.trained_on if policy else 0, needs_outcomes(pre), shipped, logged)
+
+
 # --- disk -------------------------------------------------------------------------------------
 
 def check_disk(free_bytes: int, where: Path) -> Check:
@@ -434,6 +473,7 @@ def run_checks(config_path: Path | None = None, environ: Mapping[str, str] | Non
         checks.append(check_onnxruntime(probe_onnx_providers(), seen))
         checks.append(check_teacher_key(config.teacher, environ))
         checks.append(retrain_outlook(config))
+        checks.append(router_outlook(config))
     free, where = free_bytes(state_dir_in_use(environ))
     checks.append(check_disk(free, where))
     return checks

@@ -327,3 +327,31 @@ def test_doctor_says_where_the_retrain_loop_stands():
     assert waiting.status == "ok" and "the weekly timer would wait: 12 new" in waiting.message
     due = check_retrain("gemini", "retrain: 240 new", True, 240, "2026-11-30T00:00:00Z")
     assert "would retrain: 240 new" in due.message and "last student installed 2026-11-30" in due.message
+
+
+def test_the_router_check_says_what_judges_answers_and_what_pre_routing_remembers():
+    from appliance.doctor import check_router
+
+    off = check_router("off", None, 0, False, 0, 0)
+    assert off.status == "ok" and "quantile rule" in off.message
+    used = check_router("default", "/x/default_router.json", 160, True, 320, 12)
+    assert used.status == "ok"
+    assert "fitted on 160" in used.message and "record on 332 past questions (320 shipped, 12 graded" in used.message
+    assert "record" not in check_router("default", "/x/router.json", 40, False, 0, 0).message
+    missing = check_router("/x/router.json", None, 0, False, 0, 0)
+    assert missing.status == "warn" and "router refit" in missing.fix
+
+
+def test_doctor_counts_the_graded_questions_of_the_log_in_the_router_check(tmp_path, monkeypatch):
+    from appliance.config import AthanorConfig
+    from appliance.doctor import router_outlook
+    from appliance.routing.signals import Signals
+
+    monkeypatch.setenv("ATHANOR_HOME", str(tmp_path))
+    (tmp_path / "state").mkdir()
+    entry = {"messages": [{"role": "user", "content": "Is a whale a fish?"}],
+             "student": {"model": "s", "version": "v1", "text": "Yes.", "signals": dict.fromkeys(Signals.names(), 0.0)},
+             "teacher": {"text": "No.", "cost_usd": 0.001}}
+    (tmp_path / "state" / "distill.jsonl").write_text(json.dumps(entry) + "\n", encoding="utf-8")
+    check = router_outlook(AthanorConfig())
+    assert check.status == "ok" and "(320 shipped, 1 graded in the distillation log)" in check.message

@@ -106,6 +106,14 @@ def needs_outcomes(policy: LogisticRouter | None) -> bool:
     return policy is not None and OUTCOME_FEATURES[0] in policy.features
 
 
+def pre_router_file(setting: str) -> Path:
+    """The pre-router file `load_policy(setting, pre=True)` reads (a refit leaves the shipped one in use)."""
+    path = default_router_file() if setting == "default" else Path(setting)
+    if setting == "default" and not pre_path(path).is_file():
+        path = DEFAULT_ROUTER
+    return pre_path(path)
+
+
 def load_past_outcomes(setting: str, embed: Embed | None, student_version: str | None,
                        shipped_student: bool = True) -> PastOutcomes | None:
     """The pre-router's memory: the outcomes shipped beside it (the record of the student it was fitted
@@ -118,10 +126,7 @@ def load_past_outcomes(setting: str, embed: Embed | None, student_version: str |
     pre = load_policy(setting, pre=True)
     if not needs_outcomes(pre):
         return None
-    path = default_router_file() if setting == "default" else Path(setting)
-    if setting == "default" and not pre_path(path).is_file():
-        path = DEFAULT_ROUTER
-    shipped = outcomes_path(pre_path(path))
+    shipped = outcomes_path(pre_router_file(setting))
     found = []
     if shipped_student:
         found = read_outcomes(shipped) if shipped.is_file() else []
