@@ -1,7 +1,6 @@
 """One admitted request each: served from the cache, the student (held, streamed or escalated to the teacher),
 the role ensemble, or the teacher before any decode."""
 
-
 from __future__ import annotations
 
 import asyncio
