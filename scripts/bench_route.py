@@ -142,9 +142,11 @@ def main() -> None:
     if args.questions is not None:
         if args.install:
             ap.error("--install fits on route_questions' dev half; with --questions nothing is fitted")
+        # Its own answers file: answers.jsonl holds route_questions' answers, which a later run reuses.
+        probed = args.out / f"answers-{args.questions.stem}.jsonl"
         print(f"the student answers {args.questions} ({args.samples} samples each)...", flush=True)
-        collect(answers, args.samples, args.max_tokens, args.threads, args.questions)
-        probe_shipped([json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines()], args.out)
+        collect(probed, args.samples, args.max_tokens, args.threads, args.questions)
+        probe_shipped([json.loads(line) for line in probed.read_text(encoding="utf-8").splitlines()], args.out)
         return
     if args.recollect or not answers.is_file():
         print(f"the student answers {DATA.name} ({args.samples} samples each)...", flush=True)
