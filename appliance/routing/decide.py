@@ -11,17 +11,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from .. import paths
+from ..config import AthanorConfig
+from ..engine.model_source import is_embedded_default
 from .confidence import Confidence, confidence
 from ..engine.types import TokenEvent
 from .learned import LogisticRouter
 from .outcomes import (OUTCOME_FEATURES, Embed, PastOutcomes, build, logged_outcomes, outcomes_path,
                        read_outcomes)
 from .signals import prompt_features, signals
+
+if TYPE_CHECKING:
+    from .records import Student
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,7 @@ def pre_route_probability(policy: LogisticRouter, question: str, outcomes: PastO
     """P(the student gets `question` right) from the question alone and, when the pre-router was fitted
     with them, the student's record on the nearest past questions (`vector` is the question's embedding)."""
     x = prompt_features(question)
-    if OUTCOME_FEATURES[0] in policy.features:
+    if needs_outcomes(policy):
         x += (outcomes or PastOutcomes(None, [])).features(vector)
     return policy.probability(x)
 
@@ -133,3 +138,11 @@ def load_past_outcomes(setting: str, embed: Embed | None, student_version: str |
         if not found:
             log.warning("the pre-router reads past outcomes but %s holds none", shipped)
     return build(found + logged_outcomes(paths.state_dir() / "distill.jsonl", student_version), embed)
+
+
+def serving_past_outcomes(config: AthanorConfig, embed: Embed | None,
+                          students: Mapping[str, Student]) -> PastOutcomes | None:
+    """`load_past_outcomes` for what the daemon serves: its default student, the cache's embedder."""
+    default = students.get(config.student.name)
+    return load_past_outcomes(config.routing.router, embed, default.version if default is not None else None,
+                              shipped_student=is_embedded_default(config.student))

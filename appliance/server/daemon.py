@@ -22,7 +22,7 @@ from ..protocol.distill_log import DistillLog
 from ..teacher.limits import PayerLedgers
 from ..storage.ledger import LEDGER_FILE, AnswerLedger
 from ..routing.router import Router, Routing, Student
-from ..engine.model_source import is_embedded_default, open_engine, resolve_student
+from ..engine.model_source import open_engine, resolve_student
 from ..teacher import make_teacher
 from ..teacher.pricing import price_for
 from .access_log import AccessLog
@@ -32,8 +32,7 @@ from .report_api import ReportApi
 from .api_keys import Cors, KeyAuth, read_keys
 from .embeddings_api import EmbeddingsApi
 from .errors import openai_error
-from ..routing.decide import load_past_outcomes, load_policy
-from ..routing.outcomes import PastOutcomes
+from ..routing.decide import load_policy, serving_past_outcomes
 from .api import Api
 from .http import ConnectionStats, HttpServer, Limits, fit_connections_to_fd_limit
 from .reload import Reloader
@@ -112,16 +111,9 @@ def _price_or_none(config: AthanorConfig):
 def build_router(config: AthanorConfig) -> Router:
     students = load_students(config)
     routing = build_routing(config)
-    routing.past_outcomes = past_outcomes(config, routing, students)
-    return Router(students, config.student.name, routing)
-
-
-def past_outcomes(config: AthanorConfig, routing: Routing, students: dict[str, Student]) -> PastOutcomes | None:
-    """The pre-router's memory of past questions, embedded with the cache's embedder, for the default student."""
-    default = students.get(config.student.name)
     embed = routing.cache.embed_texts if routing.cache is not None else None
-    return load_past_outcomes(config.routing.router, embed, default.version if default else None,
-                              shipped_student=is_embedded_default(config.student))
+    routing.past_outcomes = serving_past_outcomes(config, embed, students)
+    return Router(students, config.student.name, routing)
 
 
 def inherited_socket() -> socket.socket | None:

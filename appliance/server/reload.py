@@ -17,8 +17,7 @@ from typing import Callable
 from ..config import AthanorConfig
 from ..errors import AthanorError
 from ..routing.router import Router, Student
-from ..engine.model_source import is_embedded_default
-from ..routing.decide import load_past_outcomes, load_policy
+from ..routing.decide import load_policy, serving_past_outcomes
 from .sd_notify import notify as sd_notify
 
 log = logging.getLogger(__name__)
@@ -76,10 +75,8 @@ class Reloader:
                 pre_policy = await asyncio.to_thread(load_policy, config.routing.router, False, True)
                 ensemble_policy = await asyncio.to_thread(load_policy, config.routing.router, False, False, True)
                 cache = self.router.routing.cache
-                default = students.get(config.student.name)
                 past_outcomes = await asyncio.to_thread(
-                    load_past_outcomes, config.routing.router, cache.embed_texts if cache is not None else None,
-                    default.version if default is not None else None, is_embedded_default(config.student))
+                    serving_past_outcomes, config, cache.embed_texts if cache is not None else None, students)
             except Exception as exc:  # whatever went wrong, the daemon must go on serving
                 return self._failed(exc)
             old = self.router.replace_students(students, config.student.name)
