@@ -2,7 +2,8 @@
 
 Each put is committed to SQLite (WAL, synchronous=FULL) before it returns, so an acknowledged entry
 survives kill -9 and power loss; only then is its vector added to the namespace's FAISS index. On open,
-the indexes are rebuilt from the stored float32 blobs. A corrupt file is moved aside, salvaged where
+the indexes are rebuilt from the stored float32 blobs (a large namespace reuses its IVF layout, saved
+beside the file: `layout`). A corrupt file is moved aside, salvaged where
 possible, and replaced by a fresh one: the cache is an optimisation and must never stop the daemon.
 
 All public methods are thread-safe behind one lock (the daemon calls them through asyncio.to_thread);
@@ -33,6 +34,7 @@ from . import segment
 from .embedder import span_similarity
 from .eviction import delete_ids, expired, least_recently_used
 from .index import NamespaceIndexes
+from .layout import layout_folder
 from .recent import RecentEmbeddings
 from .records import TEACHER_VERSION, CacheHit, CacheKey, Neighbour
 from .salvage import move_aside, salvage
@@ -79,7 +81,7 @@ class SemanticCache:
         self._clock = clock
         self._dim = int(embedder.dim)
         self._lock = threading.Lock()
-        self._indexes = NamespaceIndexes(self._dim, cfg)
+        self._indexes = NamespaceIndexes(self._dim, cfg, layout_folder(self._path), embedder.name)
         self._pending_hits: dict[int, tuple[int, float]] = {}
         self._last_flush = clock()
         self._embed = RecentEmbeddings(embedder.embed)
@@ -502,6 +504,7 @@ class SemanticCache:
                 log.warning("cache: could not flush on close: %s", exc)
             finally:
                 self._db.close()
+                self._indexes.save_layouts()
                 self._indexes.clear()
 
     def _check_open(self) -> None:
