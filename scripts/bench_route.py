@@ -9,7 +9,8 @@ Gemini server does in the tests), so quality at a teacher share is (student righ
 sent to teacher) / all.
 
 For each policy (a single signal, or a router fitted on the dev half): AUROC on dev and test; the
-threshold chosen on dev for at most 5% wrong among kept answers, and what it gives on test; the
+threshold chosen on dev for at most 5% wrong among kept answers, and what it gives on test (a fitted
+router's dev scores are out of fold, each dev question scored by a router fitted without it); the
 quality-against-teacher-share curve on test (PNG). The best router without samples is written to
 appliance/routing/default_router.json (the daemon's default for the embedded student) with --install.
 
@@ -40,7 +41,7 @@ from appliance.config import RoutingConfig  # noqa: E402
 from appliance.routing.decide import needs_outcomes, pre_route_probability  # noqa: E402
 from appliance.routing.ensemble import verdict  # noqa: E402
 from appliance.routing.grading import correct  # noqa: E402
-from appliance.routing.learned import fit  # noqa: E402
+from appliance.routing.learned import fit, out_of_fold  # noqa: E402
 from appliance.routing.measures import auroc, cheapest, operating_points, pre_route_threshold  # noqa: E402
 from appliance.routing.outcomes import (OUTCOME_FEATURES, Outcome, PastOutcomes, outcomes_path,  # noqa: E402
                                         read_outcomes, write_outcomes)
@@ -164,16 +165,27 @@ def main() -> None:
     policies["agreement_k"] = lambda r: feats[id(r)][1]
     x_dev = [feats[id(r)][0].vector() for r in dev]
     y_dev = [r["right"] for r in dev]
+    # A fitted policy's dev scores, for its AUROC and its threshold, are out of fold: each dev question
+    # scored by a router fitted without it (learned.out_of_fold), as new questions will be.
+    oof: dict[str, list[float]] = {}
     router = fit(names, x_dev, y_dev)
     policies["learned (signals)"] = lambda r: router.probability(feats[id(r)][0].vector())
-    router_k = fit(names + ["agreement_k"], [feats[id(r)][0].vector() + [feats[id(r)][1]] for r in dev], y_dev)
+    oof["learned (signals)"] = out_of_fold(names, x_dev, y_dev)
+    xk_dev = [feats[id(r)][0].vector() + [feats[id(r)][1]] for r in dev]
+    router_k = fit(names + ["agreement_k"], xk_dev, y_dev)
     policies["learned (signals + agreement)"] = lambda r: router_k.probability(
         feats[id(r)][0].vector() + [feats[id(r)][1]])
+    oof["learned (signals + agreement)"] = out_of_fold(names + ["agreement_k"], xk_dev, y_dev)
     early = {id(r): features(r, HOLD_TOKENS)[0].vector() for r in rows}
-    router_early = fit(names, [early[id(r)] for r in dev], y_dev)
-    policies[f"learned (first {HOLD_TOKENS} tokens only)"] = lambda r: router_early.probability(early[id(r)])
-    prompt_only = fit(list(PROMPT_FEATURES), [prompt_features(r["question"]) for r in dev], y_dev)
+    xe_dev = [early[id(r)] for r in dev]
+    router_early = fit(names, xe_dev, y_dev)
+    early_name = f"learned (first {HOLD_TOKENS} tokens only)"
+    policies[early_name] = lambda r: router_early.probability(early[id(r)])
+    oof[early_name] = out_of_fold(names, xe_dev, y_dev)
+    xp_dev = [prompt_features(r["question"]) for r in dev]
+    prompt_only = fit(list(PROMPT_FEATURES), xp_dev, y_dev)
     policies["pre-route, the question's form"] = lambda r: prompt_only.probability(prompt_features(r["question"]))
+    oof["pre-route, the question's form"] = out_of_fold(list(PROMPT_FEATURES), xp_dev, y_dev)
     # The student's record on the nearest past questions: each dev question sees the other dev questions,
     # each test question the dev half (what the shipped memory knew when the router was fitted).
     vectors = embed_questions(rows)
@@ -182,8 +194,10 @@ def main() -> None:
     def pre_x(r: dict[str, Any]) -> list[float]:
         return prompt_features(r["question"]) + memory.features(vectors[r["question"]], skip=r["question"])
 
-    pre_router = fit(list(PROMPT_FEATURES + OUTCOME_FEATURES), [pre_x(r) for r in dev], y_dev)
+    xpre_dev = [pre_x(r) for r in dev]
+    pre_router = fit(list(PROMPT_FEATURES + OUTCOME_FEATURES), xpre_dev, y_dev)
     policies["pre-route (the question alone)"] = lambda r: pre_router.probability(pre_x(r))
+    oof["pre-route (the question alone)"] = out_of_fold(list(PROMPT_FEATURES + OUTCOME_FEATURES), xpre_dev, y_dev)
     policies["nearest past questions' record alone"] = lambda r: pre_x(r)[len(PROMPT_FEATURES)]
 
     report: dict[str, Any] = {"questions": len(rows), "student_right": {
@@ -191,7 +205,7 @@ def main() -> None:
         "policies": {}}
     curves = {}
     for name, score in policies.items():
-        sd = [score(r) for r in dev]
+        sd = oof.get(name) or [score(r) for r in dev]
         st = [score(r) for r in test]
         chosen = cheapest(operating_points(sd, y_dev), MAX_WRONG_KEPT)
         yt = [r["right"] for r in test]
@@ -217,15 +231,15 @@ def main() -> None:
                                                 ((k, *v) for k, v in sorted(by_cat.items()))}
     plot(curves, args.out / "cost_quality.png")
     if args.install:
-        chosen = cheapest(operating_points([router.probability(v) for v in x_dev], y_dev), MAX_WRONG_KEPT)
-        cache = cheapest(operating_points([router.probability(v) for v in x_dev], y_dev), MAX_WRONG_KEPT / 2)
-        replace(router, threshold=chosen.threshold, cache_threshold=max(chosen.threshold, cache.threshold)).save(
-            DEFAULT_ROUTER)
-        early_dev = [router_early.probability(early[id(r)]) for r in dev]
-        early_chosen = cheapest(operating_points(early_dev, y_dev), MAX_WRONG_KEPT)
-        replace(router_early, threshold=early_chosen.threshold, cache_threshold=1.0).save(DEFAULT_EARLY_ROUTER)
-        pre_dev = [pre_router.probability(pre_x(r)) for r in dev]
-        pre_t = pre_route_threshold(pre_dev, y_dev, MAX_PRE_ROUTED_RIGHT)
+        chosen = cheapest(operating_points(oof["learned (signals)"], y_dev), MAX_WRONG_KEPT)
+        cache = cheapest(operating_points(oof["learned (signals)"], y_dev), MAX_WRONG_KEPT / 2)
+        # A probability never reaches 1.0: a threshold of 1.0 keeps nothing (and stays plain JSON, unlike inf).
+        replace(router, threshold=min(chosen.threshold, 1.0),
+                cache_threshold=min(max(chosen.threshold, cache.threshold), 1.0)).save(DEFAULT_ROUTER)
+        early_chosen = cheapest(operating_points(oof[early_name], y_dev), MAX_WRONG_KEPT)
+        replace(router_early, threshold=min(early_chosen.threshold, 1.0), cache_threshold=1.0).save(
+            DEFAULT_EARLY_ROUTER)
+        pre_t = pre_route_threshold(oof["pre-route (the question alone)"], y_dev, MAX_PRE_ROUTED_RIGHT)
         replace(pre_router, threshold=pre_t, cache_threshold=1.0).save(DEFAULT_PRE_ROUTER)
         # The daemon's memory holds every graded question, test half too: it is not scored again here.
         write_outcomes(outcomes_path(DEFAULT_PRE_ROUTER), [Outcome(r["question"], r["right"]) for r in rows])

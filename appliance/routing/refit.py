@@ -143,8 +143,10 @@ def refit(found: Sequence[Example], unlabelled: int, current: LogisticRouter | N
     auroc_current = auroc([current.probability(v) for v in x_held], y_held) if current is not None else None
     keep = cheapest(operating_points(scores, y_held), MAX_WRONG_KEPT)
     cache = cheapest(operating_points(scores, y_held), MAX_WRONG_KEPT / 2)
-    tuned = replace(new, threshold=keep.threshold, cache_threshold=max(keep.threshold, cache.threshold),
-                    trained_on=len(fit_part))
+    # When no band is at most 5% wrong the threshold is "keep none" (inf); 1.0 says the same, since a
+    # probability never reaches it, and stays plain JSON.
+    tuned = replace(new, threshold=min(keep.threshold, 1.0),
+                    cache_threshold=min(max(keep.threshold, cache.threshold), 1.0), trained_on=len(fit_part))
     if auroc_current is not None and auroc_new < auroc_current:
         return outcome(tuned, auroc_new, auroc_current, False,
                        f"the refitted router separates right from wrong less well on held-back verdicts "
