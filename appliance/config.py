@@ -175,6 +175,11 @@ class RoutingConfig(_Section):
     hold_tokens: int = Field(default=8, ge=1, le=256)
     """With a teacher, a streamed answer is held for this many tokens; then the early router either
     escalates to the teacher at once or lets the student's answer stream live."""
+    explore_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    """With a teacher, when the router keeps none of the student's answers (its threshold is 1.0, as the
+    shipped one's is for the embedded student), questions go to the teacher before any decode, except this
+    share (picked by a hash of the question), which the student still answers in full first: the teacher's
+    verdicts on those are what `athanor router refit` learns from, so that a better student is noticed."""
 
     @field_validator("router")
     @classmethod

@@ -389,7 +389,8 @@ def retrain_outlook(config: AthanorConfig) -> Check:
 
 
 def check_router(setting: str, answer_router: str | None, trained_on: int, pre_reads_record: bool,
-                 shipped_record: int, logged_record: int) -> Check:
+                 shipped_record: int, logged_record: int, keeps_none: bool = False,
+                 explore_share: float = 0.0) -> Check:
     """Which router decides whether the student's answer is kept, and what pre-routing remembers."""
     if setting == "off":
         return Check("router", "ok", "the quantile rule ([routing].router = \"off\"): no fitted router")
@@ -397,6 +398,10 @@ def check_router(setting: str, answer_router: str | None, trained_on: int, pre_r
         return Check("router", "warn", f"no router file at {setting}: answers are judged by the quantile rule",
                      "run `athanor router refit`, or set [routing].router to a router file")
     text = f"answers judged by {answer_router} (fitted on {trained_on} graded answers)"
+    if keeps_none:
+        text += (f"; it keeps none of the student's answers (no band of its data was at most 5% wrong): with a "
+                 f"teacher, questions go to it before any decode, but for the {explore_share:.0%} the student "
+                 f"answers first for `router refit`; without one, every answer is flagged degraded")
     if pre_reads_record:
         text += (f"; pre-routing reads the student's record on {shipped_record + logged_record} past questions "
                  f"({shipped_record} shipped, {logged_record} graded in the distillation log)")
@@ -406,7 +411,7 @@ def check_router(setting: str, answer_router: str | None, trained_on: int, pre_r
 def router_outlook(config: AthanorConfig) -> Check:
     """`check_router` from the router files and the distillation log (no model or embedder is loaded)."""
     from .engine.model_source import is_embedded_default
-    from .routing.decide import default_router_file, load_policy, needs_outcomes, pre_router_file
+    from .routing.decide import default_router_file, keeps_nothing, load_policy, needs_outcomes, pre_router_file
     from .routing.outcomes import logged_outcomes, outcomes_path, read_outcomes
 
     setting = config.routing.router
@@ -424,7 +429,8 @@ def router_outlook(config: AthanorConfig) -> Check:
             shipped = len(read_outcomes(record))
         # Every version's graded questions: which student serves is the daemon's to say.
         logged = len(logged_outcomes(paths.state_dir() / "distill.jsonl", None))
-    return check_router(setting, str(path), policy.trained_on if policy else 0, needs_outcomes(pre), shipped, logged)
+    return check_router(setting, str(path), policy.trained_on if policy else 0, needs_outcomes(pre), shipped, logged,
+                        keeps_nothing(policy), config.routing.explore_share)
 
 
 # --- disk -------------------------------------------------------------------------------------

@@ -340,6 +340,26 @@ def test_the_router_check_says_what_judges_answers_and_what_pre_routing_remember
     assert "record" not in check_router("default", "/x/router.json", 40, False, 0, 0).message
     missing = check_router("/x/router.json", None, 0, False, 0, 0)
     assert missing.status == "warn" and "router refit" in missing.fix
+    assert "keeps none" not in used.message
+    strict = check_router("default", "/x/default_router.json", 160, False, 0, 0, keeps_none=True, explore_share=0.1)
+    assert "keeps none of the student's answers" in strict.message and "10% the student answers first" in strict.message
+
+
+def test_doctor_says_whether_the_router_in_use_keeps_any_answer(tmp_path, monkeypatch):
+    from appliance.config import AthanorConfig
+    from appliance.doctor import router_outlook
+    from appliance.routing.learned import LogisticRouter
+    from appliance.routing.signals import Signals
+
+    monkeypatch.setenv("ATHANOR_HOME", str(tmp_path))
+    names = tuple(Signals.names())
+    zeros, ones = tuple(0.0 for _ in names), tuple(1.0 for _ in names)
+    for threshold, keeps_none in ((1.0, True), (0.6, False)):
+        router = tmp_path / f"router-{threshold}.json"
+        LogisticRouter(names, zeros, ones, zeros, 0.0, threshold, 1.0).save(router)
+        check = router_outlook(AthanorConfig(routing={"router": str(router), "explore_share": 0.25}))
+        assert str(router) in check.message
+        assert ("keeps none" in check.message and "25%" in check.message) is keeps_none
 
 
 def test_doctor_counts_the_graded_questions_of_the_log_in_the_router_check(tmp_path, monkeypatch):

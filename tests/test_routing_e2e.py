@@ -293,6 +293,37 @@ def test_a_question_the_student_will_fail_goes_to_the_teacher_before_any_decode(
             stop_daemon(process)
 
 
+def test_a_router_that_keeps_nothing_sends_questions_to_the_teacher_unasked_but_a_share(tmp_path, gemini):
+    """Threshold 1.0 (what out-of-fold thresholds give the embedded student): decoding first would only delay
+    the teacher. With `explore_share` 0 no question is decoded; with 1 every one is, to its end, and logged
+    whole beside the teacher's answer for `router refit`."""
+    from appliance.routing.learned import LogisticRouter
+
+    names = tuple(Signals.names())
+    zeros, ones = tuple(0.0 for _ in names), tuple(1.0 for _ in names)
+    router = tmp_path / "router.json"
+    # P(right) is ~1 for every answer: only the threshold says that none is kept.
+    LogisticRouter(names, zeros, ones, zeros, 10.0, 1.0, 1.0).save(router)
+    question = [{"role": "user", "content": "Name three rivers in Africa."}]
+    for share, decoded in (("0", False), ("1", True)):
+        env = gemini_env(gemini, ATHANOR_ROUTING__ROUTER=str(router), ATHANOR_ROUTING__EXPLORE_SHARE=share)
+        home = tmp_path / f"share{share}"
+        process, path = start_daemon(home, env=env)
+        try:
+            before = len(gemini.requests)
+            answer = ask(path, question)
+            assert answer["route"] == "teacher" and len(gemini.requests) == before + 1
+            with client(path) as c:
+                steps = c.get("/v1/stats").json()["students"][0]["batching"]["steps"]
+            record = list(read_records(home / "state" / "distill.jsonl"))[-1]
+            if decoded:
+                assert steps > 0 and record["student"]["text"] and "partial" not in record["student"]
+            else:
+                assert steps == 0 and answer["confidence_detail"]["method"] == "router keeps none"
+        finally:
+            stop_daemon(process)
+
+
 def test_the_students_record_on_like_questions_pre_routes_through_the_real_embedder(tmp_path):
     """A pre-router reading the nearest past questions' record: the daemon embeds each question with the
     cache's embedder and sends the kind the student always failed to the teacher, unasked."""

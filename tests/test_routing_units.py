@@ -162,3 +162,24 @@ def test_out_of_fold_scores_are_not_flattered_by_fitting_on_the_same_answers() -
     x2 = [[s, n] for s, n in zip(signal, rng.standard_normal(60))]
     y2 = [bool(s > 0) for s in signal]
     assert auroc(out_of_fold(["signal", "noise"], x2, y2), y2) > 0.95
+
+
+def test_a_router_keeps_nothing_only_when_no_probability_reaches_its_threshold() -> None:
+    from appliance.routing.decide import keeps_nothing
+
+    names = tuple(Signals.names())
+    zeros, ones = tuple(0.0 for _ in names), tuple(1.0 for _ in names)
+    assert keeps_nothing(LogisticRouter(names, zeros, ones, zeros, 30.0, 1.0, 1.0))
+    assert not keeps_nothing(LogisticRouter(names, zeros, ones, zeros, -30.0, 0.99, 1.0))
+    assert not keeps_nothing(None)  # the quantile rule: its own threshold decides
+
+
+def test_the_explored_share_is_that_share_and_the_same_for_a_question_asked_again() -> None:
+    from appliance.routing.decide import explores
+
+    questions = [f"question number {i}?" for i in range(4000)]
+    assert not any(explores(q, 0.0) for q in questions) and all(explores(q, 1.0) for q in questions)
+    share = sum(explores(q, 0.1) for q in questions) / len(questions)
+    assert 0.08 < share < 0.12
+    assert [explores(q, 0.1) for q in questions[:200]] == [explores(q, 0.1) for q in questions[:200]]
+    assert explores("什么是知识蒸馏？", 0.5) == explores("什么是知识蒸馏？", 0.5)

@@ -8,6 +8,7 @@ probabilities against `[routing].confidence_threshold`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +147,15 @@ def serving_past_outcomes(config: AthanorConfig, embed: Embed | None,
     default = students.get(config.student.name)
     return load_past_outcomes(config.routing.router, embed, default.version if default is not None else None,
                               shipped_student=is_embedded_default(config.student))
+
+
+def keeps_nothing(policy: LogisticRouter | None) -> bool:
+    """A fitted router whose threshold no probability reaches: it keeps none of the student's answers."""
+    return policy is not None and policy.threshold >= 1.0
+
+
+def explores(question: str, share: float) -> bool:
+    """Whether `question` is among the `share` of questions the student still answers when the router keeps
+    none of its answers. Picked by a hash, so a question asked again is treated alike."""
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share

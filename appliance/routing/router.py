@@ -17,7 +17,7 @@ from ..storage.health import StorageHealth
 from ..storage.ledger import AnswerLedger
 from ..teacher.base import Teacher
 from ..teacher.limits import PayerLedgers
-from .decide import needs_outcomes, pre_route_probability
+from .decide import explores, keeps_nothing, needs_outcomes, pre_route_probability
 from .ensemble import DEFAULT_ROLES, with_role
 from .learned import LogisticRouter
 from .outcomes import PastOutcomes
@@ -46,6 +46,8 @@ class Routing:
     early_policy: LogisticRouter | None = None
     """A router over the first `hold_tokens` tokens: escalate at once, or stream the student live."""
     hold_tokens: int = 8
+    explore_share: float = 0.1
+    """When the router keeps nothing: the share of questions the student still answers first (`explores`)."""
     mode: str = "single"
     """"ensemble": the role drafts are decoded beside the plain answer and the majority decides (EnsembleRun)."""
     ensemble_policy: LogisticRouter | None = None
@@ -171,6 +173,7 @@ class Router:
         # logit_bias names the student's token ids, which mean nothing to a teacher: no escalation then.
         hold = self.routing.teacher is not None and not params.logit_bias
         pre = self.routing.pre_policy
+        exploring = False
         if hold and pre is not None:
             question = last_user_text(request.messages)
             vector = None
@@ -180,9 +183,17 @@ class Router:
             if p_right < pre.threshold:
                 # The question alone says the student will likely fail: the teacher, before any decode.
                 return PreRoutedRun(self, student, prompt, params, request, key, prompt_text, p_right, stream)
+        if hold and self.routing.mode == "single" and keeps_nothing(self.routing.policy):
+            # No answer of this student would be kept: decoding one first only delays the teacher's. A share
+            # is still answered in full, for the teacher's verdicts that `router refit` learns from.
+            exploring = explores(last_user_text(request.messages), self.routing.explore_share)
+            if not exploring:
+                return PreRoutedRun(self, student, prompt, params, request, key, prompt_text, 0.0, stream,
+                                    method="router keeps none")
         if self.routing.mode == "ensemble" and not params.logit_bias:
             return await self._start_ensemble(student, prompt, params, request, key, prompt_text)
-        early = hold and self.routing.early_policy is not None
+        # An explored answer is held to its end: escalating after the first tokens would log only those.
+        early = hold and self.routing.early_policy is not None and not exploring
         job = student.scheduler.submit(prompt, params, stream=stream and (not hold or early))
         return StudentRun(self, student, prompt, params, job, request, key, prompt_text, hold)
 

@@ -383,10 +383,11 @@ class PreRoutedRun(StudentRun):
     """The teacher answers first; the student is started only if the teacher cannot answer."""
 
     def __init__(self, router: Router, student: Student, prompt: list[int], params: SamplingParams,
-                 request: ChatRequest, key: CacheKey | None, prompt_text: str, p_right: float, stream: bool) -> None:
+                 request: ChatRequest, key: CacheKey | None, prompt_text: str, p_right: float, stream: bool,
+                 method: str = "pre-route") -> None:
         super().__init__(router, student, prompt, params, None, request, key, prompt_text, hold=False)
         self.stream = stream
-        self.pre_confidence = Confidence(p_right, 0.0, 0.0, 0.0, 0.0, 0, method="pre-route")
+        self.pre_confidence = Confidence(p_right, 0.0, 0.0, 0.0, 0.0, 0, method=method)
 
     async def events(self) -> AsyncIterator[Delta | Answer]:
         try:

@@ -75,6 +75,7 @@ def build_routing(config: AthanorConfig) -> Routing:
         pre_policy=load_policy(config.routing.router, pre=True),
         ensemble_policy=load_policy(config.routing.router, ensemble=True),
         hold_tokens=config.routing.hold_tokens,
+        explore_share=config.routing.explore_share,
         mode=config.routing.mode,
     )
     if config.cache.enabled:

@@ -87,6 +87,7 @@ class Reloader:
             self.router.routing.pre_policy = pre_policy
             self.router.routing.past_outcomes = past_outcomes
             self.router.routing.hold_tokens = config.routing.hold_tokens
+            self.router.routing.explore_share = config.routing.explore_share
             self.router.routing.ensemble_policy = ensemble_policy
             self.router.routing.mode = config.routing.mode
             self._warn_restart_only(config)
