@@ -463,3 +463,14 @@ def test_a_large_namespace_is_searched_approximately_and_still_finds_its_answers
     with open_cache(tmp_path, embedder, ann_min_entries=2000) as cache:  # rebuilt on open as IVF too
         assert isinstance(cache._indexes[KEY.namespace], faiss.IndexIVFFlat)
         assert cache.stats()["index_vectors"] == 3000
+
+
+def test_warming_up_counts_no_lookup_and_changes_nothing(tmp_path, embedder) -> None:
+    with open_cache(tmp_path, embedder) as cache:
+        cache.warm_up()  # empty: nothing to search yet
+        cache.put(KEY, "How do I reset my router?", "Hold the reset button for 10 s.")
+        before = cache.stats()
+        cache.warm_up()
+        after = cache.stats()
+        assert (after["hits"], after["misses"], after["entries"]) == (before["hits"], before["misses"], 1)
+        assert cache.lookup(KEY, "How can I reset my router?").answer == "Hold the reset button for 10 s."

@@ -265,9 +265,17 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
     result = CliRunner().invoke(main, ["retrain", "--log", str(log), "--no-reload", "--out", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
     assert "held-out set: 20 log records drawn" in result.output and "new student installed at" in result.output
-    # The router follows the student: the old one's refit goes; 20 held-out answers are too few to fit another.
-    assert not refit_router_file().exists() and "removed the router refitted on the old student" in result.output
-    assert "router not refitted: 20 " in result.output and "at least 40" in result.output
+    # The router follows the student: the old one's refit goes; 20 held-out answers are too few to fit another,
+    # so the shipped router's weights serve, with their threshold placed on those answers.
+    from appliance.routing.decide import DEFAULT_ROUTER
+    from appliance.routing.learned import LogisticRouter
+
+    assert "removed the router refitted on the old student" in result.output
+    said = " ".join(result.output.split())
+    assert "router not refitted: 20 " in said and "at least 40" in said
+    assert "threshold chosen on the new student's 20 held-out answers" in said
+    placed, shipped = LogisticRouter.load(refit_router_file()), LogisticRouter.load(DEFAULT_ROUTER)
+    assert placed.weights == shipped.weights and placed.bias == shipped.bias
     held = read_dataset(retrain_dir() / "heldout.jsonl")
     trained = read_dataset(tmp_path / "work" / "train.jsonl")
     # The 10 newest questions are this week's traffic: measured at the gate on both students, not trained on.

@@ -157,9 +157,12 @@ def test_refit_cli_installs_the_router_the_daemon_then_loads(tmp_path, monkeypat
     refitted = load_policy("default")
     assert refitted is not None and refitted.trained_on == 240 - outcome["held_back"]
     assert refitted != shipped
-    # The routers of the first tokens and of the question alone stay the shipped ones.
-    assert load_policy("default", early=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_early.json"))
+    # The router of the question alone stays the shipped one; the shipped router of the first tokens, whose
+    # threshold the refit did not place, no longer decides what streams (answers are held to their end).
+    assert load_policy("default", early=True) is None
     assert load_policy("default", pre=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_pre.json"))
+    (state / "router" / "router.json").unlink()
+    assert load_policy("default", early=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_early.json"))
 
 
 def test_a_new_students_held_out_answers_are_labelled_by_evaluates_agreement():
@@ -170,3 +173,24 @@ def test_a_new_students_held_out_answers_are_labelled_by_evaluates_agreement():
                {"prompt": "q3", "agreed": True, "signals": None}]  # a transformers run reads no signals
     found = examples_from_evaluation(answers)
     assert [(e.question, e.right, e.features["best_mean"]) for e in found] == [("q1", True, 0.9), ("q2", False, 0.1)]
+
+
+def test_too_few_answers_to_refit_still_place_the_shipped_routers_threshold_for_a_new_student():
+    from appliance.routing.refit import Example, rethreshold
+
+    names = tuple(Signals.names())
+    weights = tuple(4.0 if n == "best_mean" else 0.0 for n in names)
+    # Its threshold keeps nothing (as the shipped one's does for the embedded student).
+    shipped = LogisticRouter(names, (0.5,) * len(names), (0.2,) * len(names), weights, 0.0, 1.0, 1.0, trained_on=160)
+    # A new student that is right when sure: 20 answers, the 8 least sure of them wrong.
+    answers = [Example(f"q{i}", _signals(0.1 + 0.04 * i), i >= 8) for i in range(20)]
+    placed = rethreshold(answers, shipped)
+    assert placed is not None and placed.weights == shipped.weights and placed.trained_on == 160
+    scores = [placed.probability([e.features[n] for n in names]) for e in answers]
+    kept = [e for e, s in zip(answers, scores) if s >= placed.threshold]
+    assert len(kept) == 12 and all(e.right for e in kept)  # every right answer, no wrong one
+    assert placed.cache_threshold >= placed.threshold
+    # Wrong whatever its confidence: nothing is kept.
+    hopeless = rethreshold([Example(f"q{i}", _signals(0.05 * i), False) for i in range(20)], shipped)
+    assert hopeless is not None and hopeless.threshold == 1.0
+    assert rethreshold(answers[:9], shipped) is None  # too few to place anything

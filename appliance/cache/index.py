@@ -49,6 +49,9 @@ class NamespaceIndexes:
     def __getitem__(self, namespace: str) -> faiss.Index:
         return self._indexes[namespace]
 
+    def namespaces(self) -> list[str]:
+        return list(self._indexes)
+
     def vectors(self) -> int:
         """Vectors held across all namespaces (stale ones included until compacted)."""
         return int(sum(index.ntotal for index in self._indexes.values()))

@@ -237,6 +237,22 @@ class SemanticCache:
                 return None
             k = min(k * 4, _MAX_SEARCH_K, index.ntotal)
 
+    def warm_up(self) -> None:
+        """Run a lookup's every part once (the embedder, the segmenter and word lists, FAISS's threads on
+        the largest namespaces' indexes, the span judge, an SQLite read), so that the first user's hit
+        does not pay for what is loaded or started on first use."""
+        check_match("如何预热 the cache", "怎么预热 the store", self._span_similarity, self._params)
+        self.uncovered_reason("warm-up")
+        vector = self._embedder.embed(["warm-up"]).reshape(1, -1)
+        with self._lock:
+            self._check_open()
+            largest = sorted(self._indexes.namespaces(), key=lambda ns: -self._indexes[ns].ntotal)[:4]
+            for namespace in largest:
+                _, ids = self._indexes[namespace].search(vector, 1)
+                found = [int(i) for i in ids[0] if i >= 0]
+                if found:
+                    self._rows(found)
+
     def embed(self, text: str) -> np.ndarray:
         """`text`'s unit vector, from the same recent-vectors memory the lookups use."""
         return self._embed(text)

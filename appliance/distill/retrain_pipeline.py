@@ -371,11 +371,12 @@ def install_stage(request: RetrainRequest, planned: PlanResult, exported: Export
 def router_stage(answers: Sequence[dict[str, Any]], setting: str, hooks: RetrainHooks) -> RouterResult:
     """The router follows the student: the one refitted on the old student's traffic goes, and one fitted on
     the new student's held-out answers (evaluate's agreement with the teacher as labels) replaces the shipped
-    one if it does at least as well on the questions it held back."""
+    one if it does at least as well on the questions it held back. With too few answers for that, the
+    shipped router's threshold is placed on them (`rethreshold`)."""
     from ..paths import refit_router_file
     from ..routing.decide import DEFAULT_ROUTER
     from ..routing.learned import LogisticRouter
-    from ..routing.refit import examples_from_evaluation, refit
+    from ..routing.refit import examples_from_evaluation, refit, rethreshold
 
     target = refit_router_file()
     removed = None
@@ -387,10 +388,24 @@ def router_stage(answers: Sequence[dict[str, Any]], setting: str, hooks: Retrain
         text = f"[routing].router = {setting!r} names its own router: not refitted"
         hooks.note(text)
         return RouterResult(text, removed)
-    outcome = refit(examples_from_evaluation(list(answers)), 0, LogisticRouter.load(DEFAULT_ROUTER), MIN_REFIT_LABELS)
+    examples = examples_from_evaluation(list(answers))
+    outcome = refit(examples, 0, LogisticRouter.load(DEFAULT_ROUTER), MIN_REFIT_LABELS)
     if outcome.install and outcome.router is not None:
         outcome.router.save(target)
         text = f"router refitted on the new student: {outcome.reason}; installed at {target}"
+        hooks.note(text)
+        return RouterResult(text, removed, target)
+    # Too few to refit: the shipped weights, with the threshold (chosen for the embedded student, whose
+    # answers it may keep none of) placed on the new student's held-out answers.
+    placed = rethreshold(examples, LogisticRouter.load(DEFAULT_ROUTER))
+    if placed is not None:
+        placed.save(target)
+        scored = [placed.probability([e.features[n] for n in placed.features]) for e in examples
+                  if all(n in e.features for n in placed.features)]
+        kept = sum(1 for p in scored if p >= placed.threshold)
+        text = (f"router not refitted: {outcome.reason}; the shipped router routes the new student, its "
+                f"threshold chosen on the new student's {len(scored)} held-out answers (it keeps {kept} of them, "
+                f"at most 5% wrong); installed at {target}")
         hooks.note(text)
         return RouterResult(text, removed, target)
     text = f"router not refitted: {outcome.reason}; the shipped router routes the new student"

@@ -89,7 +89,12 @@ def load_policy(setting: str, early: bool = False, pre: bool = False, ensemble: 
     if early or pre or ensemble:
         beside = early_path if early else pre_path if pre else ensemble_path
         if setting == "default" and not beside(path).is_file():
-            path = DEFAULT_ROUTER  # a refit learns the whole-answer router only; the others stay shipped
+            if early and path != DEFAULT_ROUTER:
+                # A refit (or a retrain) places the whole-answer router only. The shipped early router's
+                # threshold was chosen for the embedded student: it would decide what streams by criteria
+                # the refit replaced. Without it a streamed answer is held to its end and the refit decides.
+                return None
+            path = DEFAULT_ROUTER  # the question-alone and ensemble routers stay shipped
         path = beside(path)
         return LogisticRouter.load(path) if path.is_file() else None
     if setting == "default" and not path.is_file():

@@ -154,3 +154,26 @@ def refit(found: Sequence[Example], unlabelled: int, current: LogisticRouter | N
     return outcome(tuned, auroc_new, auroc_current, True,
                    f"fitted on {len(fit_part)} verdicts, AUROC {auroc_new:.3f} on {len(held)} held back"
                    + (f" (current router: {auroc_current:.3f})" if auroc_current is not None else ""))
+
+
+MIN_RETHRESHOLD_LABELS = 10
+"""Graded answers a new student needs before the shipped router's thresholds are chosen on them."""
+
+
+def rethreshold(found: Sequence[Example], current: LogisticRouter,
+                min_labels: int = MIN_RETHRESHOLD_LABELS) -> LogisticRouter | None:
+    """`current`'s weights, with thresholds chosen on a new student's graded answers; None when too few.
+
+    Too few answers to refit a router may still place its threshold: the weights were fitted on other
+    answers, so these score the way new ones will, and the threshold that keeps at most 5% wrong among
+    them is for this student, not for the one the weights came from (whose threshold may keep nothing).
+    """
+    usable = [e for e in found if all(name in e.features for name in current.features)]
+    if len(usable) < min_labels:
+        return None
+    scores = [current.probability([e.features[n] for n in current.features]) for e in usable]
+    labels = [e.right for e in usable]
+    keep = cheapest(operating_points(scores, labels), MAX_WRONG_KEPT)
+    cache = cheapest(operating_points(scores, labels), MAX_WRONG_KEPT / 2)
+    return replace(current, threshold=min(keep.threshold, 1.0),
+                   cache_threshold=min(max(keep.threshold, cache.threshold), 1.0), trained_on=current.trained_on)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import paths
-from ..cache import SemanticCache, check_match, load_embedder
+from ..cache import SemanticCache, load_embedder
 from ..cache.store import cache_path
 from ..config import AthanorConfig, api_keys_path, load_config
 from ..engine.scheduler import Scheduler
@@ -54,6 +54,9 @@ def load_students(config: AthanorConfig) -> dict[str, Student]:
         for cfg in (config.student, *config.students):
             source = resolve_student(cfg, paths.models_dir())
             engine = open_engine(cfg, source)
+            # The chat template's first rendering, here rather than in the first request (which renders
+            # the prompt even when the cache answers it).
+            engine.chat_prompt([{"role": "user", "content": "warm-up"}])
             scheduler = Scheduler(engine, config.server.max_queue, cfg.name)
             students[cfg.name] = Student(cfg.name, engine, scheduler, version=source.version)
     except BaseException:
@@ -84,10 +87,9 @@ def build_routing(config: AthanorConfig) -> Routing:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         embedder = load_embedder(config.cache.embedder, threads=1)
         routing.cache = SemanticCache(cache_path(config.cache), embedder, config.cache, health=routing.storage)
-        # Load the embedder's weights, jieba's dictionary, wordfreq's lists and Cilin now, not on the
-        # first lookup (seconds that would land on one user's request).
-        embedder.embed(["warm-up"])
-        check_match("如何预热 please", "怎么预热", lambda spans: [1.0] * len(spans))
+        # Load the embedder's weights, jieba's dictionary, wordfreq's lists and Cilin, and start FAISS's
+        # threads, now, not on the first lookup (seconds that would land on one user's request).
+        routing.cache.warm_up()
     if config.teacher.provider != "none":
         routing.teacher = make_teacher(config.teacher, state, health=routing.storage)
         routing.payers = PayerLedgers(paths.payer_spend_dir(), health=routing.storage)
