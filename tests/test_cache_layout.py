@@ -44,7 +44,7 @@ def test_an_index_rebuilt_from_its_layout_answers_exactly_as_the_original() -> N
     vectors = unit_rows(rng, 2000, DIM)
     ids = rng.permutation(np.arange(10, 4010))[:2000].astype(np.int64)
     original = trained_ivf(vectors, ids)
-    layout = layout_of(original, "ns", "enc", trained_on=2000)
+    layout = layout_of(original, "ns", "enc", "db1", trained_on=2000)
     assert layout.centroids.shape == (16, DIM) and np.all(np.diff(layout.ids) > 0)
     assert sorted(layout.ids.tolist()) == sorted(ids.tolist())
 
@@ -58,16 +58,17 @@ def test_an_index_rebuilt_from_its_layout_answers_exactly_as_the_original() -> N
 
 
 def test_assignments_name_known_ids_and_mark_the_rest_unknown() -> None:
-    layout = IvfLayout("ns", "enc", np.zeros((3, DIM), np.float32), np.array([2, 5, 9], np.int64),
+    layout = IvfLayout("ns", "enc", "db1", np.zeros((3, DIM), np.float32), np.array([2, 5, 9], np.int64),
                        np.array([1, 0, 2], np.int64), trained_on=3)
     assert assignments(layout, np.array([9, 2, 3, 5, 100], np.int64)).tolist() == [2, 1, -1, 0, -1]
-    empty = IvfLayout("ns", "enc", np.zeros((3, DIM), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+    empty = IvfLayout("ns", "enc", "db1", np.zeros((3, DIM), np.float32), np.zeros(0, np.int64),
+                      np.zeros(0, np.int64), 0)
     assert assignments(empty, np.array([1], np.int64)).tolist() == [-1]
 
 
 def test_a_layout_fits_until_the_namespace_has_grown_past_its_retrain_point() -> None:
-    layout = IvfLayout("ns", "enc", np.zeros((3, DIM), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                       trained_on=1000)
+    layout = IvfLayout("ns", "enc", "db1", np.zeros((3, DIM), np.float32), np.zeros(0, np.int64),
+                       np.zeros(0, np.int64), trained_on=1000)
     assert still_fits(layout, 1000, ann_min_entries=1000)
     assert still_fits(layout, RETRAIN_GROWTH * 1000, ann_min_entries=1000)
     assert not still_fits(layout, RETRAIN_GROWTH * 1000 + 1, ann_min_entries=1000)
@@ -77,30 +78,32 @@ def test_a_layout_fits_until_the_namespace_has_grown_past_its_retrain_point() ->
 def test_layout_files_round_trip_and_bad_ones_are_removed(tmp_path, caplog) -> None:
     rng = np.random.default_rng(1)
     vectors = unit_rows(rng, 500, DIM)
-    layout = layout_of(trained_ivf(vectors, np.arange(500, dtype=np.int64)), "键/ns 1", "enc", 500)
+    layout = layout_of(trained_ivf(vectors, np.arange(500, dtype=np.int64)), "键/ns 1", "enc", "db1", 500)
     folder = tmp_path / "cache.sqlite3.ivf"
     save_layout(folder, layout)
-    loaded = load_layouts(folder, "enc", DIM)["键/ns 1"]
+    loaded = load_layouts(folder, "enc", DIM, "db1")["键/ns 1"]
     np.testing.assert_array_equal(loaded.centroids, layout.centroids)
     np.testing.assert_array_equal(loaded.ids, layout.ids)
     np.testing.assert_array_equal(loaded.lists, layout.lists)
     assert loaded.trained_on == 500
 
-    assert load_layouts(folder, "another-encoder", DIM) == {}  # vectors of another space: useless
+    assert load_layouts(folder, "another-encoder", DIM, "db1") == {}  # vectors of another space: useless
     assert not list(folder.glob("*.npz"))
     save_layout(folder, layout)
-    assert load_layouts(folder, "enc", DIM + 1) == {}
+    assert load_layouts(folder, "enc", DIM + 1, "db1") == {}
+    save_layout(folder, layout)
+    assert load_layouts(folder, "enc", DIM, "db2") == {}  # another database file: its ids name other entries
     save_layout(folder, layout)
     path = next(folder.glob("*.npz"))
     path.write_bytes(b"not a zip file")
     with caplog.at_level(logging.WARNING, logger="appliance.cache.store"):
-        assert load_layouts(folder, "enc", DIM) == {}
+        assert load_layouts(folder, "enc", DIM, "db1") == {}
     assert "cannot be read" in caplog.text and not path.exists()
-    assert load_layouts(tmp_path / "absent", "enc", DIM) == {}
+    assert load_layouts(tmp_path / "absent", "enc", DIM, "db1") == {}
 
 
 def open_cache(path: Path, embedder, **settings) -> SemanticCache:
-    return SemanticCache(path, embedder, CacheConfig(ann_min_entries=2000, max_entries=100_000, **settings))
+    return SemanticCache(path, embedder, CacheConfig(**{"ann_min_entries": 2000, "max_entries": 100_000, **settings}))
 
 
 def own_top1(cache: SemanticCache, namespace: str, vectors: np.ndarray, ids: list[int]) -> float:
@@ -168,3 +171,20 @@ def test_a_namespace_that_outgrew_its_layout_is_trained_again(tmp_path, embedder
         assert index.nlist == int(4 * np.sqrt(RETRAIN_GROWTH * 2000 + 1))  # lists sized for what it holds now
     with open_cache(db, embedder) as cache:  # and that training was saved in turn
         assert cache._indexes.reused_layouts == 1
+
+
+def test_a_cache_file_made_anew_does_not_take_the_old_files_layout(tmp_path, embedder) -> None:
+    """Deleting the cache file starts its ids from 1 again: the old layout's ids would name other entries."""
+    rng = np.random.default_rng(5)
+    db = tmp_path / "cache.sqlite3"
+    with open_cache(db, embedder) as cache:
+        cache.bulk_insert(KEY, [f"q{i}" for i in range(3000)], ["a"] * 3000, unit_rows(rng, 3000, embedder.dim))
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    assert list(layout_folder(db).glob("*.npz"))  # left behind
+    vectors = unit_rows(rng, 2500, embedder.dim)
+    with open_cache(db, embedder, ann_min_entries=3000) as cache:  # stays exact while it fills
+        ids = cache.bulk_insert(KEY, [f"n{i}" for i in range(2500)], ["b"] * 2500, vectors)
+    with open_cache(db, embedder) as cache:
+        assert cache._indexes.reused_layouts == 0
+        assert own_top1(cache, KEY.namespace, vectors, ids) == 1.0

@@ -21,6 +21,7 @@ from faiss.contrib.ivf_tools import add_preassigned
 from ..config import CacheConfig
 from .layout import (IvfLayout, assignments, delete_layout, empty_index, layout_of, load_layouts, save_layout,
                      still_fits)
+from .schema import database_token
 
 # Under the store's name: the daemon's log lines name their logger, and these are the cache's.
 log = logging.getLogger("appliance.cache.store")
@@ -42,6 +43,7 @@ class NamespaceIndexes:
         self._changed: set[str] = set()  # IVF namespaces whose lists moved since their layout was saved
         self.reused_layouts = 0
         """IVF indexes the last rebuild took from saved layouts instead of training."""
+        self._database = ""  # the open database's token, read by rebuild
 
     def get(self, namespace: str) -> faiss.Index | None:
         return self._indexes.get(namespace)
@@ -71,6 +73,7 @@ class NamespaceIndexes:
         """
         self.clear()
         self.reused_layouts = 0
+        self._database = database_token(db)
         layouts = self._usable_layouts(db)
         row_bytes = self._dim * 4
         bad: list[int] = []
@@ -103,7 +106,7 @@ class NamespaceIndexes:
     def _usable_layouts(self, db: sqlite3.Connection) -> dict[str, IvfLayout]:
         if self._layout_dir is None:
             return {}
-        saved = load_layouts(self._layout_dir, self._embedder, self._dim)
+        saved = load_layouts(self._layout_dir, self._embedder, self._dim, self._database)
         if not saved:
             return {}
         sizes = dict(db.execute("SELECT namespace, count(*) FROM entries GROUP BY namespace").fetchall())
@@ -180,7 +183,7 @@ class NamespaceIndexes:
             if not isinstance(index, faiss.IndexIVFFlat):
                 continue
             try:
-                save_layout(self._layout_dir, layout_of(index, namespace, self._embedder,
+                save_layout(self._layout_dir, layout_of(index, namespace, self._embedder, self._database,
                                                         self._trained_on.get(namespace, index.ntotal)))
             except OSError as exc:
                 # Only a slower next start is at stake: the entries themselves are in SQLite.

@@ -4,7 +4,8 @@ database so that opening a large cache neither retrains the centroids nor reassi
 The layout is a hint, never a source of truth: entries and their vectors are always read from SQLite.
 An entry the layout does not know (added after it was saved, say before a kill -9) is assigned to its
 nearest centroid; ids it names that SQLite no longer holds are simply never added. A layout from
-another embedder or of another dimension, or a file that cannot be read, is dropped and the index is
+another embedder or of another dimension, for another database file (a cache file deleted and made
+anew numbers its entries from 1 again), or a file that cannot be read, is dropped and the index is
 trained again. It holds no vectors, so it costs a few bytes per entry on disk, not a second copy.
 """
 
@@ -31,6 +32,8 @@ RETRAIN_GROWTH = 4
 class IvfLayout:
     namespace: str
     embedder: str
+    database: str
+    """The token of the database file it was made for (`index_token` in its settings table)."""
     centroids: np.ndarray
     """(lists, dim) float32: the coarse quantizer's centroids."""
     ids: np.ndarray
@@ -45,7 +48,8 @@ class IvfLayout:
         return int(self.centroids.shape[1])
 
 
-def layout_of(index: faiss.IndexIVFFlat, namespace: str, embedder: str, trained_on: int) -> IvfLayout:
+def layout_of(index: faiss.IndexIVFFlat, namespace: str, embedder: str, database: str,
+              trained_on: int) -> IvfLayout:
     """Read the centroids and every list's ids out of a built index."""
     invlists = index.invlists
     if invlists is None:
@@ -60,8 +64,8 @@ def layout_of(index: faiss.IndexIVFFlat, namespace: str, embedder: str, trained_
     lists = np.concatenate(list_parts) if list_parts else np.zeros(0, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     centroids = faiss.downcast_index(index.quantizer).reconstruct_n(0, index.nlist)
-    return IvfLayout(namespace, embedder, np.ascontiguousarray(centroids, dtype=np.float32), ids[order],
-                     lists[order], int(trained_on))
+    return IvfLayout(namespace, embedder, database, np.ascontiguousarray(centroids, dtype=np.float32),
+                     ids[order], lists[order], int(trained_on))
 
 
 def empty_index(layout: IvfLayout, nprobe: int) -> faiss.IndexIVFFlat:
@@ -106,7 +110,7 @@ def save_layout(folder: Path, layout: IvfLayout) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as out:
         np.savez(out, namespace=np.array(layout.namespace), embedder=np.array(layout.embedder),
-                 centroids=layout.centroids, ids=layout.ids, lists=layout.lists,
+                 database=np.array(layout.database), centroids=layout.centroids, ids=layout.ids, lists=layout.lists,
                  trained_on=np.array(layout.trained_on, dtype=np.int64))
         out.flush()
         os.fsync(out.fileno())
@@ -117,7 +121,7 @@ def delete_layout(folder: Path, namespace: str) -> None:
     _file(folder, namespace).unlink(missing_ok=True)
 
 
-def load_layouts(folder: Path, embedder: str, dim: int) -> dict[str, IvfLayout]:
+def load_layouts(folder: Path, embedder: str, dim: int, database: str) -> dict[str, IvfLayout]:
     """Every usable layout in `folder` by namespace; unusable files are removed with a warning."""
     layouts: dict[str, IvfLayout] = {}
     if not folder.is_dir():
@@ -125,7 +129,7 @@ def load_layouts(folder: Path, embedder: str, dim: int) -> dict[str, IvfLayout]:
     for path in sorted(folder.glob("*.npz")):
         try:
             with np.load(path, allow_pickle=False) as data:
-                layout = IvfLayout(str(data["namespace"]), str(data["embedder"]),
+                layout = IvfLayout(str(data["namespace"]), str(data["embedder"]), str(data["database"]),
                                    np.ascontiguousarray(data["centroids"], dtype=np.float32),
                                    data["ids"].astype(np.int64), data["lists"].astype(np.int64),
                                    int(data["trained_on"]))
@@ -134,7 +138,7 @@ def load_layouts(folder: Path, embedder: str, dim: int) -> dict[str, IvfLayout]:
                         path, exc)
             path.unlink(missing_ok=True)
             continue
-        problem = _problem(layout, path, embedder, dim)
+        problem = _problem(layout, path, embedder, dim, database)
         if problem:
             log.info("cache: IVF layout %s not used: %s", path.name, problem)
             path.unlink(missing_ok=True)
@@ -143,9 +147,11 @@ def load_layouts(folder: Path, embedder: str, dim: int) -> dict[str, IvfLayout]:
     return layouts
 
 
-def _problem(layout: IvfLayout, path: Path, embedder: str, dim: int) -> str:
+def _problem(layout: IvfLayout, path: Path, embedder: str, dim: int, database: str) -> str:
     if layout.embedder != embedder:
         return f"it was built with the embedder {layout.embedder}, not {embedder}"
+    if layout.database != database:
+        return "it was made for another database file (its entries' ids name other entries here)"
     if layout.centroids.ndim != 2 or layout.dim != dim or not len(layout.centroids):
         return f"its centroids are {layout.centroids.shape}, not (lists, {dim})"
     if layout.ids.shape != layout.lists.shape or (len(layout.lists) and (

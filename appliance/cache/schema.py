@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -114,3 +115,15 @@ def is_corruption(exc: BaseException) -> bool:
         return (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
     text = str(exc).lower()
     return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def database_token(db: sqlite3.Connection) -> str:
+    """A random token made when the file is first opened and kept in its settings: what is saved beside a
+    database (the IVF layouts) names it, so that a file deleted and made anew is not mistaken for the old."""
+    row = db.execute("SELECT value FROM settings WHERE key = 'index_token'").fetchone()
+    if row is not None:
+        return str(row[0])
+    token = uuid.uuid4().hex
+    with transaction(db):
+        db.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('index_token', ?)", (token,))
+    return str(db.execute("SELECT value FROM settings WHERE key = 'index_token'").fetchone()[0])
