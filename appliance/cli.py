@@ -8,6 +8,7 @@ import json
 import os
 import select
 import sys
+from typing import Any
 from pathlib import Path
 
 import click
@@ -68,6 +69,9 @@ def _stream_answer(client: AthanorClient, messages: list[dict[str, str]], params
     parts, info = [], {}
     for chunk in client.stream_chat(messages, **params, stream_options={"include_usage": True}):
         info["route"] = chunk.get("route", info.get("route"))
+        for field in ("degraded", "degraded_reason"):
+            if field in chunk:
+                info[field] = chunk[field]
         if chunk.get("usage"):
             info.update(chunk["usage"])
         for choice in chunk.get("choices", []):
@@ -116,6 +120,7 @@ def chat(ctx: click.Context, socket: Path | None, system_prompt: str | None, mod
             if show_usage:
                 click.echo(f"[{info.get('route')}, {info.get('prompt_tokens')} prompt tokens, "
                            f"{info.get('completion_tokens')} answer tokens]", err=True)
+            _warn_if_unsure(info)
 
 
 @main.command()
@@ -190,15 +195,20 @@ def ask(ctx: click.Context, question: str | None, socket: Path | None, system_pr
                 click.echo(json.dumps(answer, indent=2, ensure_ascii=False))
             else:
                 click.echo(answer["choices"][0]["message"]["content"])
+                _warn_if_unsure(answer)
             return
-        route = None
-        for chunk in client.stream_chat(messages, **params, stream_options={"include_usage": True}):
-            route = chunk.get("route", route)
-            for choice in chunk.get("choices", []):
-                click.echo(choice.get("delta", {}).get("content") or "", nl=False)
-        click.echo()
-        if route and sys.stderr.isatty():
-            click.echo(click.style(f"[{route}]", dim=True), err=True)
+        _, info = _stream_answer(client, messages, params)
+        if info.get("route") and sys.stderr.isatty():
+            click.echo(click.style(f"[{info['route']}]", dim=True), err=True)
+        _warn_if_unsure(info)
+
+
+def _warn_if_unsure(answer: dict[str, Any]) -> None:
+    """An answer the daemon flagged (an unsure student with no teacher, a teacher that failed) says so on
+    stderr, whatever stdout is piped to: read as sure, it would be wrong silently."""
+    if answer.get("degraded"):
+        reason = answer.get("degraded_reason") or "the daemon flagged it"
+        click.echo(f"athanor: this answer may be wrong: {reason}", err=True)
 
 
 @main.command()

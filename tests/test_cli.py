@@ -25,6 +25,8 @@ class StandIn:
     def __init__(self) -> None:
         self.health = HEALTHY
         self.chats: list[dict] = []
+        self.provenance: dict = {"route": "student", "degraded": False}
+        """What the answer's last chunk (or the whole answer) says of itself."""
 
 
 def _handler(state: StandIn):
@@ -49,9 +51,12 @@ def _handler(state: StandIn):
             state.chats.append(request)
             if request.get("stream"):
                 chunk = {"choices": [{"index": 0, "delta": {"content": "ok"}}], "route": "student"}
-                self._send(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode(), "text/event-stream")
+                last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **state.provenance}
+                self._send(f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode(),
+                           "text/event-stream")
             else:
-                self._send(json.dumps({"choices": [{"message": {"content": "ok"}}]}).encode(), "application/json")
+                self._send(json.dumps({"choices": [{"message": {"content": "ok"}}], **state.provenance}).encode(),
+                           "application/json")
 
     return Handler
 
@@ -130,3 +135,21 @@ def test_shell_completion_names_the_commands():
     env = {**os.environ, "_ATHANOR_COMPLETE": "bash_complete", "COMP_WORDS": "athanor ro", "COMP_CWORD": "1"}
     done = subprocess.run([str(athanor)], env=env, capture_output=True, text=True, timeout=60)
     assert "plain,router" in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("args", [[], ["--no-stream"]])
+def test_ask_says_on_stderr_when_the_daemon_flagged_the_answer(daemon, args):
+    sure = CliRunner().invoke(main, ["ask", "What is 2+2?", *args])
+    assert sure.exit_code == 0 and sure.stdout == "ok\n" and "may be wrong" not in sure.stderr
+    daemon.provenance = {"route": "student", "degraded": True,
+                         "degraded_reason": "the student is unsure and no teacher is configured"}
+    unsure = CliRunner().invoke(main, ["ask", "What is 2+2?", *args])
+    assert unsure.exit_code == 0 and unsure.stdout == "ok\n"  # stdout stays the answer alone
+    assert "may be wrong: the student is unsure and no teacher is configured" in unsure.stderr
+
+
+def test_chat_says_on_stderr_when_an_answer_was_flagged(daemon):
+    daemon.provenance = {"route": "student", "degraded": True, "degraded_reason": "the teacher failed: 503"}
+    talk = CliRunner().invoke(main, ["chat"], input="What is 2+2?\n/exit\n")
+    assert talk.exit_code == 0, talk.output
+    assert "may be wrong: the teacher failed: 503" in talk.stderr
