@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -141,6 +142,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # A streaming endpoint sends each event at once. Without this, Nagle's algorithm held the first
+        # event back until the client acknowledged the headers, which on a reused connection it does only
+        # after its delayed-ACK timer (40 ms on Linux): every streamed answer after the first looked 40 ms
+        # slower to arrive than a real endpoint's.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
