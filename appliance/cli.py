@@ -8,8 +8,8 @@ import json
 import os
 import select
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import click
 

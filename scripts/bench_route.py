@@ -43,6 +43,7 @@ from appliance.routing.ensemble import verdict  # noqa: E402
 from appliance.routing.grading import correct  # noqa: E402
 from appliance.routing.learned import fit, out_of_fold  # noqa: E402
 from appliance.routing.measures import auroc, cheapest, operating_points, pre_route_threshold  # noqa: E402
+from appliance.routing.refit import MAX_WRONG_KEPT, with_thresholds  # noqa: E402
 from appliance.routing.outcomes import (OUTCOME_FEATURES, Outcome, PastOutcomes, outcomes_path,  # noqa: E402
                                         read_outcomes, write_outcomes)
 from appliance.routing.signals import PROMPT_FEATURES, Signals, prompt_features, signals  # noqa: E402
@@ -53,7 +54,6 @@ DEFAULT_EARLY_ROUTER = ROOT / "appliance" / "routing" / "default_router_early.js
 DEFAULT_PRE_ROUTER = ROOT / "appliance" / "routing" / "default_router_pre.json"
 MAX_PRE_ROUTED_RIGHT = 0.10  # of the questions sent to the teacher unasked, the student would have got this many
 HOLD_TOKENS = RoutingConfig().hold_tokens  # the early router sees as many tokens as the daemon holds
-MAX_WRONG_KEPT = 0.05
 
 
 def decode_together(engine: Any, jobs: dict[str, tuple[list[int], Any]]) -> dict[str, list[Any]]:
@@ -231,14 +231,8 @@ def main() -> None:
                                                 ((k, *v) for k, v in sorted(by_cat.items()))}
     plot(curves, args.out / "cost_quality.png")
     if args.install:
-        chosen = cheapest(operating_points(oof["learned (signals)"], y_dev), MAX_WRONG_KEPT)
-        cache = cheapest(operating_points(oof["learned (signals)"], y_dev), MAX_WRONG_KEPT / 2)
-        # A probability never reaches 1.0: a threshold of 1.0 keeps nothing (and stays plain JSON, unlike inf).
-        replace(router, threshold=min(chosen.threshold, 1.0),
-                cache_threshold=min(max(chosen.threshold, cache.threshold), 1.0)).save(DEFAULT_ROUTER)
-        early_chosen = cheapest(operating_points(oof[early_name], y_dev), MAX_WRONG_KEPT)
-        replace(router_early, threshold=min(early_chosen.threshold, 1.0), cache_threshold=1.0).save(
-            DEFAULT_EARLY_ROUTER)
+        with_thresholds(router, oof["learned (signals)"], y_dev).save(DEFAULT_ROUTER)
+        replace(with_thresholds(router_early, oof[early_name], y_dev), cache_threshold=1.0).save(DEFAULT_EARLY_ROUTER)
         pre_t = pre_route_threshold(oof["pre-route (the question alone)"], y_dev, MAX_PRE_ROUTED_RIGHT)
         replace(pre_router, threshold=pre_t, cache_threshold=1.0).save(DEFAULT_PRE_ROUTER)
         # The daemon's memory holds every graded question, test half too: it is not scored again here.

@@ -184,13 +184,15 @@ def test_too_few_answers_to_refit_still_place_the_shipped_routers_threshold_for_
     shipped = LogisticRouter(names, (0.5,) * len(names), (0.2,) * len(names), weights, 0.0, 1.0, 1.0, trained_on=160)
     # A new student that is right when sure: 20 answers, the 8 least sure of them wrong.
     answers = [Example(f"q{i}", _signals(0.1 + 0.04 * i), i >= 8) for i in range(20)]
-    placed = rethreshold(answers, shipped)
-    assert placed is not None and placed.weights == shipped.weights and placed.trained_on == 160
+    outcome = rethreshold(answers, shipped)
+    assert outcome is not None and (outcome.graded, outcome.kept) == (20, 12)
+    placed = outcome.router
+    assert placed.weights == shipped.weights and placed.trained_on == 160
     scores = [placed.probability([e.features[n] for n in names]) for e in answers]
     kept = [e for e, s in zip(answers, scores) if s >= placed.threshold]
     assert len(kept) == 12 and all(e.right for e in kept)  # every right answer, no wrong one
     assert placed.cache_threshold >= placed.threshold
     # Wrong whatever its confidence: nothing is kept.
     hopeless = rethreshold([Example(f"q{i}", _signals(0.05 * i), False) for i in range(20)], shipped)
-    assert hopeless is not None and hopeless.threshold == 1.0
+    assert hopeless is not None and hopeless.router.threshold == 1.0 and hopeless.kept == 0
     assert rethreshold(answers[:9], shipped) is None  # too few to place anything

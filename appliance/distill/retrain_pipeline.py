@@ -399,13 +399,10 @@ def router_stage(answers: Sequence[dict[str, Any]], setting: str, hooks: Retrain
     # answers it may keep none of) placed on the new student's held-out answers.
     placed = rethreshold(examples, LogisticRouter.load(DEFAULT_ROUTER))
     if placed is not None:
-        placed.save(target)
-        scored = [placed.probability([e.features[n] for n in placed.features]) for e in examples
-                  if all(n in e.features for n in placed.features)]
-        kept = sum(1 for p in scored if p >= placed.threshold)
+        placed.router.save(target)
         text = (f"router not refitted: {outcome.reason}; the shipped router routes the new student, its "
-                f"threshold chosen on the new student's {len(scored)} held-out answers (it keeps {kept} of them, "
-                f"at most 5% wrong); installed at {target}")
+                f"threshold chosen on the new student's {placed.graded} held-out answers (it keeps {placed.kept} "
+                f"of them, at most 5% wrong); installed at {target}")
         hooks.note(text)
         return RouterResult(text, removed, target)
     text = f"router not refitted: {outcome.reason}; the shipped router routes the new student"

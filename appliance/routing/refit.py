@@ -141,12 +141,7 @@ def refit(found: Sequence[Example], unlabelled: int, current: LogisticRouter | N
     scores = [new.probability(v) for v in x_held]
     auroc_new = auroc(scores, y_held)
     auroc_current = auroc([current.probability(v) for v in x_held], y_held) if current is not None else None
-    keep = cheapest(operating_points(scores, y_held), MAX_WRONG_KEPT)
-    cache = cheapest(operating_points(scores, y_held), MAX_WRONG_KEPT / 2)
-    # When no band is at most 5% wrong the threshold is "keep none" (inf); 1.0 says the same, since a
-    # probability never reaches it, and stays plain JSON.
-    tuned = replace(new, threshold=min(keep.threshold, 1.0),
-                    cache_threshold=min(max(keep.threshold, cache.threshold), 1.0), trained_on=len(fit_part))
+    tuned = replace(with_thresholds(new, scores, y_held), trained_on=len(fit_part))
     if auroc_current is not None and auroc_new < auroc_current:
         return outcome(tuned, auroc_new, auroc_current, False,
                        f"the refitted router separates right from wrong less well on held-back verdicts "
@@ -156,12 +151,35 @@ def refit(found: Sequence[Example], unlabelled: int, current: LogisticRouter | N
                    + (f" (current router: {auroc_current:.3f})" if auroc_current is not None else ""))
 
 
+def with_thresholds(router: LogisticRouter, scores: Sequence[float], right: Sequence[bool]) -> LogisticRouter:
+    """`router` with the thresholds that keep at most 5% wrong (served) and 2.5% wrong (cached) among the
+    answers `scores` rates, which must not be the ones it was fitted on (they score too kindly).
+
+    When no band is at most 5% wrong the threshold is "keep none" (inf); 1.0 says the same, since a
+    probability never reaches it, and stays plain JSON.
+    """
+    keep = cheapest(operating_points(scores, right), MAX_WRONG_KEPT)
+    cache = cheapest(operating_points(scores, right), MAX_WRONG_KEPT / 2)
+    return replace(router, threshold=min(keep.threshold, 1.0),
+                   cache_threshold=min(max(keep.threshold, cache.threshold), 1.0))
+
+
 MIN_RETHRESHOLD_LABELS = 10
 """Graded answers a new student needs before the shipped router's thresholds are chosen on them."""
 
 
+@dataclass(frozen=True)
+class Placed:
+    router: LogisticRouter
+    """The weights it was given, with thresholds placed for the new student."""
+    graded: int
+    """The new student's graded answers the thresholds were placed on."""
+    kept: int
+    """How many of them the router keeps."""
+
+
 def rethreshold(found: Sequence[Example], current: LogisticRouter,
-                min_labels: int = MIN_RETHRESHOLD_LABELS) -> LogisticRouter | None:
+                min_labels: int = MIN_RETHRESHOLD_LABELS) -> Placed | None:
     """`current`'s weights, with thresholds chosen on a new student's graded answers; None when too few.
 
     Too few answers to refit a router may still place its threshold: the weights were fitted on other
@@ -172,8 +190,5 @@ def rethreshold(found: Sequence[Example], current: LogisticRouter,
     if len(usable) < min_labels:
         return None
     scores = [current.probability([e.features[n] for n in current.features]) for e in usable]
-    labels = [e.right for e in usable]
-    keep = cheapest(operating_points(scores, labels), MAX_WRONG_KEPT)
-    cache = cheapest(operating_points(scores, labels), MAX_WRONG_KEPT / 2)
-    return replace(current, threshold=min(keep.threshold, 1.0),
-                   cache_threshold=min(max(keep.threshold, cache.threshold), 1.0), trained_on=current.trained_on)
+    router = with_thresholds(current, scores, [e.right for e in usable])
+    return Placed(router, len(usable), sum(1 for p in scores if p >= router.threshold))
