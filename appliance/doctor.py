@@ -390,8 +390,9 @@ def retrain_outlook(config: AthanorConfig) -> Check:
 
 def check_router(setting: str, answer_router: str | None, trained_on: int, pre_reads_record: bool,
                  shipped_record: int, logged_record: int, keeps_none: bool = False,
-                 explore_share: float = 0.0) -> Check:
-    """Which router decides whether the student's answer is kept, and what pre-routing remembers."""
+                 explore_share: float = 0.0, early_router: str | None = None, hold_tokens: int = 8) -> Check:
+    """Which router decides whether the student's answer is kept, what streams with a teacher, and what
+    pre-routing remembers."""
     if setting == "off":
         return Check("router", "ok", "the quantile rule ([routing].router = \"off\"): no fitted router")
     if answer_router is None:
@@ -402,6 +403,11 @@ def check_router(setting: str, answer_router: str | None, trained_on: int, pre_r
         text += (f"; it keeps none of the student's answers (no band of its data was at most 5% wrong): with a "
                  f"teacher, questions go to it before any decode, but for the {explore_share:.0%} the student "
                  f"answers first for `router refit`; without one, every answer is flagged degraded")
+    elif early_router is not None:
+        text += (f"; with a teacher, an answer streams once its first {hold_tokens} tokens pass {early_router} "
+                 f"(else the teacher answers at once)")
+    else:
+        text += "; with a teacher, answers are held to their end (no router of the first tokens)"
     if pre_reads_record:
         text += (f"; pre-routing reads the student's record on {shipped_record + logged_record} past questions "
                  f"({shipped_record} shipped, {logged_record} graded in the distillation log)")
@@ -411,7 +417,8 @@ def check_router(setting: str, answer_router: str | None, trained_on: int, pre_r
 def router_outlook(config: AthanorConfig) -> Check:
     """`check_router` from the router files and the distillation log (no model or embedder is loaded)."""
     from .engine.model_source import is_embedded_default
-    from .routing.decide import default_router_file, keeps_nothing, load_policy, needs_outcomes, pre_router_file
+    from .routing.decide import (default_router_file, early_path, keeps_nothing, load_policy, needs_outcomes,
+                                 pre_router_file)
     from .routing.outcomes import logged_outcomes, outcomes_path, read_outcomes
 
     setting = config.routing.router
@@ -429,8 +436,10 @@ def router_outlook(config: AthanorConfig) -> Check:
             shipped = len(read_outcomes(record))
         # Every version's graded questions: which student serves is the daemon's to say.
         logged = len(logged_outcomes(paths.state_dir() / "distill.jsonl", None))
+    early = load_policy(setting, early=True)
     return check_router(setting, str(path), policy.trained_on if policy else 0, needs_outcomes(pre), shipped, logged,
-                        keeps_nothing(policy), config.routing.explore_share)
+                        keeps_nothing(policy), config.routing.explore_share,
+                        str(early_path(path)) if early is not None else None, config.routing.hold_tokens)
 
 
 # --- disk -------------------------------------------------------------------------------------

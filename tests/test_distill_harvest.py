@@ -262,6 +262,9 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
 
     refit_router_file().parent.mkdir(parents=True, exist_ok=True)
     refit_router_file().write_text("{}")  # a router refitted on the old student's traffic
+    from appliance.routing.decide import early_path
+
+    early_path(refit_router_file()).write_text("{}")  # and its router of the first tokens
     result = CliRunner().invoke(main, ["retrain", "--log", str(log), "--no-reload", "--out", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
     assert "held-out set: 20 log records drawn" in result.output and "new student installed at" in result.output
@@ -276,6 +279,15 @@ def test_retrain_runs_the_whole_loop_from_the_log_to_an_installed_student(tiny_a
     assert "threshold chosen on the new student's 20 held-out answers" in said
     placed, shipped = LogisticRouter.load(refit_router_file()), LogisticRouter.load(DEFAULT_ROUTER)
     assert placed.weights == shipped.weights and placed.bias == shipped.bias
+    # What streams is placed for the new student too, from the first tokens of the same answers, or nothing
+    # streams: the old student's router of the first tokens never stays.
+    early = early_path(refit_router_file())
+    if placed.keeps_none:
+        assert not early.exists()
+    else:
+        assert "early router" in said and early.exists() == ("no early router" not in said)
+        if early.exists():
+            assert LogisticRouter.load(early).cache_threshold == 1.0
     held = read_dataset(retrain_dir() / "heldout.jsonl")
     trained = read_dataset(tmp_path / "work" / "train.jsonl")
     # The 10 newest questions are this week's traffic: measured at the gate on both students, not trained on.

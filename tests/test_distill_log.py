@@ -55,7 +55,8 @@ def test_log_entries_read_back_as_written_and_malformed_lines_are_skipped(tmp_pa
     written = LogEntry(messages=({"role": "system", "content": "简短回答。"}, {"role": "user", "content": "水的沸点是多少度？"}),
                        teacher=TeacherTake(text="100°C", model="gemini", input_tokens=9, output_tokens=3, cost_usd=1e-5),
                        student=StudentTake(text="90°C", model="s", version="v2", confidence={"score": 0.4, "method": "q10"},
-                                           signals={"best_mean": 0.7}, partial=False))
+                                           signals={"best_mean": 0.7}, early_signals={"best_mean": 0.5},
+                                           partial=False))
     log = DistillLog(tmp_path / "d.jsonl")
     log.append(written)
     # A line in the shape the daemon wrote before the types existed, and lines that hold no conversation.

@@ -343,6 +343,12 @@ def test_the_router_check_says_what_judges_answers_and_what_pre_routing_remember
     assert "keeps none" not in used.message
     strict = check_router("default", "/x/default_router.json", 160, False, 0, 0, keeps_none=True, explore_share=0.1)
     assert "keeps none of the student's answers" in strict.message and "10% the student answers first" in strict.message
+    assert "streams" not in strict.message and "held to their end" not in strict.message
+    # What streams with a teacher: the router of the first tokens, or nothing until the answer ends.
+    assert "held to their end" in used.message
+    streaming = check_router("default", "/x/router.json", 40, False, 0, 0, early_router="/x/router_early.json",
+                             hold_tokens=8)
+    assert "streams once its first 8 tokens pass /x/router_early.json" in streaming.message
 
 
 def test_doctor_says_whether_the_router_in_use_keeps_any_answer(tmp_path, monkeypatch):

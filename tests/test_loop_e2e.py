@@ -68,6 +68,8 @@ def test_traffic_teaches_the_student_and_the_teacher_share_falls_after_the_timer
     said = " ".join(result.output.split())  # long paths wrap the lines
     new, old = (float(x) for x in re.search(r"\(retention ([0-9.]+), was ([0-9.]+)\)", said).groups())
     assert re.search(r"recent traffic \(\d+ newest questions\): retention", said)
+    # The router of the first tokens is placed for the new student as well (or, said so, none is).
+    assert "early router" in said
     print(f"\nteacher share {before['teacher_share']:.0%} -> {after['teacher_share']:.0%}; spend per answer "
           f"${before['spend'] / before['n']:.6f} -> ${after['spend'] / after['n']:.6f}; held-out retention {old:.3f} -> {new:.3f}")
     assert after["teacher_share"] <= before["teacher_share"] - 0.5

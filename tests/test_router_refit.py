@@ -49,10 +49,12 @@ def test_free_text_is_not_guessed_at():
 
 
 def _record(question: str, student: str, teacher: str, signals: dict[str, float] | None, version: str = "v1",
-            partial: bool = False) -> dict:
+            partial: bool = False, early: dict[str, float] | None = None) -> dict:
     record_student: dict = {"model": "s", "version": version, "text": student}
     if signals is not None:
         record_student["signals"] = signals
+    if early is not None:
+        record_student["early_signals"] = early
     if partial:
         record_student["partial"] = True
     return {"messages": [{"role": "user", "content": question}], "student": record_student,
@@ -159,7 +161,9 @@ def test_refit_cli_installs_the_router_the_daemon_then_loads(tmp_path, monkeypat
     assert refitted != shipped
     # The router of the question alone stays the shipped one; the shipped router of the first tokens, whose
     # threshold the refit did not place, no longer decides what streams (answers are held to their end).
+    # (this log predates the first tokens' signals, so no early router could be placed for the new student).
     assert load_policy("default", early=True) is None
+    assert outcome["early_installed"] is False and "no early router" in outcome["early"]
     assert load_policy("default", pre=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_pre.json"))
     (state / "router" / "router.json").unlink()
     assert load_policy("default", early=True) == LogisticRouter.load(DEFAULT_ROUTER.with_name("default_router_early.json"))
@@ -196,3 +200,87 @@ def test_too_few_answers_to_refit_still_place_the_shipped_routers_threshold_for_
     hopeless = rethreshold([Example(f"q{i}", _signals(0.05 * i), False) for i in range(20)], shipped)
     assert hopeless is not None and hopeless.router.threshold == 1.0 and hopeless.kept == 0
     assert rethreshold(answers[:9], shipped) is None  # too few to place anything
+
+
+def test_refit_places_the_router_of_the_first_tokens_beside_the_refitted_one(tmp_path, monkeypatch):
+    """With the first tokens' signals logged, a refit also decides what streams for this student."""
+    from appliance.routing.decide import early_path
+    from appliance import paths
+
+    monkeypatch.setenv("ATHANOR_HOME", str(tmp_path))
+    log = DistillLog(tmp_path / "state" / "distill.jsonl")
+    rng = random.Random(5)
+    for i in range(240):
+        best = rng.random()
+        # The first tokens tell a little less than the whole answer, but still which answers are right.
+        log.append(_record(f"question {i}", "Yes." if best > 0.4 else "No.", "Yes.", _signals(best),
+                           early=_signals(min(1.0, max(0.0, best + rng.uniform(-0.1, 0.1))))))
+    log.close()
+    result = CliRunner().invoke(main, ["router", "refit", "--json", "--no-reload"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["installed"] and outcome["early_installed"], outcome
+    assert early_path(paths.refit_router_file()).is_file()
+    early = load_policy("default", early=True)
+    assert early is not None and early.threshold < 1.0 and early.cache_threshold == 1.0
+    # It lets the sure answers stream and stops the unsure ones at their first tokens.
+    names = early.features
+    assert early.probability([_signals(0.95)[n] for n in names]) >= early.threshold
+    assert early.probability([_signals(0.1)[n] for n in names]) < early.threshold
+
+
+def test_the_early_router_is_placed_only_where_its_first_tokens_tell_right_from_wrong():
+    from appliance.routing.decide import early_path
+    from appliance.routing.refit import Example, place_early
+
+    shipped = LogisticRouter.load(early_path(DEFAULT_ROUTER))
+    assert place_early([Example(f"q{i}", _signals(0.1 * i), True) for i in range(9)], shipped, 40).router is None
+    # First tokens that all look alike, half of them wrong: no band streams at most 5% wrong, and a router
+    # that lets nothing stream would escalate the answers the whole-answer router keeps: none is placed.
+    coin = [Example(f"q{i}", _signals(0.5), i % 2 == 0) for i in range(40)]
+    hopeless = place_early(coin, shipped, 40)
+    assert hopeless.router is None and "no band" in hopeless.reason
+    # Right whenever the first tokens are sure: placed, and it never caches.
+    sure = [Example(f"q{i}", _signals(0.025 * i), i >= 16) for i in range(40)]
+    placed = place_early(sure, shipped, 40)
+    assert placed.router is not None and placed.router.threshold < 1.0 and placed.router.cache_threshold == 1.0
+
+
+def test_examples_of_the_first_tokens_come_from_their_own_signals():
+    records = [_record("q1", "Yes.", "Yes.", _signals(0.9), early=_signals(0.7)),
+               _record("q2", "No.", "Yes.", _signals(0.2))]  # logged before the first tokens' signals were
+    found, _ = examples(_entries(records), "v1", early=True)
+    assert [(e.question, e.features["best_mean"], e.right) for e in found] == [("q1", 0.7, True)]
+    whole, _ = examples(_entries(records), "v1")
+    assert [e.features["best_mean"] for e in whole] == [0.9, 0.2]
+
+
+def test_a_retrain_places_both_routers_for_a_new_student_that_is_right_when_sure(tmp_path, monkeypatch):
+    """evaluate's held-out answers (too few to refit) place the shipped weights' thresholds, whole and early."""
+    from appliance import paths
+    from appliance.distill.retrain_pipeline import RetrainHooks, router_stage
+    from appliance.routing.decide import early_path
+
+    monkeypatch.setenv("ATHANOR_HOME", str(tmp_path))
+    shipped = load_policy("default")
+    shipped_early = load_policy("default", early=True)
+    assert shipped is not None and shipped_early is not None
+
+    def sure(router: LogisticRouter, i: int) -> dict[str, float]:
+        # Signals the shipped router scores from least to most sure as i grows: along its own weights.
+        return {n: m + s * w * 0.05 * (i - 15) for n, m, s, w in zip(router.features, router.mean, router.scale,
+                                                                      router.weights)}
+
+    answers = [{"prompt": f"q{i}", "agreed": i >= 12, "signals": sure(shipped, i),
+                "early_signals": sure(shipped_early, i)} for i in range(30)]
+    notes: list[str] = []
+    result = router_stage(answers, "default", RetrainHooks(note=notes.append))
+    assert result.installed == paths.refit_router_file()
+    whole, early = load_policy("default"), load_policy("default", early=True)
+    assert whole is not None and not whole.keeps_none
+    assert early is not None and not early.keeps_none and early.cache_threshold == 1.0
+    assert early_path(paths.refit_router_file()).is_file() and "early router" in result.outcome
+    # Each lets through only answers that were right.
+    for router, field in ((whole, "signals"), (early, "early_signals")):
+        kept = [a for a in answers if router.probability([a[field][n] for n in router.features]) >= router.threshold]
+        assert kept and all(a["agreed"] for a in kept)

@@ -80,6 +80,10 @@ def test_unsure_student_goes_to_the_teacher_then_the_cache_answers(hybrid, gemin
     # With the student's answer, the router's signals for it: what `athanor router refit` learns from.
     assert set(records[-1]["student"]["signals"]) == set(Signals.names())
     assert "partial" not in records[-1]["student"]
+    # And those of its first tokens, from which the refit learns what may stream.
+    whole, early = records[-1]["student"]["signals"], records[-1]["student"]["early_signals"]
+    assert set(early) == set(Signals.names())
+    assert early["neg_length"] == max(whole["neg_length"], -8) and early["chinese"] == whole["chinese"]
 
 
 def test_namespaces_do_not_share_answers(hybrid, gemini):

@@ -256,7 +256,7 @@ def evaluate(ctx: click.Context, dataset: Path, student_path: Path, teacher_spec
     out_dir = out_dir or path.parent / f"eval-{student_path.stem}"
 
     async def go():
-        student = open_runner(student_path)
+        student = open_runner(student_path, hold_tokens=config.routing.hold_tokens)
         teacher = judge = None
         try:
             if teacher_spec is not None:

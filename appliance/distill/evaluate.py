@@ -127,7 +127,8 @@ async def evaluate(
         answers.append({"prompt": record.prompt, "category": record.category, "reference": reference,
                         "teacher": teacher_text, "student": local.text, "confidence": round(sure, 6),
                         "student_quality": student_quality, "teacher_quality": teacher_quality,
-                        "agreed": item.agreed, "off_label": strayed, "signals": local.signals})
+                        "agreed": item.agreed, "off_label": strayed, "signals": local.signals,
+                        "early_signals": local.early_signals})
         on_item(item)
     per, overall = summarize(items, settings.gap_points)
     curve = threshold_curve(items)

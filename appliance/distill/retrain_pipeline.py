@@ -22,6 +22,7 @@ from .retrain_plan import MIN_RECORDS, Mode, RetrainPlan
 
 if TYPE_CHECKING:
     from ..config import AthanorConfig
+    from ..routing.learned import LogisticRouter
     from .train import StepInfo, TrainResult
 
 MIN_REFIT_LABELS = 40
@@ -196,7 +197,7 @@ def evaluate_student(student: Path, heldout: Sequence[Record], config: AthanorCo
 
     settings = EvalSettings(target_quality=config.distill.target_quality,
                             confidence_quantile=config.routing.confidence_quantile)
-    runner = open_runner(student)
+    runner = open_runner(student, hold_tokens=config.routing.hold_tokens)
     try:
         with hooks.bar(f"evaluate {label}", len(heldout), "") as (progress, task):
             result = asyncio.run(evaluate(list(heldout), runner, settings,
@@ -372,14 +373,16 @@ def router_stage(answers: Sequence[dict[str, Any]], setting: str, hooks: Retrain
     """The router follows the student: the one refitted on the old student's traffic goes, and one fitted on
     the new student's held-out answers (evaluate's agreement with the teacher as labels) replaces the shipped
     one if it does at least as well on the questions it held back. With too few answers for that, the
-    shipped router's threshold is placed on them (`rethreshold`)."""
+    shipped router's threshold is placed on them (`rethreshold`). The router of the first tokens, which
+    decides what streams with a teacher configured, is placed beside it the same way (`place_early`)."""
     from ..paths import refit_router_file
-    from ..routing.decide import DEFAULT_ROUTER
+    from ..routing.decide import DEFAULT_ROUTER, early_path
     from ..routing.learned import LogisticRouter
     from ..routing.refit import examples_from_evaluation, refit, rethreshold
 
     target = refit_router_file()
     removed = None
+    early_path(target).unlink(missing_ok=True)
     if target.is_file():
         target.unlink()
         removed = target
@@ -394,7 +397,7 @@ def router_stage(answers: Sequence[dict[str, Any]], setting: str, hooks: Retrain
         outcome.router.save(target)
         text = f"router refitted on the new student: {outcome.reason}; installed at {target}"
         hooks.note(text)
-        return RouterResult(text, removed, target)
+        return RouterResult(text + _place_early(answers, outcome.router, target, hooks), removed, target)
     # Too few to refit: the shipped weights, with the threshold (chosen for the embedded student, whose
     # answers it may keep none of) placed on the new student's held-out answers.
     placed = rethreshold(examples, LogisticRouter.load(DEFAULT_ROUTER))
@@ -404,10 +407,26 @@ def router_stage(answers: Sequence[dict[str, Any]], setting: str, hooks: Retrain
                 f"threshold chosen on the new student's {placed.graded} held-out answers (it keeps {placed.kept} "
                 f"of them, at most 5% wrong); installed at {target}")
         hooks.note(text)
-        return RouterResult(text, removed, target)
+        return RouterResult(text + _place_early(answers, placed.router, target, hooks), removed, target)
     text = f"router not refitted: {outcome.reason}; the shipped router routes the new student"
     hooks.note(text)
     return RouterResult(text, removed)
+
+
+def _place_early(answers: Sequence[dict[str, Any]], router: LogisticRouter, target: Path, hooks: RetrainHooks) -> str:
+    """Install the early router beside `target` for the new student; what became of it, for the summary."""
+    from ..routing.decide import DEFAULT_ROUTER, early_path
+    from ..routing.learned import LogisticRouter
+    from ..routing.refit import examples_from_evaluation, place_early
+
+    if router.keeps_none:
+        return ""  # with a teacher nothing is decoded first (bar the explored share, held to its end)
+    shipped = LogisticRouter.load(early_path(DEFAULT_ROUTER))
+    early = place_early(examples_from_evaluation(answers, early=True), shipped, MIN_REFIT_LABELS)
+    if early.router is not None:
+        early.router.save(early_path(target))
+    hooks.note(early.reason)
+    return f"; {early.reason}"
 
 
 def run_retrain(request: RetrainRequest, hooks: RetrainHooks | None = None) -> RetrainOutcome:

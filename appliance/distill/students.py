@@ -22,6 +22,8 @@ class LocalAnswer:
     logprobs: tuple[float, ...]
     signals: dict[str, float] | None = None
     """The router's signals for this answer, read as the daemon reads them (llama.cpp runs only)."""
+    early_signals: dict[str, float] | None = None
+    """The same signals of its first `hold_tokens` tokens: what the early router decides from."""
 
 
 class Runner(Protocol):
@@ -35,10 +37,12 @@ class Runner(Protocol):
 class GGUFRunner:
     """A GGUF model in llama.cpp, one sequence at a time."""
 
-    def __init__(self, path: Path, n_ctx: int = 2048, n_threads: int = 0) -> None:
+    def __init__(self, path: Path, n_ctx: int = 2048, n_threads: int = 0, hold_tokens: int | None = None) -> None:
+        from ..config import RoutingConfig
         from ..engine.llama import LlamaEngine
 
         self.name = Path(path).name
+        self._hold = hold_tokens or RoutingConfig().hold_tokens
         self._engine = LlamaEngine(Path(path), self.name, n_ctx=n_ctx, n_threads=n_threads, parallel=1)
 
     def answer(self, messages: list[dict[str, str]], max_tokens: int) -> LocalAnswer:
@@ -50,8 +54,9 @@ class GGUFRunner:
         from ..routing.router import last_user_text
         from ..routing.signals import signals
 
-        return LocalAnswer(text.strip(), tuple(e.logprob for e in events),
-                           signals(last_user_text(messages), events).as_dict())
+        question = last_user_text(messages)
+        return LocalAnswer(text.strip(), tuple(e.logprob for e in events), signals(question, events).as_dict(),
+                           signals(question, events[:self._hold]).as_dict())
 
     def close(self) -> None:
         self._engine.close()

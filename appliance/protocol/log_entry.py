@@ -47,6 +47,8 @@ class StudentTake:
     confidence: dict[str, float | int | str] = field(default_factory=dict)
     """How sure it was, as `Confidence.as_dict()` wrote it."""
     signals: dict[str, float] | None = None
+    early_signals: dict[str, float] | None = None
+    """The same signals of the answer's first `[routing].hold_tokens` tokens (the early router's features)."""
     partial: bool = False
     """Escalated after its first tokens: not the whole answer, so no label for the router."""
 
@@ -55,6 +57,8 @@ class StudentTake:
                                 "confidence": self.confidence}
         if self.signals is not None:
             data["signals"] = self.signals
+        if self.early_signals is not None:
+            data["early_signals"] = self.early_signals
         if self.partial:
             data["partial"] = True
         return data
@@ -63,13 +67,14 @@ class StudentTake:
     def from_json(cls, data: Any) -> StudentTake | None:
         if not isinstance(data, Mapping):
             return None
-        signals = data.get("signals")
+        signals, early = data.get("signals"), data.get("early_signals")
         numbers = _numbers(signals) if isinstance(signals, Mapping) else None
         version = data.get("version")
         return cls(text=str(data.get("text") or ""), model=str(data.get("model") or ""),
                    version=str(version) if version is not None else None,
                    confidence=_scalars(data.get("confidence")),
-                   signals=numbers, partial=bool(data.get("partial")))
+                   signals=numbers, early_signals=_numbers(early) if isinstance(early, Mapping) else None,
+                   partial=bool(data.get("partial")))
 
 
 @dataclass(frozen=True)

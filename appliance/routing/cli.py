@@ -34,8 +34,9 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
     the daemon, asked to reload, then routes by it (with `[routing].router = "default"`)."""
     from .. import paths
     from ..protocol.distill_log import read_entries
-    from .decide import load_policy
-    from .refit import examples, refit
+    from .decide import DEFAULT_ROUTER, early_path, load_policy
+    from .learned import LogisticRouter
+    from .refit import EarlyPlacement, examples, place_early, refit
 
     from ..config import load_config
 
@@ -49,19 +50,33 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
     outcome = refit(found, unlabelled, current, min_labels)
     target = paths.refit_router_file()
     installed = outcome.install and outcome.router is not None and not dry_run
+    early = None
+    if outcome.install and outcome.router is not None and not outcome.router.keeps_none:
+        # What streams with a teacher configured is decided by the router of the first tokens: it is
+        # placed for this student too, or there is none and answers are held to their end.
+        early = place_early(examples(records, version, early=True)[0],
+                            LogisticRouter.load(early_path(DEFAULT_ROUTER)), min_labels)
+    elif outcome.install:
+        early = EarlyPlacement(None, "no early router: the refitted router keeps none of this student's answers")
     if installed:
-        assert outcome.router is not None
+        assert outcome.router is not None and early is not None
         outcome.router.save(target)
+        early_path(target).unlink(missing_ok=True)
+        if early.router is not None:
+            early.router.save(early_path(target))
     if as_json:
         click.echo(json.dumps({"student_version": version, "labelled": outcome.labelled,
                                "unlabelled": outcome.unlabelled, "held_back": outcome.holdout,
                                "auroc_new": outcome.auroc_new, "auroc_current": outcome.auroc_current,
                                "installed": installed, "path": str(target) if installed else None,
-                               "reason": outcome.reason}))
+                               "reason": outcome.reason, "early": early.reason if early is not None else None,
+                               "early_installed": installed and early is not None and early.router is not None}))
     else:
         click.echo(f"student {version or '(none logged)'}: {outcome.labelled} checkable teacher verdicts, "
                    f"{outcome.unlabelled} free-text ones not used", err=True)
         click.echo(outcome.reason, err=True)
+        if early is not None:
+            click.echo(early.reason, err=True)
         if installed:
             click.echo(f"installed {target}", err=True)
         elif dry_run and outcome.install:

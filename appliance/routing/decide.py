@@ -156,7 +156,7 @@ def serving_past_outcomes(config: AthanorConfig, embed: Embed | None,
 
 def keeps_nothing(policy: LogisticRouter | None) -> bool:
     """A fitted router whose threshold no probability reaches: it keeps none of the student's answers."""
-    return policy is not None and policy.threshold >= 1.0
+    return policy is not None and policy.keeps_none
 
 
 def explores(question: str, share: float) -> bool:

@@ -34,6 +34,11 @@ class LogisticRouter:
         logit = float(z @ np.asarray(self.weights) + self.bias)
         return float(1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30))))
 
+    @property
+    def keeps_none(self) -> bool:
+        """Its threshold is one no probability reaches: it keeps none of the student's answers."""
+        return self.threshold >= 1.0
+
     def to_json(self) -> str:
         return json.dumps(self.__dict__ | {"features": list(self.features)}, indent=1)
 

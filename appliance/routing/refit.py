@@ -73,13 +73,21 @@ class Example:
     right: bool
 
 
-def examples(entries: Iterable[LogEntry], student_version: str | None) -> tuple[list[Example], int]:
-    """The labelled examples in log entries (of this student version, when given) and how many were not checkable."""
+def examples(entries: Iterable[LogEntry], student_version: str | None,
+             early: bool = False) -> tuple[list[Example], int]:
+    """The labelled examples in log entries (of this student version, when given) and how many were not checkable.
+
+    `early`: with the signals of each answer's first tokens (the early router's features), still labelled
+    by the whole answer; answers logged before those were recorded are left out.
+    """
     found: list[Example] = []
     unlabelled = 0
     for entry in entries:
         student, teacher = entry.student, entry.teacher
-        if student is None or teacher is None or not teacher.text or student.partial or student.signals is None:
+        if student is None or teacher is None or not teacher.text or student.partial:
+            continue
+        features = student.early_signals if early else student.signals
+        if features is None:
             continue
         if student_version is not None and student.version != student_version:
             continue
@@ -87,15 +95,17 @@ def examples(entries: Iterable[LogEntry], student_version: str | None) -> tuple[
         if label is None:
             unlabelled += 1
             continue
-        found.append(Example(entry.question, dict(student.signals), label))
+        found.append(Example(entry.question, dict(features), label))
     return found, unlabelled
 
 
-def examples_from_evaluation(answers: Iterable[dict[str, Any]]) -> list[Example]:
+def examples_from_evaluation(answers: Iterable[dict[str, Any]], early: bool = False) -> list[Example]:
     """Labelled examples from `athanor evaluate`'s answers (a new student on its held-out set): the student's
-    signals, and whether its answer agreed with the teacher's by evaluate's own scoring."""
-    return [Example(str(a.get("prompt", "")), {k: float(v) for k, v in a["signals"].items()}, bool(a.get("agreed")))
-            for a in answers if isinstance(a.get("signals"), dict)]
+    signals (of its first tokens, with `early`), and whether its answer agreed with the teacher's by
+    evaluate's own scoring."""
+    field = "early_signals" if early else "signals"
+    return [Example(str(a.get("prompt", "")), {k: float(v) for k, v in a[field].items()}, bool(a.get("agreed")))
+            for a in answers if isinstance(a.get(field), dict)]
 
 
 def in_holdout(question: str, share: float = HOLDOUT_SHARE) -> bool:
@@ -192,3 +202,36 @@ def rethreshold(found: Sequence[Example], current: LogisticRouter,
     scores = [current.probability([e.features[n] for n in current.features]) for e in usable]
     router = with_thresholds(current, scores, [e.right for e in usable])
     return Placed(router, len(usable), sum(1 for p in scores if p >= router.threshold))
+
+
+@dataclass(frozen=True)
+class EarlyPlacement:
+    router: LogisticRouter | None
+    """The early router for the new whole-answer router; None: none (answers are then held to their end)."""
+    reason: str
+
+
+def place_early(found: Sequence[Example], shipped: LogisticRouter, min_labels: int) -> EarlyPlacement:
+    """The router of an answer's first tokens to go beside a refitted or re-thresholded whole-answer router.
+
+    `found` are the new student's answers with the signals of their first tokens, labelled by the whole
+    answer. Fitted on them when there are enough and it does no worse than `shipped`'s weights on the
+    held-back ones; else `shipped`'s weights with the threshold placed on them; else none. Its threshold
+    keeps at most 5% wrong among the answers it lets stream; it never caches (the whole answer decides).
+    """
+    outcome = refit(found, 0, shipped, min_labels)
+    if outcome.install and outcome.router is not None:
+        router, reason = outcome.router, f"early router refitted: {outcome.reason}"
+    else:
+        placed = rethreshold(found, shipped)
+        if placed is None:
+            return EarlyPlacement(None, f"no early router: {len(found)} answers with their first tokens' signals, "
+                                        f"{MIN_RETHRESHOLD_LABELS} needed; answers are held to their end")
+        router, reason = placed.router, (f"early router: the shipped weights, threshold placed on {placed.graded} "
+                                         f"answers' first tokens")
+    if router.keeps_none:
+        # One that lets nothing stream would escalate every answer after its first tokens, even those the
+        # whole-answer router keeps: without it they are held to their end and that router decides.
+        return EarlyPlacement(None, f"no early router: no band of the first tokens is at most "
+                                    f"{MAX_WRONG_KEPT:.0%} wrong; answers are held to their end")
+    return EarlyPlacement(replace(router, cache_threshold=1.0), reason)

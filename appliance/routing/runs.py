@@ -273,9 +273,14 @@ class StudentRun(Run):
     def _student_record(self, completion: Completion, sure: Confidence, partial: bool = False) -> StudentTake:
         # The router's signals go into the log with the answer, so that `athanor router refit` can learn,
         # from the teacher's verdicts on this student, which signal values mean a wrong answer.
-        found = signals(last_user_text(self.request.messages), completion.tokens).as_dict() if completion.tokens else None
+        question = last_user_text(self.request.messages)
+        found = early = None
+        if completion.tokens:
+            found = signals(question, completion.tokens).as_dict()
+            # And those of its first tokens, from which the early router learns what may stream.
+            early = signals(question, completion.tokens[:self.router.routing.hold_tokens]).as_dict()
         return StudentTake(text=completion.text, model=self.student.name, version=self.student.version,
-                           confidence=sure.as_dict(), signals=found, partial=partial)
+                           confidence=sure.as_dict(), signals=found, early_signals=early, partial=partial)
 
     async def _log(self, record: LogEntry) -> None:
         """Append to the distillation log, if there is one; a failed write is reported to the storage health."""
