@@ -1,7 +1,10 @@
+import json
 import os
 import signal
 import subprocess
 import sys
+
+import pytest
 
 from appliance.protocol.distill_log import DistillLog, read_records
 
@@ -70,3 +73,19 @@ def test_log_entries_read_back_as_written_and_malformed_lines_are_skipped(tmp_pa
     assert first.answered and first.question == "水的沸点是多少度？" and first.ts is not None
     assert not second.answered and second.pending == "teacher over budget" and second.question == "Is 7 prime?"
     assert second.student is not None and second.student.signals == {}  # a non-number signal is dropped, not guessed
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
+def test_the_log_reads_backwards_as_it_reads_forwards_whatever_the_block(tmp_path, block):
+    from appliance.protocol.distill_log import read_records_newest_first
+
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps({"i": i, "text": "水" * (i % 13)}, ensure_ascii=False) for i in range(40)]
+    # A corrupt line, a blank one and a last line torn by a crash mid-write are all skipped.
+    path.write_bytes(("\n".join(lines[:20] + ["{not json", ""] + lines[20:]) + "\n" + '{"i": 99, "te').encode())
+    backwards = list(read_records_newest_first(path, block=block))
+    assert backwards == list(reversed(list(read_records(path))))
+    assert [r["i"] for r in backwards] == list(range(39, -1, -1))
+    assert list(read_records_newest_first(tmp_path / "missing.jsonl")) == []
+    path.write_bytes(b"")
+    assert list(read_records_newest_first(path, block=block)) == []

@@ -114,3 +114,23 @@ def test_a_pre_router_without_the_record_needs_no_memory(tmp_path):
     form.save(pre_path(router))
     assert load_past_outcomes(str(router), _embed, None) is None
     assert load_past_outcomes("off", _embed, None) is None
+
+
+def test_only_the_newest_graded_questions_are_read_and_kept_in_order(tmp_path):
+    from appliance.routing.outcomes import logged_outcomes
+
+    def entry(i: int) -> str:
+        graded = i % 3 != 0  # every third answer is free text the teacher's cannot grade
+        return json.dumps({"messages": [{"role": "user", "content": f"q{i}"}],
+                           "student": {"model": "s", "version": "v1", "text": "Yes." if i % 2 else "No.",
+                                       "signals": {"best_mean": 0.5}},
+                           "teacher": {"text": "Yes." if graded else "A long answer " * 20, "cost_usd": 0.001}})
+
+    log = tmp_path / "distill.jsonl"
+    log.write_text("".join(entry(i) + "\n" for i in range(300)), encoding="utf-8")
+    everything = logged_outcomes(log, "v1", limit=10_000)
+    assert len(everything) == 200 and everything[0].question == "q1" and everything[-1].question == "q299"
+    newest = logged_outcomes(log, "v1", limit=10)
+    assert newest == everything[-10:]
+    assert [o.right for o in newest] == [o.question.endswith(("1", "3", "5", "7", "9")) for o in newest]
+    assert logged_outcomes(log, "v1", limit=0) == [] and logged_outcomes(tmp_path / "none.jsonl", "v1") == []

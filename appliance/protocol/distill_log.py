@@ -64,6 +64,14 @@ class DistillLog:
                 self._fd = -1
 
 
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """Every complete record in the log; torn or corrupt lines are skipped."""
     if not path.exists():
@@ -72,17 +80,51 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
         for raw in handle:
             if not raw.endswith(b"\n"):
                 continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
+            record = _parse(raw)
+            if record is not None:
                 yield record
+
+
+def read_records_newest_first(path: Path, block: int = 1 << 20) -> Iterator[dict[str, Any]]:
+    """The log's complete records from the last to the first, reading the file backwards in blocks, so that a
+    reader that wants only the newest stops without reading a long log whole. A torn last line is skipped."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        tail = b""
+        past_last_newline = False
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + tail
+            lines = data.split(b"\n")
+            if not past_last_newline:
+                if len(lines) == 1:
+                    tail = data  # no newline yet: all of it is after the last one
+                    continue
+                lines.pop()  # after the last newline: empty, or a line torn by a crash
+                past_last_newline = True
+            # The first piece may be the end of a line that starts in an earlier block.
+            tail = lines.pop(0) if position > 0 else b""
+            for raw in reversed(lines):
+                record = _parse(raw)
+                if record is not None:
+                    yield record
 
 
 def read_entries(path: Path) -> Iterator[LogEntry]:
     """Every distillation-log entry in `path`, typed; lines that hold no conversation are skipped."""
     for data in read_records(path):
+        entry = LogEntry.from_json(data)
+        if entry is not None:
+            yield entry
+
+
+def read_entries_newest_first(path: Path) -> Iterator[LogEntry]:
+    """`read_entries` from the last entry to the first (see `read_records_newest_first`)."""
+    for data in read_records_newest_first(path):
         entry = LogEntry.from_json(data)
         if entry is not None:
             yield entry

@@ -113,13 +113,22 @@ def build(outcomes: Sequence[Outcome], embed: Embed | None) -> PastOutcomes:
     return PastOutcomes(vectors, [o.right for o in kept], questions)
 
 
-def logged_outcomes(log_path: Path, student_version: str | None) -> list[Outcome]:
-    """The questions of the distillation log whose student answer the teacher's answer grades (as
-    `athanor router refit` grades them), for this student version; none when there is no log."""
-    from ..protocol.distill_log import read_entries
+def logged_outcomes(log_path: Path, student_version: str | None, limit: int = MAX_OUTCOMES) -> list[Outcome]:
+    """The newest `limit` questions of the distillation log whose student answer the teacher's answer grades
+    (as `athanor router refit` grades them), for this student version, oldest first; none when there is no log.
+
+    The log is read from its end and only as far back as it takes: a long log costs no more at each start
+    and reload than the outcomes kept (`build` keeps no more than `MAX_OUTCOMES` either).
+    """
+    from ..protocol.distill_log import read_entries_newest_first
     from .refit import examples
 
-    if not log_path.is_file():
+    if not log_path.is_file() or limit <= 0:
         return []
-    found, _ = examples(read_entries(log_path), student_version)
-    return [Outcome(e.question, e.right) for e in found]
+    found = []
+    for entry in read_entries_newest_first(log_path):
+        graded, _ = examples([entry], student_version)
+        found += graded
+        if len(found) >= limit:
+            break
+    return [Outcome(e.question, e.right) for e in reversed(found)]
