@@ -31,7 +31,9 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
     Only answers the teacher's can check (yes/no, numbers, a few words) are labels. Three in ten
     questions are held back to judge the new router against the one in use; it is installed at
     <state>/router/router.json only when it separates right from wrong at least as well there, and
-    the daemon, asked to reload, then routes by it (with `[routing].router = "default"`)."""
+    the daemon, asked to reload, then routes by it (with `[routing].router = "default"`). Beside it goes
+    the router of the answers' first `[routing].hold_tokens` tokens, which decides what streams with a
+    teacher, placed on the same verdicts (router_early.json); or none, and answers are held to their end."""
     from .. import paths
     from ..protocol.distill_log import read_entries
     from .decide import DEFAULT_ROUTER, early_path, load_policy
