@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -234,16 +235,20 @@ def test_the_early_router_is_placed_only_where_its_first_tokens_tell_right_from_
     from appliance.routing.refit import Example, place_early
 
     shipped = LogisticRouter.load(early_path(DEFAULT_ROUTER))
-    assert place_early([Example(f"q{i}", _signals(0.1 * i), True) for i in range(9)], shipped, 40).router is None
+    whole = replace(LogisticRouter.load(DEFAULT_ROUTER), threshold=0.6)  # a router that keeps some answers
+    assert place_early([Example(f"q{i}", _signals(0.1 * i), True) for i in range(9)], whole, shipped, 40).router is None
     # First tokens that all look alike, half of them wrong: no band streams at most 5% wrong, and a router
     # that lets nothing stream would escalate the answers the whole-answer router keeps: none is placed.
     coin = [Example(f"q{i}", _signals(0.5), i % 2 == 0) for i in range(40)]
-    hopeless = place_early(coin, shipped, 40)
+    hopeless = place_early(coin, whole, shipped, 40)
     assert hopeless.router is None and "no band" in hopeless.reason
     # Right whenever the first tokens are sure: placed, and it never caches.
     sure = [Example(f"q{i}", _signals(0.025 * i), i >= 16) for i in range(40)]
-    placed = place_early(sure, shipped, 40)
+    placed = place_early(sure, whole, shipped, 40)
     assert placed.router is not None and placed.router.threshold < 1.0 and placed.router.cache_threshold == 1.0
+    # Beside a router that keeps nothing, nothing is decoded first: no early router, whatever its data.
+    beside_none = place_early(sure, replace(whole, threshold=1.0), shipped, 40)
+    assert beside_none.router is None and "keeps none" in beside_none.reason
 
 
 def test_examples_of_the_first_tokens_come_from_their_own_signals():

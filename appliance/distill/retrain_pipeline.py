@@ -419,10 +419,8 @@ def _place_early(answers: Sequence[dict[str, Any]], router: LogisticRouter, targ
     from ..routing.learned import LogisticRouter
     from ..routing.refit import examples_from_evaluation, place_early
 
-    if router.keeps_none:
-        return ""  # with a teacher nothing is decoded first (bar the explored share, held to its end)
-    shipped = LogisticRouter.load(early_path(DEFAULT_ROUTER))
-    early = place_early(examples_from_evaluation(answers, early=True), shipped, MIN_REFIT_LABELS)
+    early = place_early(examples_from_evaluation(answers, early=True), router,
+                        LogisticRouter.load(early_path(DEFAULT_ROUTER)), MIN_REFIT_LABELS)
     if early.router is not None:
         early.router.save(early_path(target))
     hooks.note(early.reason)

@@ -38,7 +38,7 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
     from ..protocol.distill_log import read_entries
     from .decide import DEFAULT_ROUTER, early_path, load_policy
     from .learned import LogisticRouter
-    from .refit import EarlyPlacement, examples, place_early, refit
+    from .refit import examples, place_early, refit
 
     from ..config import load_config
 
@@ -53,13 +53,11 @@ def refit_command(ctx: click.Context, log_path: Path | None, min_labels: int, dr
     target = paths.refit_router_file()
     installed = outcome.install and outcome.router is not None and not dry_run
     early = None
-    if outcome.install and outcome.router is not None and not outcome.router.keeps_none:
+    if outcome.install and outcome.router is not None:
         # What streams with a teacher configured is decided by the router of the first tokens: it is
         # placed for this student too, or there is none and answers are held to their end.
-        early = place_early(examples(records, version, early=True)[0],
+        early = place_early(examples(records, version, early=True)[0], outcome.router,
                             LogisticRouter.load(early_path(DEFAULT_ROUTER)), min_labels)
-    elif outcome.install:
-        early = EarlyPlacement(None, "no early router: the refitted router keeps none of this student's answers")
     if installed:
         assert outcome.router is not None and early is not None
         outcome.router.save(target)

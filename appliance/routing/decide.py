@@ -90,9 +90,10 @@ def load_policy(setting: str, early: bool = False, pre: bool = False, ensemble: 
         beside = early_path if early else pre_path if pre else ensemble_path
         if setting == "default" and not beside(path).is_file():
             if early and path != DEFAULT_ROUTER:
-                # A refit (or a retrain) places the whole-answer router only. The shipped early router's
-                # threshold was chosen for the embedded student: it would decide what streams by criteria
-                # the refit replaced. Without it a streamed answer is held to its end and the refit decides.
+                # A refit (or a retrain) places an early router beside its own only where the new student's
+                # first tokens allow one (`refit.place_early`). The shipped early router's threshold was
+                # chosen for the embedded student: it would decide what streams by criteria the refit
+                # replaced. Without one a streamed answer is held to its end and the refitted router decides.
                 return None
             path = DEFAULT_ROUTER  # the question-alone and ensemble routers stay shipped
         path = beside(path)

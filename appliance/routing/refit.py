@@ -211,14 +211,19 @@ class EarlyPlacement:
     reason: str
 
 
-def place_early(found: Sequence[Example], shipped: LogisticRouter, min_labels: int) -> EarlyPlacement:
-    """The router of an answer's first tokens to go beside a refitted or re-thresholded whole-answer router.
+def place_early(found: Sequence[Example], whole: LogisticRouter, shipped: LogisticRouter,
+                min_labels: int) -> EarlyPlacement:
+    """The router of an answer's first tokens to go beside `whole`, a refitted or re-thresholded router.
 
     `found` are the new student's answers with the signals of their first tokens, labelled by the whole
-    answer. Fitted on them when there are enough and it does no worse than `shipped`'s weights on the
-    held-back ones; else `shipped`'s weights with the threshold placed on them; else none. Its threshold
-    keeps at most 5% wrong among the answers it lets stream; it never caches (the whole answer decides).
+    answer. Fitted on them when there are enough and it does no worse than `shipped`'s weights (the shipped
+    early router) on the held-back ones; else `shipped`'s weights with the threshold placed on them; else
+    none. Its threshold keeps at most 5% wrong among the answers it lets stream; it never caches (the whole
+    answer decides). None either when `whole` keeps nothing: with a teacher, nothing is decoded first then
+    (but the explored share, which is held to its end).
     """
+    if whole.keeps_none:
+        return EarlyPlacement(None, "no early router: the router keeps none of this student's answers")
     outcome = refit(found, 0, shipped, min_labels)
     if outcome.install and outcome.router is not None:
         router, reason = outcome.router, f"early router refitted: {outcome.reason}"
