@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def main() -> None:
     scorer = None if judge else Scorer(model, args.threads)
     names = ("few-shot judge",) if judge else FEATURES
     embedder = load_embedder(None)
-    report: dict[str, dict[str, float]] = {}
+    report: dict[str, dict[str, Any]] = {}
     for lang in ("en", "zh"):
         rows = [json.loads(line) for line in (ROOT / "tests" / "data" / f"cache_pairs_{lang}.jsonl")
                 .read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -136,7 +137,7 @@ def main() -> None:
             row.update({name: round(auroc(feats[:, i].tolist(), labels), 3) for i, name in enumerate(names)})
             report[f"{lang}/{split}"] = row
             print(f"{lang}/{split}: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-    report["model"] = {"path": str(model), "judge": bool(judge)}  # type: ignore[dict-item]
+    report["model"] = {"path": str(model), "judge": bool(judge)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"written {args.out} (AUROC of paraphrase against one-change; below 0.5 means the reverse)")
